@@ -1,0 +1,223 @@
+"""Datasets and splits.
+
+Small datasets (Fashion-MNIST, CIFAR) live in memory as uint8 tensors and are augmented a batch at a time, which is
+several times faster on a CPU than per-sample PIL transforms. ImageFolder trees stream through a DataLoader.
+
+The search scores on a validation split carved deterministically from the training set; the test set is only for
+reporting final accuracy.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from jcw.errors import JcwError
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+FASHION_FILES = {
+    "train_x": "train-images-idx3-ubyte.gz",
+    "train_y": "train-labels-idx1-ubyte.gz",
+    "test_x": "t10k-images-idx3-ubyte.gz",
+    "test_y": "t10k-labels-idx1-ubyte.gz",
+}
+DATASETS = ("fashion-mnist", "cifar10", "cifar100", "imagefolder")
+VAL_SIZE = 5000
+SPLIT_SEED = 0
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+class InMemoryData:
+    """A dataset held as uint8 NCHW tensors, with a deterministic train/val split."""
+
+    def __init__(self, name: str, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
+                 test_y: torch.Tensor, num_classes: int, val_size: int = VAL_SIZE, flip: bool = True):
+        self.name = name
+        self.num_classes = num_classes
+        self.flip = flip
+        order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(SPLIT_SEED))
+        val_size = min(val_size, len(train_x) // 5)
+        val_idx, train_idx = order[:val_size], order[val_size:]
+        self.splits = {
+            "train": (train_x[train_idx], train_y[train_idx]),
+            "val": (train_x[val_idx], train_y[val_idx]),
+            "test": (test_x, test_y),
+        }
+        x = train_x[train_idx].float() / 255
+        self.mean = x.mean(dim=(0, 2, 3))
+        self.std = x.std(dim=(0, 2, 3))
+        self.in_channels = train_x.shape[1]
+        self.input_size = train_x.shape[2]
+
+    def size(self, split: str) -> int:
+        return len(self.splits[split][1])
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float() / 255
+        return (x - self.mean[None, :, None, None]) / self.std[None, :, None, None]
+
+    def augment(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Random 4-px-padded crop and horizontal flip, per sample, on a whole batch."""
+        n, _, h, w = images.shape
+        pad = 2
+        padded = F.pad(images, (pad, pad, pad, pad))
+        oy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+        ox = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+        rows = (oy[:, None] + torch.arange(h))[:, None, :, None]
+        cols = (ox[:, None] + torch.arange(w))[:, None, None, :]
+        out = padded[torch.arange(n)[:, None, None, None], torch.arange(images.shape[1])[None, :, None, None],
+                     rows, cols]
+        if self.flip:
+            flip = torch.rand(n, generator=generator) < 0.5
+            out[flip] = out[flip].flip(-1)
+        return out
+
+    def batches(self, split: str, batch_size: int, shuffle: bool = False, augment: bool = False,
+                seed: int = 0, limit: int | None = None) -> Iterator[Batch]:
+        """Yield normalised batches; `limit` caps the number of images (for BN calibration)."""
+        x, y = self.splits[split]
+        gen = torch.Generator().manual_seed(seed)
+        order = torch.randperm(len(y), generator=gen) if shuffle else torch.arange(len(y))
+        if limit is not None:
+            order = order[:limit]
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            images = x[idx]
+            if augment:
+                images = self.augment(images, gen)
+            yield Batch(self.normalize(images), y[idx].long())
+
+
+class ImageFolderData:
+    """An ImageNet-layout tree (train/ and val/ of class folders), streamed through a DataLoader.
+
+    The tree's val/ is the reported test set; the search's validation split is carved from train/.
+    """
+
+    def __init__(self, root: Path, input_size: int = 224, val_size: int = VAL_SIZE, workers: int = 2):
+        from torchvision import datasets, transforms
+
+        self.name = "imagefolder"
+        self.input_size = input_size
+        self.in_channels = 3
+        self.workers = workers
+        self.flip = True
+        norm = transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+        resize = int(input_size * 256 / 224)
+        self.train_tf = transforms.Compose([transforms.RandomResizedCrop(input_size), transforms.RandomHorizontalFlip(),
+                                            transforms.ToTensor(), norm])
+        self.eval_tf = transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(input_size),
+                                           transforms.ToTensor(), norm])
+        train = datasets.ImageFolder(root / "train")
+        test = datasets.ImageFolder(root / "val")
+        self.num_classes = len(train.classes)
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(SPLIT_SEED)).tolist()
+        val_size = min(val_size, len(train) // 5)
+        self.indices = {"train": order[val_size:], "val": order[:val_size], "test": list(range(len(test)))}
+        self.sources = {"train": train, "val": train, "test": test}
+
+    def size(self, split: str) -> int:
+        return len(self.indices[split])
+
+    def batches(self, split: str, batch_size: int, shuffle: bool = False, augment: bool = False,
+                seed: int = 0, limit: int | None = None) -> Iterator[Batch]:
+        from torch.utils.data import DataLoader, Subset
+
+        from torchvision import datasets
+
+        idx = list(self.indices[split])
+        if shuffle:
+            perm = torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed)).tolist()
+            idx = [idx[i] for i in perm]
+        if limit is not None:
+            idx = idx[:limit]
+        source = self.sources[split]
+        view = datasets.ImageFolder(source.root, transform=self.train_tf if augment else self.eval_tf)
+        loader = DataLoader(Subset(view, idx), batch_size=batch_size, num_workers=self.workers)
+        for images, labels in loader:
+            yield Batch(images, labels)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def find_fashion_mnist(data_dir: str | os.PathLike | None = None) -> Path | None:
+    """The first folder holding the four Fashion-MNIST .gz files: --data-dir, $JCW_DATA, Debian's location."""
+    candidates = [data_dir, os.environ.get("JCW_DATA"), DEBIAN_FASHION_MNIST]
+    for cand in candidates:
+        if not cand:
+            continue
+        for folder in (Path(cand), Path(cand) / "fashion-mnist", Path(cand) / "FashionMNIST" / "raw"):
+            if all((folder / f).exists() for f in FASHION_FILES.values()):
+                return folder
+    return None
+
+
+def load_fashion_mnist(data_dir: str | os.PathLike | None = None, download: bool = True) -> InMemoryData:
+    folder = find_fashion_mnist(data_dir)
+    if folder is None and download:
+        folder = _torchvision_download(data_dir)
+    if folder is None:
+        raise JcwError("Fashion-MNIST not found in --data-dir, $JCW_DATA or /usr/share/datasets/fashion-mnist; "
+                       "install it with `sudo apt-get install dataset-fashion-mnist` or pass --data-dir DIR")
+    arrays = {k: torch.from_numpy(_read_idx(folder / f).copy()) for k, f in FASHION_FILES.items()}
+    return InMemoryData("fashion-mnist", arrays["train_x"][:, None], arrays["train_y"], arrays["test_x"][:, None],
+                        arrays["test_y"], num_classes=10)
+
+
+def _torchvision_download(data_dir: str | os.PathLike | None) -> Path | None:
+    from torchvision.datasets import FashionMNIST
+
+    root = Path(data_dir or os.environ.get("JCW_DATA") or Path.home() / ".cache" / "jcw")
+    try:
+        FashionMNIST(str(root), train=True, download=True)
+        FashionMNIST(str(root), train=False, download=True)
+    except Exception:  # no network: the caller reports how to get the data
+        return None
+    return find_fashion_mnist(root)
+
+
+def load_cifar(name: str, data_dir: str | os.PathLike | None) -> InMemoryData:
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    cls, classes = (CIFAR10, 10) if name == "cifar10" else (CIFAR100, 100)
+    root = data_dir or os.environ.get("JCW_DATA") or str(Path.home() / ".cache" / "jcw")
+    try:
+        train, test = cls(root, train=True, download=False), cls(root, train=False, download=False)
+    except RuntimeError:
+        raise JcwError(f"{name} not found under {root}; download it with torchvision "
+                       f"(`torchvision.datasets.{cls.__name__}(ROOT, download=True)`) and pass --data-dir ROOT")
+    as_tensor = lambda d: torch.from_numpy(np.ascontiguousarray(d.data)).permute(0, 3, 1, 2).contiguous()
+    return InMemoryData(name, as_tensor(train), torch.tensor(train.targets), as_tensor(test),
+                        torch.tensor(test.targets), num_classes=classes)
+
+
+def load_dataset(name: str = "fashion-mnist", data_dir: str | os.PathLike | None = None,
+                 input_size: int = 224) -> InMemoryData | ImageFolderData:
+    """Load a dataset by name; every failure is a `JcwError` that says how to get the data."""
+    if name == "fashion-mnist":
+        return load_fashion_mnist(data_dir)
+    if name in ("cifar10", "cifar100"):
+        return load_cifar(name, data_dir)
+    if name == "imagefolder":
+        if not data_dir or not (Path(data_dir) / "train").is_dir() or not (Path(data_dir) / "val").is_dir():
+            raise JcwError(f"--data-dir {data_dir!r} must hold train/ and val/ folders of class folders "
+                           "(the ImageNet layout)")
+        return ImageFolderData(Path(data_dir), input_size=input_size)
+    raise JcwError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")

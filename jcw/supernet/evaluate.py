@@ -1,0 +1,66 @@
+"""Score a subnet: recalibrate batch-norm statistics, then measure top-1 and loss.
+
+Shared weights carry batch-norm statistics of the whole supernet's training mix, which fit no single subnet; JCW and
+Once-for-All both re-estimate them on training images before scoring. The calibration images are fixed (same seed)
+so scores are repeatable.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+CALIBRATION_IMAGES = 2000
+
+
+@dataclass
+class Score:
+    top1: float  # percent
+    loss: float
+
+
+@torch.no_grad()
+def recalibrate_bn(net: nn.Module, data, images: int = CALIBRATION_IMAGES, batch_size: int = 250) -> None:
+    """Re-estimate every batch norm's running mean and variance on `images` fixed training images."""
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration batches
+    was_training = net.training
+    net.train()
+    for batch in data.batches("train", batch_size, shuffle=True, seed=1234, limit=images):
+        net(batch.images)
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+    net.train(was_training)
+
+
+@torch.no_grad()
+def evaluate(net: nn.Module, data, split: str = "val", batch_size: int = 500) -> Score:
+    was_training = net.training
+    net.eval()
+    correct, total, loss = 0, 0, 0.0
+    for batch in data.batches(split, batch_size):
+        logits = net(batch.images)
+        loss += F.cross_entropy(logits, batch.labels, reduction="sum").item()
+        correct += (logits.argmax(1) == batch.labels).sum().item()
+        total += len(batch.labels)
+    net.train(was_training)
+    return Score(top1=100.0 * correct / max(total, 1), loss=loss / max(total, 1))
+
+
+def score_genome(supernet, genome, data, split: str = "val", calibration_images: int = CALIBRATION_IMAGES) -> Score:
+    """True top-1 of one subnet, with its own batch-norm statistics. Restores the supernet's statistics after."""
+    state = {k: v.clone() for k, v in supernet.base.state_dict().items() if "running" in k or "num_batches" in k}
+    supernet.set_genome(np.asarray(genome))
+    from torch.nn.utils import parametrize
+
+    with parametrize.cached():
+        recalibrate_bn(supernet, data, calibration_images)
+        score = evaluate(supernet, data, split)
+    supernet.base.load_state_dict(state, strict=False)
+    return score

@@ -1,0 +1,178 @@
+"""The weight-sharing supernet: one base network whose every subnet is selected by a genome.
+
+Channels are ranked once, at build, by L1 norm summed over all layers of a coupled group, so a subnet of width k keeps
+the k most important channels. The file format is a config plus plain tensors (no pickled code), loaded with
+`torch.load(weights_only=True)`.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.nn.utils import parametrize
+
+from jcw import __version__
+from jcw.errors import JcwError
+from jcw.io import torch_save
+from jcw.models import create_model
+from jcw.models.graph import GraphInfo, analyse
+from jcw.space import DEFAULT_DENSITIES, SearchSpace
+from jcw.supernet.masks import ActiveSubnet, ChannelMask, WeightMask
+
+FORMAT = "jcw-supernet/1"
+
+
+@dataclass
+class SupernetConfig:
+    """Everything needed to rebuild the network and its space; saved beside the weights."""
+
+    model: str = "mbv2_tiny"
+    dataset: str = "fashion-mnist"
+    input_size: int = 28
+    in_channels: int = 1
+    num_classes: int = 10
+    min_ratio: float = 0.25
+    width_step: float = 0.125
+    divisor: int = 8
+    densities: tuple[float, ...] = DEFAULT_DENSITIES
+    block: int = 1  # 1: unstructured masks; 4: JCW's blocks of 4 output channels
+    pretrained: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SupernetConfig":
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        if "densities" in known:
+            known["densities"] = tuple(float(x) for x in known["densities"])
+        return cls(**known)
+
+
+class Supernet(nn.Module):
+    def __init__(self, config: SupernetConfig, state_dict: dict | None = None,
+                 group_orders: list[torch.Tensor] | None = None):
+        super().__init__()
+        self.config = config
+        base = create_model(config.model, config.num_classes, config.in_channels,
+                            pretrained=config.pretrained and state_dict is None)
+        if state_dict is not None:
+            base.load_state_dict(state_dict)
+        self.info: GraphInfo = analyse(base, config.model, config.input_size, config.in_channels, config.num_classes,
+                                       config.min_ratio, config.width_step, config.divisor, config.densities)
+        self.space: SearchSpace = self.info.space
+        self.base = base.to(memory_format=torch.channels_last)  # about 1.5x faster on CPU for these nets
+        modules = dict(base.named_modules())
+        orders = group_orders or self._rank_channels(modules)
+        for i, order in enumerate(orders):
+            self.register_buffer(f"group_order_{i}", order.clone().long())
+        self.active = ActiveSubnet()
+        self.active.block = config.block
+        for name, layer in self.info.weight_layers.items():
+            module = modules[name]
+            row_order = self.group_order(layer.out_group) if layer.out_group >= 0 else None
+            parametrize.register_parametrization(
+                module, "weight", WeightMask(self.active, layer.in_group, layer.out_group, layer.sparse,
+                                             layer.depthwise, row_order), unsafe=True)
+            if layer.kind == "conv" and module.bias is not None:
+                parametrize.register_parametrization(module, "bias", ChannelMask(self.active, layer.out_group))
+        for g, names in self.info.norms.items():
+            for name in names:
+                parametrize.register_parametrization(modules[name], "weight", ChannelMask(self.active, g))
+                parametrize.register_parametrization(modules[name], "bias", ChannelMask(self.active, g))
+        self.genome: np.ndarray | None = None
+
+    def group_order(self, g: int) -> torch.Tensor:
+        return getattr(self, f"group_order_{g}")
+
+    def _rank_channels(self, modules: dict[str, nn.Module]) -> list[torch.Tensor]:
+        """Importance order of each group's channels: L1 norm of every producing conv's rows, summed."""
+        orders = []
+        for g, group in enumerate(self.space.groups):
+            score = torch.zeros(group.base)
+            for name in self.info.producers[g]:
+                score += modules[name].weight.detach().abs().flatten(1).sum(1)
+            orders.append(torch.argsort(score, descending=True, stable=True))
+        return orders
+
+    # ---- the active subnet -------------------------------------------------------------------------------------
+    def set_genome(self, genome) -> None:
+        """Make `genome` the subnet every forward pass uses."""
+        g = self.space.check(genome)[0]
+        widths = self.space.widths(g)[0]
+        masks = []
+        for i, group in enumerate(self.space.groups):
+            m = torch.zeros(group.base)
+            m[self.group_order(i)[: int(widths[i])]] = 1.0
+            masks.append(m)
+        self.active.channel_masks = masks
+        self.active.densities = [float(d) for d in self.space.density_values(g)[0]]
+        self.genome = g
+
+    def kept_channels(self, group: int) -> torch.Tensor:
+        """Indices of the active subnet's channels in `group`, in importance order."""
+        width = int(self.active.channel_masks[group].sum().item())
+        return self.group_order(group)[:width]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x)
+
+    # ---- persistence -------------------------------------------------------------------------------------------
+    def raw_state_dict(self) -> dict[str, torch.Tensor]:
+        """The base network's state_dict, free of parametrization wrappers."""
+        out = {}
+        for k, v in self.base.state_dict().items():
+            k = k.replace(".parametrizations.", ".").replace(".original", "")
+            out[k] = v.detach().clone()
+        return out
+
+    def checkpoint(self, extra: dict | None = None) -> dict:
+        return {"format": FORMAT, "jcw_version": __version__, "config": asdict(self.config),
+                "state_dict": self.raw_state_dict(),
+                "group_orders": [self.group_order(i).clone() for i in range(len(self.space.groups))],
+                "space": self.space.to_dict(), **(extra or {})}
+
+    def save(self, path: str | Path, extra: dict | None = None) -> None:
+        torch_save(path, self.checkpoint(extra))
+
+
+def file_hash(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise JcwError(f"supernet file {path} does not exist; train one with `jcw supernet train` or omit "
+                       "--supernet to use the shipped default")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise JcwError(f"supernet file {path} is corrupt or truncated ({exc.__class__.__name__}); "
+                       "re-download or retrain it") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise JcwError(f"{path} is not a jcw supernet file (expected format {FORMAT})")
+    return ckpt
+
+
+def load_supernet(path: str | Path | None = None) -> Supernet:
+    """Load a supernet file; with no path, the shipped default for Fashion-MNIST."""
+    from jcw.artifacts import default_supernet_path
+
+    path = Path(path) if path else default_supernet_path()
+    ckpt = read_checkpoint(path)
+    try:
+        net = Supernet(SupernetConfig.from_dict(ckpt["config"]), ckpt["state_dict"], ckpt["group_orders"])
+    except (KeyError, RuntimeError, TypeError) as exc:
+        raise JcwError(f"supernet file {path} does not match its config ({exc.__class__.__name__}: "
+                       f"{str(exc).splitlines()[0]})") from None
+    net.path = str(path)
+    net.hash = file_hash(path)
+    net.eval()
+    return net

@@ -45,19 +45,290 @@ def _supernet_train(args) -> None:
     print(f"supernet: {final}\nlog: {out / 'train_log.csv'}")
 
 
+def _supernet_eval(args) -> None:
+    import numpy as np
+
+    from jcw.data import load_dataset
+    from jcw.supernet.evaluate import score_genome
+    from jcw.supernet.supernet import load_supernet
+
+    net = load_supernet(args.supernet)
+    data = load_dataset(net.config.dataset, args.data_dir)
+    genomes = _parse_genomes(args.genome, net.space, args.seed)
+    rows = []
+    for label, g in genomes:
+        s = score_genome(net, g, data, args.split, args.calibration_images)
+        rows.append({"label": label, "genome": [int(v) for v in g], **net.space.decode(g),
+                     "top1": round(s.top1, 4), "loss": round(s.loss, 5)})
+        if not args.json:
+            print(f"{label:>10}: top-1 {s.top1:.2f}%  loss {s.loss:.4f}  ({args.split})", flush=True)
+    if args.json:
+        print(json.dumps(rows))
+
+
+def _parse_genomes(spec: str, space, seed: int):
+    """largest, smallest, random:N, or a file (JSON list of genomes, or a CSV with a genome column)."""
+    import numpy as np
+
+    out = []
+    for part in [p.strip() for p in spec.split(",") if p.strip()]:
+        if part == "largest":
+            out.append(("largest", space.largest()))
+        elif part == "smallest":
+            out.append(("smallest", space.smallest()))
+        elif part.startswith("random:"):
+            try:
+                n = int(part.split(":", 1)[1])
+            except ValueError:
+                raise JcwError(f"--genome {part!r}: write random:N with N a whole number") from None
+            for i, g in enumerate(space.sample(n, np.random.default_rng(seed))):
+                out.append((f"random{i}", g))
+        elif Path(part).is_file():
+            text = Path(part).read_text()
+            try:
+                if part.endswith(".csv"):
+                    import pandas as pd
+
+                    items = [json.loads(g) for g in pd.read_csv(part)["genome"]]
+                else:
+                    items = json.loads(text)
+            except Exception:
+                raise JcwError(f"--genome file {part} must be a JSON list of genomes or a CSV with a genome "
+                               "column") from None
+            for i, g in enumerate(items):
+                out.append((f"{Path(part).stem}{i}", space.check(g)[0]))
+        else:
+            raise JcwError(f"--genome {part!r}: use largest, smallest, random:N or a file path")
+    if not out:
+        raise JcwError("--genome is empty; use largest, smallest, random:N or a file path")
+    return out
+
+
+def _predictor_fit(args) -> None:
+    from jcw.predictor import fit_on_supernet
+    from jcw.supernet.supernet import load_supernet
+
+    net = load_supernet(args.supernet)
+    out = Path(args.out)
+    if (out / "predictor.pt").exists() and not args.force:
+        raise JcwError(f"{out} already holds a predictor; pass --force to refit it")
+    pred = fit_on_supernet(net, args.samples, out, seed=args.seed, workers=args.workers,
+                           ray_address=args.ray_address, data_dir=args.data_dir)
+    for name, m in pred.report["models"].items():
+        print(f"{name:>5}: RMSE {m['rmse']:.3f}  Kendall tau {m['kendall_tau']:.3f}  Spearman {m['spearman_rho']:.3f}")
+    print(f"kept: {pred.report['kept']}\npredictor: {out / 'predictor.pt'}\nreport: {out / 'report.json'}, "
+          f"{out / 'report.png'}\ndataset: {out / 'dataset.csv'}")
+
+
+def _search(args) -> None:
+    from jcw.search.budget import parse_budgets
+    from jcw.search.run import SearchConfig, search
+
+    cfg = SearchConfig(device=args.device, budgets_ms=parse_budgets(args.latency), supernet=args.supernet,
+                       predictor=args.predictor, population=args.population, generations=args.generations,
+                       seed=args.seed, out=args.out, workers=args.workers, ray_address=args.ray_address,
+                       evaluator=args.evaluator, survival=args.survival, targets=args.targets, genes=args.genes,
+                       rescore=args.rescore, calibration_images=args.calibration_images,
+                       export=not args.no_export, resume=args.resume, force=args.force, data_dir=args.data_dir)
+    result = search(cfg, log=lambda line: print(line, flush=True))
+    print("\nbudget      id   latency_ms   top-1 (val)")
+    for row in result.summary.itertuples():
+        if row.id is None or row.id != row.id:
+            print(f"{row.budget_ms:>8g}ms   -   no subnet within budget")
+        else:
+            print(f"{row.budget_ms:>8g}ms {int(row.id):>5} {row.latency_ms:>12.4f}   {row.top1:.2f}%")
+    out = result.out
+    print(f"\npareto: {out / 'pareto.csv'}\nplot: {out / 'pareto.png'}\nhistory: {out / 'history.csv'}")
+    if (out / "subnets").is_dir():
+        print(f"subnets: {out / 'subnets'}")
+
+
+def _export(args) -> None:
+    from jcw.export import export_from_run
+
+    path = export_from_run(args.run, args.id, out=args.out, data_dir=args.data_dir)
+    print(f"subnet: {path}")
+    if args.onnx:
+        from jcw.deploy import export_onnx
+
+        onnx_path = export_onnx(path, Path(args.out or path).with_suffix(".onnx"))
+        print(f"onnx: {onnx_path}")
+
+
+def _pick(args) -> None:
+    from jcw.export import export_from_run
+    from jcw.search.budget import parse_budget
+    from jcw.search.plot import read_run
+
+    budget = parse_budget(args.latency)
+    _, pareto, _ = read_run(args.run)
+    ok = pareto[pareto["latency_ms"] <= budget]
+    if ok.empty:
+        raise JcwError(f"no front member of {args.run} is within {budget:g}ms; the fastest takes "
+                       f"{pareto['latency_ms'].min():.4g}ms")
+    best = ok.loc[ok["top1"].idxmax()]
+    print(f"picked id {int(best['id'])}: {best['latency_ms']:.4g}ms, top-1 {best['top1']:.2f}%")
+    path = export_from_run(args.run, int(best["id"]), out=args.out, data_dir=args.data_dir)
+    print(f"subnet: {path}")
+
+
+def _plot(args) -> None:
+    from jcw.search.plot import plot_run
+
+    png = plot_run(args.run)
+    print(f"plot: {png}\npage: {png.with_suffix('.html')}")
+
+
+def _finetune(args) -> None:
+    from jcw.data import load_dataset
+    from jcw.export import load_subnet
+    from jcw.finetune import FinetuneConfig, finetune
+
+    meta = load_subnet(args.subnet).jcw_arch["supernet_config"]
+    data = load_dataset(meta["dataset"], args.data_dir)
+    cfg = FinetuneConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, distill_from=args.distill_from,
+                         seed=args.seed, limit_train=args.limit_train)
+    res = finetune(args.subnet, data, cfg, out=args.out, resume=args.resume)
+    print(f"test top-1: {res['test_top1_before']:.2f}% before, {res['test_top1']:.2f}% after\n"
+          f"subnet: {res['subnet']}\nlog: {res['log']}")
+
+
+def _latency_derive(args) -> None:
+    from jcw.latency.derive import derive_table
+    from jcw.supernet.supernet import load_supernet
+
+    spaces = [load_supernet(s).space for s in (args.supernet or [None])]
+    table = derive_table(args.device, spaces, command=" ".join(["jcw"] + sys.argv[1:]))
+    csv_path, json_path = table.save(args.out_dir)
+    fit = table.meta["fit"]
+    print(f"{args.device}: {len(table.entries)} entries, fit on {fit['samples']} public measurements, "
+          f"leave-one-out MAPE {fit['loo_mape_pct']}%\ntable: {csv_path}\nmetadata: {json_path}")
+
+
+def _latency_predict(args) -> None:
+    import torchvision.models as tvm
+
+    from jcw.latency.device_model import fit_device
+    from jcw.latency.ops import model_ops
+
+    if not args.model.startswith("torchvision:"):
+        raise JcwError("--model must look like torchvision:NAME, e.g. torchvision:mobilenet_v2")
+    name = args.model.split(":", 1)[1]
+    if not hasattr(tvm, name):
+        raise JcwError(f"torchvision has no model {name!r}")
+    try:
+        device = fit_device(args.device)
+    except KeyError:
+        raise JcwError(f"no device model for {args.device!r}; derived models exist for pixel1, pixel4, note10") from None
+    kwargs = {"aux_logits": False, "init_weights": False} if name == "inception_v3" else {}
+    ms = device.model_ms(model_ops(getattr(tvm, name)(weights=None, **kwargs), args.input))
+    record = {"device": args.device, "model": name, "input": args.input, "latency_ms": round(ms, 3),
+              "source": "derived", "loo_mape_pct": device.fit["loo_mape_pct"]}
+    print(json.dumps(record) if args.json else
+          f"{name} at {args.input}px on {args.device}: {ms:.2f} ms (derived; fit leave-one-out MAPE "
+          f"{device.fit['loo_mape_pct']}%)")
+
+
+def _latency_list(args) -> None:
+    from jcw.latency.table import known_devices, load_table
+
+    print(f"{'device':<10} {'source':<9} {'entries':>7}  {'error':<40} made")
+    for name in known_devices(args.dir):
+        t = load_table(name, args.dir)
+        err = t.meta.get("error", {})
+        if "mape_pct" in err:
+            text = f"MAPE {err['mape_pct']}%, {100 * err.get('within_10pct', 0):.0f}% within 10% ({err.get('kind', '')[:12]})"
+        else:
+            text = "not validated"
+        print(f"{name:<10} {t.meta.get('source', '?'):<9} {len(t.entries):>7}  {text:<40} "
+              f"{t.meta.get('made', {}).get('date', '?')}")
+
+
+def _latency_measure(args) -> None:
+    from jcw.latency.measure import measure_table
+    from jcw.supernet.supernet import load_supernet
+
+    nets = [load_supernet(s) for s in (args.supernet or [None])]
+    table = measure_table(args.device, [n.space for n in nets], threads=args.threads, repeats=args.repeats,
+                          command=" ".join(["jcw"] + sys.argv[1:]), supernet=nets[0])
+    csv_path, json_path = table.save(args.out_dir)
+    print(f"{args.device}: {len(table.entries)} entries measured\ntable: {csv_path}\nmetadata: {json_path}")
+
+
+def _latency_validate(args) -> None:
+    from jcw.latency.measure import validate_table
+    from jcw.supernet.supernet import load_supernet
+
+    report = validate_table(args.device, load_supernet(args.supernet), args.samples, seed=args.seed,
+                            out_dir=args.out_dir)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"{args.device}: {report['samples']} subnets, MAPE {report['mape']:.2f}%, "
+              f"{100 * report['within_10pct']:.0f}% within 10%\nreport: {report['report']}")
+
+
+def _latency_bundle(args) -> None:
+    from jcw.latency.bundle import write_bundle
+    from jcw.supernet.supernet import load_supernet
+
+    path = write_bundle(args.device, load_supernet(args.supernet).space, args.out)
+    print(f"bundle: {path}\nrun on a phone: {path / 'run.sh'} --adb   (or --local to time on this machine)")
+
+
+def _latency_import(args) -> None:
+    from jcw.latency.bundle import import_results
+
+    table = import_results(args.bundle, args.device)
+    csv_path, json_path = table.save(args.out_dir)
+    print(f"{table.device}: {len(table.entries)} entries imported\ntable: {csv_path}\nmetadata: {json_path}")
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="jcw", description="Joint channel and weight-sparsity search for fast CNNs on phones.")
     parser.add_argument("--version", action="version", version=f"jcw {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
 
+    def data_opt(p):
+        p.add_argument("--data-dir", default=None, help="dataset folder (default: $JCW_DATA, then Debian's)")
+
+    def ray_opts(p, default_workers=None):
+        p.add_argument("--workers", type=int, default=default_workers,
+                       help="Ray scoring actors (default: one per CPU; 0: serial, in-process)")
+        p.add_argument("--ray-address", default=None, help="join an existing Ray cluster")
+
+    se = sub.add_parser("search", help="search the latency-accuracy Pareto front for a device")
+    se.add_argument("--device", required=True, help="a latency table name (see `jcw latency list`)")
+    se.add_argument("--latency", required=True, help="budget(s): 30ms, 0.03s, 250us or 10ms,20ms,30ms")
+    se.add_argument("--supernet", default=None, help="supernet file (default: the shipped Fashion-MNIST one)")
+    se.add_argument("--predictor", default=None, help="predictor folder fit on --supernet")
+    se.add_argument("--population", type=int, default=64)
+    se.add_argument("--generations", type=int, default=100)
+    se.add_argument("--seed", type=int, default=0)
+    se.add_argument("--out", default=None, help="run folder (default: runs/<time>-<device>-<budget>)")
+    ray_opts(se)
+    se.add_argument("--evaluator", default="predictor", choices=("predictor", "supernet"))
+    se.add_argument("--survival", default="jcw", choices=("jcw", "nsga2"),
+                    help="jcw: multi-target selection; nsga2: plain rank and crowding")
+    se.add_argument("--targets", type=int, default=4, help="latency targets for jcw selection")
+    se.add_argument("--genes", default="joint", choices=("joint", "channels", "density"),
+                    help="what may shrink: both, channels only, or weight density only")
+    se.add_argument("--rescore", type=int, default=40, help="front members re-scored on the supernet")
+    se.add_argument("--calibration-images", type=int, default=2000, help="BN recalibration images per scored subnet")
+    se.add_argument("--no-export", action="store_true", help="skip exporting the best subnet per budget")
+    se.add_argument("--resume", action="store_true")
+    se.add_argument("--force", action="store_true", help="overwrite an existing run folder")
+    data_opt(se)
+    se.set_defaults(func=_search)
+
     sn = sub.add_parser("supernet", help="train or evaluate a weight-sharing supernet")
     sn_sub = sn.add_subparsers(dest="action", metavar="ACTION", parser_class=Parser)
     sn_sub.required = True
     tr = sn_sub.add_parser("train", help="train a supernet with the sandwich rule")
-    tr.add_argument("--model", default="mbv2_tiny")
-    tr.add_argument("--dataset", default="fashion-mnist")
-    tr.add_argument("--data-dir", default=None)
+    tr.add_argument("--model", default="mbv2_tiny", help="mbv2_tiny, mobilenet_v2, resnet18, resnet34, resnet50")
+    tr.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, cifar10, cifar100, imagefolder")
+    data_opt(tr)
     tr.add_argument("--out", default="supernets/mine")
     tr.add_argument("--epochs", type=int, default=12)
     tr.add_argument("--batch-size", type=int, default=256)
@@ -72,6 +343,103 @@ def build_parser() -> Parser:
     tr.add_argument("--resume", action="store_true")
     tr.add_argument("--force", action="store_true")
     tr.set_defaults(func=_supernet_train)
+    ev = sn_sub.add_parser("eval", help="top-1 and loss of chosen subnets, batch norm recalibrated")
+    ev.add_argument("--supernet", default=None)
+    ev.add_argument("--genome", default="largest,smallest", help="largest, smallest, random:N, or a file")
+    ev.add_argument("--split", default="val", choices=("val", "test"))
+    ev.add_argument("--calibration-images", type=int, default=2000)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--json", action="store_true")
+    data_opt(ev)
+    ev.set_defaults(func=_supernet_eval)
+
+    pr = sub.add_parser("predictor", help="fit an accuracy predictor on supernet-scored subnets")
+    pr_sub = pr.add_subparsers(dest="action", metavar="ACTION", parser_class=Parser)
+    pr_sub.required = True
+    pf = pr_sub.add_parser("fit", help="sample, score, fit and report")
+    pf.add_argument("--supernet", default=None)
+    pf.add_argument("--samples", type=int, default=400)
+    pf.add_argument("--out", default="predictors/mine")
+    pf.add_argument("--seed", type=int, default=0)
+    pf.add_argument("--force", action="store_true")
+    ray_opts(pf)
+    data_opt(pf)
+    pf.set_defaults(func=_predictor_fit)
+
+    la = sub.add_parser("latency", help="latency tables: derive, measure, validate, list, bundle, import")
+    la_sub = la.add_subparsers(dest="action", metavar="ACTION", parser_class=Parser)
+    la_sub.required = True
+    ld = la_sub.add_parser("derive", help="price a supernet's layers with a device model fit to public data")
+    ld.add_argument("--device", required=True, choices=("pixel1", "pixel4", "note10"))
+    ld.add_argument("--supernet", action="append", help="supernet file(s) to cover (default: the shipped one)")
+    ld.add_argument("--out-dir", default=None, help="where tables go (default: latency_tables/)")
+    ld.set_defaults(func=_latency_derive)
+    lm = la_sub.add_parser("measure", help="time every table entry on this machine")
+    lm.add_argument("--device", default="host")
+    lm.add_argument("--threads", type=int, default=1)
+    lm.add_argument("--repeats", type=int, default=30)
+    lm.add_argument("--supernet", action="append")
+    lm.add_argument("--out-dir", default=None)
+    lm.set_defaults(func=_latency_measure)
+    lv = la_sub.add_parser("validate", help="time random exported subnets end to end against the table")
+    lv.add_argument("--device", default="host")
+    lv.add_argument("--samples", type=int, default=30)
+    lv.add_argument("--supernet", default=None)
+    lv.add_argument("--seed", type=int, default=0)
+    lv.add_argument("--json", action="store_true")
+    lv.add_argument("--out-dir", default=None)
+    lv.set_defaults(func=_latency_validate)
+    lp = la_sub.add_parser("predict", help="price a whole torchvision CNN with a device model")
+    lp.add_argument("--device", required=True)
+    lp.add_argument("--model", required=True, help="torchvision:NAME")
+    lp.add_argument("--input", type=int, default=224)
+    lp.add_argument("--json", action="store_true")
+    lp.set_defaults(func=_latency_predict)
+    ll = la_sub.add_parser("list", help="every table with its source and error")
+    ll.add_argument("--dir", default=None)
+    ll.set_defaults(func=_latency_list)
+    lb = la_sub.add_parser("bundle", help="ONNX micro-models + script to measure a phone over adb")
+    lb.add_argument("--device", required=True, help="name for the phone's table")
+    lb.add_argument("--supernet", default=None)
+    lb.add_argument("--out", required=True)
+    lb.set_defaults(func=_latency_bundle)
+    li = la_sub.add_parser("import", help="turn a bundle's results.csv into a measured table")
+    li.add_argument("bundle")
+    li.add_argument("--device", default=None)
+    li.add_argument("--out-dir", default=None)
+    li.set_defaults(func=_latency_import)
+
+    ex = sub.add_parser("export", help="export a front member as a ready-to-fine-tune subnet")
+    ex.add_argument("run")
+    ex.add_argument("--id", type=int, required=True)
+    ex.add_argument("--onnx", action="store_true")
+    ex.add_argument("--out", default=None)
+    data_opt(ex)
+    ex.set_defaults(func=_export)
+
+    pk = sub.add_parser("pick", help="export the best front member within a budget")
+    pk.add_argument("run")
+    pk.add_argument("--latency", required=True)
+    pk.add_argument("--out", default=None)
+    data_opt(pk)
+    pk.set_defaults(func=_pick)
+
+    pl = sub.add_parser("plot", help="redraw a run's pareto.png and pareto.html")
+    pl.add_argument("run")
+    pl.set_defaults(func=_plot)
+
+    ft = sub.add_parser("finetune", help="fine-tune an exported subnet with its masks held")
+    ft.add_argument("subnet")
+    ft.add_argument("--epochs", type=int, default=5)
+    ft.add_argument("--lr", type=float, default=0.02)
+    ft.add_argument("--batch-size", type=int, default=256)
+    ft.add_argument("--distill-from", default=None, help="supernet file; its largest subnet teaches")
+    ft.add_argument("--out", default=None)
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--limit-train", type=int, default=0)
+    ft.add_argument("--resume", action="store_true")
+    data_opt(ft)
+    ft.set_defaults(func=_finetune)
     return parser
 
 

@@ -1,0 +1,180 @@
+"""Latency tables: one CSV of per-layer entries plus one JSON of metadata per device.
+
+An entry is keyed by a layer signature (op kind, input HxW, kernel, stride, depthwise) and a point of the grid
+c_in x c_out x density. Binding a table to a search space interpolates (multilinearly, as JCW does) once per layer
+onto the space's own choices; pricing a genome is then one gather and a sum, millions of genomes a second.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from jcw.artifacts import artifact_dir
+from jcw.errors import JcwError
+from jcw.space import Layer, SearchSpace
+
+COLUMNS = ["kind", "h", "w", "kernel", "stride", "depthwise", "c_in", "c_out", "density", "latency_ms", "std_ms",
+           "n", "impl"]
+KEY = ["kind", "h", "w", "kernel", "stride", "depthwise"]
+
+
+@dataclass
+class LatencyTable:
+    device: str
+    entries: pd.DataFrame
+    meta: dict
+
+    @property
+    def overhead_ms(self) -> float:
+        """Fixed cost of one whole-model call (runtime dispatch), outside every layer."""
+        return float(self.meta.get("overhead_ms", 0.0))
+
+    def bind(self, space: SearchSpace) -> "BoundTable":
+        return BoundTable(self, space)
+
+    def save(self, folder: str | Path | None = None) -> tuple[Path, Path]:
+        from jcw.io import write_csv, write_json
+
+        folder = Path(folder) if folder else artifact_dir("latency_tables")
+        csv_path, json_path = folder / f"{self.device}.csv", folder / f"{self.device}.json"
+        write_csv(csv_path, self.entries[COLUMNS].sort_values(KEY + ["c_in", "c_out", "density"]))
+        write_json(json_path, self.meta)
+        return csv_path, json_path
+
+
+def known_devices(folder: str | Path | None = None) -> list[str]:
+    folder = Path(folder) if folder else artifact_dir("latency_tables")
+    return sorted(p.stem for p in folder.glob("*.json") if p.with_suffix(".csv").exists())
+
+
+def load_table(device: str, folder: str | Path | None = None) -> LatencyTable:
+    """Load `device`'s table; a path to a .csv or .json file also works."""
+    as_path = Path(device)
+    if as_path.suffix in (".csv", ".json") and as_path.exists():
+        folder, device = as_path.parent, as_path.stem
+    folder = Path(folder) if folder else artifact_dir("latency_tables")
+    csv_path, json_path = folder / f"{device}.csv", folder / f"{device}.json"
+    if not csv_path.exists() or not json_path.exists():
+        known = ", ".join(known_devices(folder)) or "none"
+        raise JcwError(f"unknown device {device!r}; known devices: {known} (measure this machine with "
+                       "`jcw latency measure --device host`)")
+    try:
+        meta = json.loads(json_path.read_text())
+        entries = pd.read_csv(csv_path)
+        missing = [c for c in COLUMNS if c not in entries.columns]
+        if missing or not isinstance(meta, dict):
+            raise ValueError(f"missing columns {missing}")
+        numeric = ["h", "w", "kernel", "stride", "c_in", "c_out", "density", "latency_ms"]
+        entries[numeric] = entries[numeric].apply(pd.to_numeric, errors="raise")
+        entries["depthwise"] = entries["depthwise"].map(
+            lambda v: v if isinstance(v, (bool, np.bool_)) else str(v).strip().lower() == "true")
+        if entries[numeric].isna().any().any() or len(entries) == 0:
+            raise ValueError("empty or missing values")
+    except (ValueError, TypeError, json.JSONDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError,
+            UnicodeDecodeError) as exc:
+        raise JcwError(f"latency table {csv_path} is corrupt ({exc.__class__.__name__}); regenerate it with "
+                       f"`jcw latency derive` or `jcw latency measure`") from None
+    return LatencyTable(device=device, entries=entries, meta=meta)
+
+
+def _axis_weights(grid: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each query value: the two bracketing grid indices and the weight of the upper one."""
+    if len(grid) == 1:
+        zeros = np.zeros(len(query), dtype=np.int64)
+        return zeros, zeros, np.zeros(len(query))
+    hi = np.clip(np.searchsorted(grid, query), 1, len(grid) - 1)
+    lo = hi - 1
+    t = (query - grid[lo]) / (grid[hi] - grid[lo])
+    return lo, hi, t
+
+
+def interpolate(grid_axes: list[np.ndarray], values: np.ndarray, queries: list[np.ndarray]) -> np.ndarray:
+    """Multilinear interpolation of `values` (on the product of `grid_axes`) at the product of `queries`."""
+    out = values
+    for axis, (grid, query) in enumerate(zip(grid_axes, queries)):
+        lo, hi, t = _axis_weights(grid, query)
+        shape = [1] * out.ndim
+        shape[axis] = len(query)
+        out = np.take(out, lo, axis=axis) * (1 - t.reshape(shape)) + np.take(out, hi, axis=axis) * t.reshape(shape)
+    return out
+
+
+class BoundTable:
+    """A table interpolated onto one space's choices: `latency(genomes)` in ms."""
+
+    def __init__(self, table: LatencyTable, space: SearchSpace):
+        self.table, self.space = table, space
+        groups = {key: frame for key, frame in table.entries.groupby(KEY)}
+        self.layer_tables: list[np.ndarray] = []
+        self.impl: list[np.ndarray] = []
+        for layer in space.layers:
+            key = (layer.kind, layer.h, layer.w, layer.kernel, layer.stride, layer.depthwise)
+            frame = groups.get(key)
+            if frame is None:
+                raise JcwError(f"the {table.device} table does not cover layer {layer.name} (signature "
+                               f"{layer.signature}); derive or measure a table for this supernet")
+            values, impl = self._layer_grid(layer, frame)
+            self.layer_tables.append(values)
+            self.impl.append(impl)
+        sizes = [t.size for t in self.layer_tables]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        self.flat = np.concatenate([t.ravel() for t in self.layer_tables])
+        self.strides = np.array([[t.shape[1] * t.shape[2], t.shape[2], 1] for t in self.layer_tables])
+        self.in_gene = np.array([l.in_group if (l.in_group >= 0 and not l.depthwise) else -1 for l in space.layers])
+        self.out_gene = np.array([l.out_group for l in space.layers])
+        self.d_gene = np.array([len(space.groups) + l.sparse if l.sparse >= 0 else -1 for l in space.layers])
+
+    def _choices(self, layer: Layer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        space = self.space
+        c_in = np.array(space.groups[layer.in_group].choices if layer.in_group >= 0 else [layer.c_in], float)
+        c_out = np.array(space.groups[layer.out_group].choices if layer.out_group >= 0 else [layer.c_out], float)
+        dens = np.array(space.densities if layer.sparse >= 0 else [1.0], float)
+        return c_in, c_out, dens
+
+    def _layer_grid(self, layer: Layer, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        q_in, q_out, q_d = self._choices(layer)
+        if layer.depthwise:  # channel-wise ops: one channel axis
+            q_in = np.array([0.0])
+            frame = frame.assign(c_in=0)
+        axes = [np.sort(frame[c].unique()).astype(float) for c in ("c_in", "c_out", "density")]
+        pivot = frame.groupby(["c_in", "c_out", "density"])["latency_ms"].mean()
+        full = pd.MultiIndex.from_product(axes, names=["c_in", "c_out", "density"])
+        if len(pivot) != len(full):
+            raise JcwError(f"the {self.table.device} table's grid for {layer.signature} is incomplete "
+                           f"({len(pivot)} of {len(full)} points)")
+        values = pivot.reindex(full).to_numpy().reshape([len(a) for a in axes])
+        for name, grid, query in zip(("input channels", "output channels", "density"), axes, (q_in, q_out, q_d)):
+            if query.min() < grid.min() - 1e-9 or query.max() > grid.max() + 1e-9:
+                raise JcwError(f"the {self.table.device} table covers {layer.signature} only for {name} "
+                               f"{grid.min():g}..{grid.max():g}, but {layer.name} needs {query.min():g}.."
+                               f"{query.max():g}; derive or measure a table for this supernet")
+        lat = interpolate(axes, values, [q_in, q_out, q_d])
+        impl_frame = frame.groupby(["c_in", "c_out", "density"])["impl"].first().reindex(full)
+        impl_grid = impl_frame.to_numpy().reshape(values.shape)
+        nearest = [np.abs(a[None, :] - q[:, None]).argmin(1) for a, q in zip(axes, (q_in, q_out, q_d))]
+        impl = impl_grid[np.ix_(*nearest)]
+        return lat, impl
+
+    def layer_latency(self, genomes: np.ndarray) -> np.ndarray:
+        """Per-layer latency in ms, (n, n_layers)."""
+        g = np.asarray(genomes, dtype=np.int64).reshape(-1, self.space.n_genes)
+        n = g.shape[0]
+        zeros = np.zeros((n, 1), dtype=np.int64)
+        g0 = np.concatenate([g, zeros], axis=1)  # gene -1 reads the appended zero column
+        idx = (self.offsets[None, :] + g0[:, self.in_gene] * self.strides[None, :, 0]
+               + g0[:, self.out_gene] * self.strides[None, :, 1] + g0[:, self.d_gene] * self.strides[None, :, 2])
+        return self.flat[idx]
+
+    def latency(self, genomes: np.ndarray) -> np.ndarray:
+        """Whole-model latency in ms for each genome."""
+        return self.layer_latency(genomes).sum(axis=1) + self.table.overhead_ms
+
+    def implementation(self, genome: np.ndarray) -> list[str]:
+        """Which kernel (dense or sparse_csr) the table chose for each layer of one genome."""
+        g = np.append(np.asarray(genome, dtype=np.int64), 0)
+        return [str(self.impl[j][g[self.in_gene[j]], g[self.out_gene[j]], g[self.d_gene[j]]])
+                for j in range(len(self.space.layers))]

@@ -1,0 +1,60 @@
+"""The archive of every evaluated subnet, and its Pareto front (latency down, top-1 up)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from jcw.space import SearchSpace
+
+
+def pareto_mask(latency: np.ndarray, top1: np.ndarray) -> np.ndarray:
+    """True for members no other member beats on both latency and top-1 (ties broken by first seen)."""
+    order = np.lexsort((-top1, latency))  # by latency, then best top-1 first
+    keep = np.zeros(len(latency), dtype=bool)
+    best = -np.inf
+    for i in order:
+        if top1[i] > best:
+            keep[i] = True
+            best = top1[i]
+    return keep
+
+
+def spread_pick(latency: np.ndarray, k: int) -> np.ndarray:
+    """Indices of at most `k` members spread evenly over the latency range (always both ends)."""
+    if len(latency) <= k:
+        return np.arange(len(latency))
+    order = np.argsort(latency, kind="stable")
+    picks = np.unique(np.rint(np.linspace(0, len(order) - 1, k)).astype(int))
+    return order[picks]
+
+
+def describe(space: SearchSpace, genomes: np.ndarray) -> pd.DataFrame:
+    """Readable columns for a set of genomes: params, MACs, mean density, channels, densities, genome."""
+    g = np.asarray(genomes).reshape(-1, space.n_genes)
+    cost = space.cost(g)
+    widths, dens = space.widths(g), space.density_values(g)
+    return pd.DataFrame({
+        "params": cost["params"].round().astype(np.int64),
+        "macs": cost["macs"].round().astype(np.int64),
+        "mean_density": dens.mean(axis=1).round(4) if dens.shape[1] else np.ones(len(g)),
+        "channels": [SearchSpace.format_readable(w) for w in widths],
+        "densities": [SearchSpace.format_readable(f"{v:g}" for v in d) for d in dens],
+        "genome": [json.dumps([int(x) for x in row]) for row in g],
+    })
+
+
+def genomes_from_column(column: pd.Series) -> np.ndarray:
+    return np.array([json.loads(s) for s in column], dtype=np.int64)
+
+
+def hypervolume(latency: np.ndarray, top1: np.ndarray, ref_latency: float) -> float:
+    """Area dominated by the front in (latency / ref, error / 100) space, against the point (1, 1); 0..1."""
+    from pymoo.indicators.hv import HV
+
+    inside = latency <= ref_latency
+    if not inside.any():
+        return 0.0
+    F = np.stack([latency[inside] / ref_latency, 1 - top1[inside] / 100.0], axis=1)
+    return float(HV(ref_point=np.array([1.0, 1.0]))(F))

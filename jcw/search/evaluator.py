@@ -1,0 +1,163 @@
+"""Score genomes on the supernet: true top-1 after batch-norm recalibration, serially or on Ray actors.
+
+The supernet's weights go into Ray's object store once; every actor builds the supernet from them once and then
+scores the genomes sent to it. An actor that dies has its genome re-queued on a fresh actor, so every candidate is
+scored exactly once.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from jcw.errors import JcwError
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """How an evaluator finds its data: a name and an optional folder."""
+
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    calibration_images: int = 2000
+    split: str = "val"
+
+
+def _supernet_from_payload(payload: dict):
+    import torch
+
+    from jcw.supernet.supernet import Supernet, SupernetConfig
+
+    state = {k: torch.from_numpy(v) for k, v in payload["state_dict"].items()}
+    orders = [torch.from_numpy(o) for o in payload["group_orders"]]
+    net = Supernet(SupernetConfig.from_dict(payload["config"]), state, orders)
+    net.eval()
+    return net
+
+
+def supernet_payload(supernet) -> dict:
+    """The supernet as plain numpy arrays and a config: cheap to put into the object store."""
+    ckpt = supernet.checkpoint()
+    return {"config": ckpt["config"], "state_dict": {k: v.numpy() for k, v in ckpt["state_dict"].items()},
+            "group_orders": [o.numpy() for o in ckpt["group_orders"]]}
+
+
+class SerialEvaluator:
+    """Scores in this process; for debugging (`--workers 0`) and tests."""
+
+    def __init__(self, supernet, data_spec: DataSpec):
+        from jcw.data import load_dataset
+
+        self.supernet = supernet
+        self.spec = data_spec
+        self.data = load_dataset(data_spec.dataset, data_spec.data_dir)
+
+    def score(self, genomes: Sequence, progress: Callable[[int], None] | None = None) -> list[dict]:
+        from jcw.supernet.evaluate import score_genome
+
+        out = []
+        for g in genomes:
+            s = score_genome(self.supernet, np.asarray(g), self.data, self.spec.split, self.spec.calibration_images)
+            out.append({"top1": s.top1, "loss": s.loss})
+            if progress:
+                progress(1)
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+class _ScoringActor:
+    def __init__(self, payload: dict, spec: DataSpec, threads: int):
+        import torch
+
+        from jcw.data import load_dataset
+
+        torch.set_num_threads(threads)
+        self.supernet = _supernet_from_payload(payload)
+        self.spec = spec
+        self.data = load_dataset(spec.dataset, spec.data_dir)
+
+    def score(self, genome) -> dict:
+        from jcw.supernet.evaluate import score_genome
+
+        s = score_genome(self.supernet, np.asarray(genome), self.data, self.spec.split, self.spec.calibration_images)
+        return {"top1": s.top1, "loss": s.loss}
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class RayEvaluator:
+    """A pool of scoring actors on a local Ray instance (sized to the machine) or an existing cluster."""
+
+    def __init__(self, supernet, data_spec: DataSpec, workers: int | None = None, address: str | None = None):
+        import ray
+
+        self.ray = ray
+        self.owns_ray = False
+        if not ray.is_initialized():
+            try:
+                if address:
+                    ray.init(address=address, include_dashboard=False, log_to_driver=False)
+                else:
+                    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+            except Exception as exc:
+                where = f"at {address}" if address else "locally"
+                raise JcwError(f"cannot start or reach Ray {where} ({exc.__class__.__name__}: "
+                               f"{str(exc).splitlines()[0][:160]}); check --ray-address or use --workers 0") from None
+            self.owns_ray = True
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        self.workers = workers or max(1, cpus)
+        self.threads = max(1, cpus // self.workers)
+        self.spec = data_spec
+        self.payload_ref = ray.put(supernet_payload(supernet))
+        self.actor_cls = ray.remote(num_cpus=min(self.threads, cpus))(_ScoringActor)
+        self.actors = [self._new_actor() for _ in range(self.workers)]
+        self.restarts = 0
+
+    def _new_actor(self):
+        return self.actor_cls.remote(self.payload_ref, self.spec, self.threads)
+
+    def score(self, genomes: Sequence, progress: Callable[[int], None] | None = None) -> list[dict]:
+        ray = self.ray
+        genomes = [np.asarray(g) for g in genomes]
+        results: list[dict | None] = [None] * len(genomes)
+        queue = list(range(len(genomes)))
+        running: dict = {}  # ObjectRef -> (actor slot, genome index)
+        idle = list(range(len(self.actors)))
+        while queue or running:
+            while queue and idle:
+                slot, i = idle.pop(), queue.pop(0)
+                running[self.actors[slot].score.remote(genomes[i])] = (slot, i)
+            done, _ = ray.wait(list(running), num_returns=1)
+            ref = done[0]
+            slot, i = running.pop(ref)
+            try:
+                results[i] = ray.get(ref)
+                if progress:
+                    progress(1)
+            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError):
+                self.actors[slot] = self._new_actor()  # the actor died: replace it and re-queue its genome
+                self.restarts += 1
+                queue.insert(0, i)
+            idle.append(slot)
+        return results  # type: ignore[return-value]
+
+    def actor_pids(self) -> list[int]:
+        return self.ray.get([a.pid.remote() for a in self.actors])
+
+    def close(self) -> None:
+        for a in self.actors:
+            self.ray.kill(a)
+        if self.owns_ray:
+            self.ray.shutdown()
+
+
+def make_evaluator(supernet, data_spec: DataSpec, workers: int | None, address: str | None = None):
+    """`workers=0` scores in this process; otherwise Ray actors (None: one per CPU)."""
+    if workers == 0:
+        return SerialEvaluator(supernet, data_spec)
+    return RayEvaluator(supernet, data_spec, workers, address)

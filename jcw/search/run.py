@@ -1,0 +1,338 @@
+"""`jcw search`: NSGA-II over channels x sparsity under a latency budget, driven by pymoo's ask/tell.
+
+Each generation prices the population with the device table and the accuracy predictor (or the supernet), checkpoints
+the algorithm, and appends to history.csv. At the end the archive's Pareto members are re-scored on the supernet, so
+the front in pareto.csv carries true validation top-1.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from jcw import __version__
+from jcw.errors import JcwError
+from jcw.io import atomic_path, write_csv, write_json
+from jcw.search.archive import describe, hypervolume, pareto_mask, spread_pick
+from jcw.search.budget import format_ms
+
+GENE_MODES = ("joint", "channels", "density")
+
+
+@dataclass
+class SearchConfig:
+    device: str
+    budgets_ms: list[float]
+    supernet: str | None = None  # None: the shipped default
+    predictor: str | None = None  # None: the shipped default for the default supernet
+    population: int = 64
+    generations: int = 100
+    seed: int = 0
+    out: str | None = None
+    workers: int | None = None  # None: one Ray actor per CPU; 0: serial, in-process
+    ray_address: str | None = None
+    evaluator: str = "predictor"  # predictor | supernet
+    survival: str = "jcw"  # jcw (multi-target) | nsga2
+    targets: int = 4
+    genes: str = "joint"  # joint | channels (density fixed at 1) | density (widths fixed at full)
+    rescore: int = 40  # front members re-scored on the supernet at the end
+    calibration_images: int = 2000  # batch-norm recalibration images per scored subnet
+    export: bool = True
+    resume: bool = False
+    force: bool = False
+    data_dir: str | None = None
+    runs_dir: str = "runs"
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class SearchResult:
+    out: Path
+    pareto: pd.DataFrame
+    history: pd.DataFrame
+    summary: pd.DataFrame
+
+
+def default_run_name(cfg: SearchConfig) -> str:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{cfg.device}-{format_ms(max(cfg.budgets_ms))}"
+
+
+class _Context:
+    """Everything a search reads: supernet, bound table, predictor, evaluator; built once."""
+
+    def __init__(self, cfg: SearchConfig):
+        from jcw.latency.table import load_table
+        from jcw.predictor import load_predictor
+        from jcw.supernet.supernet import load_supernet
+
+        if cfg.evaluator not in ("predictor", "supernet"):
+            raise JcwError(f"--evaluator must be predictor or supernet, not {cfg.evaluator!r}")
+        if cfg.survival not in ("jcw", "nsga2"):
+            raise JcwError(f"--survival must be jcw or nsga2, not {cfg.survival!r}")
+        if cfg.genes not in GENE_MODES:
+            raise JcwError(f"--genes must be one of {', '.join(GENE_MODES)}, not {cfg.genes!r}")
+        if cfg.population < 4 or cfg.generations < 1:
+            raise JcwError("--population must be at least 4 and --generations at least 1")
+        self.table = load_table(cfg.device)
+        self.supernet = load_supernet(cfg.supernet)
+        self.space = self.supernet.space
+        self.bound = self.table.bind(self.space)
+        self.predictor = None
+        if cfg.evaluator == "predictor":
+            from jcw.artifacts import default_predictor_path
+
+            path = cfg.predictor or (default_predictor_path() if cfg.supernet is None else None)
+            if path is None:
+                raise JcwError("--supernet given without --predictor: fit one with `jcw predictor fit --supernet S` "
+                               "and pass --predictor, or use --evaluator supernet")
+            self.predictor = load_predictor(path)
+            self.predictor.check_supernet(self.supernet.hash)
+        self.upper = self.space.gene_sizes - 1
+        n_groups = len(self.space.groups)
+        if cfg.genes == "channels":
+            self.upper[n_groups:] = 0
+        elif cfg.genes == "density":
+            self.upper[:n_groups] = 0
+        smallest = self.upper.copy()
+        self.smallest_ms = float(self.bound.latency(smallest)[0])
+        if self.smallest_ms > max(cfg.budgets_ms):
+            raise JcwError(f"budget {format_ms(max(cfg.budgets_ms))} is below the smallest subnet's latency on "
+                           f"{cfg.device}: {self.smallest_ms:.4g}ms is the least achievable")
+        self.evaluator = None
+        self.cfg = cfg
+
+    def scorer(self):
+        if self.evaluator is None:
+            from jcw.search.evaluator import DataSpec, make_evaluator
+
+            spec = DataSpec(dataset=self.supernet.config.dataset, data_dir=self.cfg.data_dir,
+                            calibration_images=self.cfg.calibration_images)
+            self.evaluator = make_evaluator(self.supernet, spec, self.cfg.workers, self.cfg.ray_address)
+        return self.evaluator
+
+    def true_top1(self, genomes: np.ndarray, label: str) -> np.ndarray:
+        from tqdm import tqdm
+
+        with tqdm(total=len(genomes), desc=label, dynamic_ncols=True, file=sys.stderr) as bar:
+            scores = self.scorer().score(list(genomes), progress=bar.update)
+        return np.array([s["top1"] for s in scores])
+
+    def close(self) -> None:
+        if self.evaluator is not None:
+            self.evaluator.close()
+
+
+def _algorithm(ctx: _Context, cfg: SearchConfig):
+    from pymoo.algorithms.moo.nsga2 import NSGA2
+    from pymoo.core.problem import Problem
+    from pymoo.operators.crossover.sbx import SBX
+    from pymoo.operators.mutation.pm import PM
+    from pymoo.operators.repair.rounding import RoundingRepair
+    from pymoo.operators.sampling.rnd import IntegerRandomSampling
+
+    from jcw.search.survival import MultiTargetSurvival, latency_targets
+
+    problem = Problem(n_var=ctx.space.n_genes, n_obj=2, n_ieq_constr=1, xl=np.zeros(ctx.space.n_genes),
+                      xu=ctx.upper.astype(float), vtype=int)
+    kwargs = {}
+    if cfg.survival == "jcw":
+        kwargs["survival"] = MultiTargetSurvival(latency_targets(ctx.smallest_ms, max(cfg.budgets_ms), cfg.targets))
+    algorithm = NSGA2(pop_size=cfg.population, sampling=IntegerRandomSampling(),
+                      crossover=SBX(prob=0.9, eta=15, vtype=float, repair=RoundingRepair()),
+                      mutation=PM(eta=20, vtype=float, repair=RoundingRepair()), eliminate_duplicates=True, **kwargs)
+    algorithm.setup(problem, termination=("n_gen", cfg.generations), seed=cfg.seed, verbose=False)
+    return problem, algorithm
+
+
+def _prepare_out(cfg: SearchConfig) -> Path:
+    out = Path(cfg.out) if cfg.out else Path(cfg.runs_dir) / default_run_name(cfg)
+    checkpoint = out / "checkpoint" / "search.pkl"
+    if cfg.resume:
+        if not checkpoint.exists():
+            raise JcwError(f"--resume: {out} has no checkpoint; start it without --resume")
+    elif out.exists() and any(out.iterdir()):
+        if not cfg.force:
+            raise JcwError(f"output directory {out} already exists; pass --resume to continue it or --force to "
+                           "overwrite it")
+    return out
+
+
+def _config_record(cfg: SearchConfig, ctx: _Context, out: Path) -> dict:
+    import pymoo
+    import ray
+    import torch
+
+    return {"options": asdict(cfg), "resolved": {
+        "out": str(out.resolve()), "supernet": ctx.supernet.path, "supernet_hash": ctx.supernet.hash,
+        "predictor": None if ctx.predictor is None else str(cfg.predictor or "default"),
+        "smallest_ms": ctx.smallest_ms, "space": {"model": ctx.space.model, "genes": ctx.space.n_genes,
+                                                   "subnets": str(ctx.space.num_subnets())}},
+        "versions": {"jcw": __version__, "python": platform.python_version(), "torch": torch.__version__,
+                     "pymoo": pymoo.__version__, "ray": ray.__version__, "numpy": np.__version__},
+        "machine": platform.node(), "table": ctx.table.meta}
+
+
+def search(cfg: SearchConfig, log=print) -> SearchResult:
+    """Run (or resume) a search; return the true-scored Pareto front and where everything went."""
+    out = _prepare_out(cfg)
+    ctx = _Context(cfg)
+    try:
+        return _search(cfg, ctx, out, log)
+    finally:
+        ctx.close()
+
+
+def _search(cfg: SearchConfig, ctx: _Context, out: Path, log) -> SearchResult:
+    from pymoo.core.evaluator import Evaluator
+    from pymoo.problems.static import StaticProblem
+
+    checkpoint = out / "checkpoint" / "search.pkl"
+    if cfg.resume:
+        with open(checkpoint, "rb") as f:
+            state = pickle.load(f)
+        problem, algorithm, rows = state["problem"], state["algorithm"], state["rows"]
+        log(f"resuming {out} after generation {algorithm.n_gen - 1 if algorithm.n_gen else 0}")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in ("pareto.csv", "pareto.png", "history.csv"):
+            (out / stale).unlink(missing_ok=True)
+        problem, algorithm = _algorithm(ctx, cfg)
+        rows = []
+    write_json(out / "config.json", _config_record(cfg, ctx, out))
+    budget = max(cfg.budgets_ms)
+    seen = {tuple(json.loads(r["genome"])) for r in rows}
+    t0 = time.time()
+    while algorithm.has_next():
+        pop = algorithm.ask()
+        X = np.rint(pop.get("X")).astype(np.int64)
+        lat = ctx.bound.latency(X)
+        if ctx.predictor is not None:
+            top1 = ctx.predictor.predict(X)
+        else:
+            top1 = ctx.true_top1(X, f"gen {algorithm.n_gen} scoring")
+        Evaluator().eval(StaticProblem(problem, F=np.stack([lat, 100 - top1], axis=1),
+                                       G=(lat - budget)[:, None]), pop)
+        algorithm.tell(infills=pop)
+        gen = algorithm.n_gen - 1
+        for x, l, t in zip(X, lat, top1):
+            if tuple(x) in seen:
+                continue
+            seen.add(tuple(x))
+            rows.append({"id": len(rows), "generation": gen, "latency_ms": float(l),
+                         "predicted_top1": float(t) if ctx.predictor is not None else np.nan,
+                         "true_top1": np.nan if ctx.predictor is not None else float(t),
+                         "genome": json.dumps([int(v) for v in x])})
+        with atomic_path(checkpoint) as tmp, open(tmp, "wb") as f:
+            pickle.dump({"problem": problem, "algorithm": algorithm, "rows": rows}, f)
+        _progress_line(log, gen, cfg, rows, ctx.predictor is not None, time.time() - t0)
+    history = pd.DataFrame(rows)
+    history = _rescore_front(cfg, ctx, history)
+    return _write_outputs(cfg, ctx, out, history)
+
+
+def _score_column(history: pd.DataFrame, predicted: bool) -> np.ndarray:
+    return (history["predicted_top1"] if predicted else history["true_top1"]).to_numpy(dtype=float)
+
+
+def _progress_line(log, gen: int, cfg: SearchConfig, rows: list[dict], predicted: bool, seconds: float) -> None:
+    frame = pd.DataFrame(rows)
+    lat, top1 = frame["latency_ms"].to_numpy(), _score_column(frame, predicted)
+    inside = lat <= max(cfg.budgets_ms)
+    front = pareto_mask(lat[inside], top1[inside]).sum() if inside.any() else 0
+    bests = []
+    for b in cfg.budgets_ms:
+        ok = lat <= b
+        bests.append(f"{format_ms(b)}: {top1[ok].max():.2f}%" if ok.any() else f"{format_ms(b)}: -")
+    hv = hypervolume(lat[inside], top1[inside], max(cfg.budgets_ms)) if inside.any() else 0.0
+    log(f"gen {gen:>3}/{cfg.generations}  front {front:>3}  best {'  '.join(bests)}  HV {hv:.4f}  "
+        f"evaluated {len(frame)}  {seconds:.1f}s")
+
+
+def uniform_genomes(space, upper: np.ndarray) -> np.ndarray:
+    """Uniform-width reference subnets, dense: every group at the same fraction of its base width."""
+    ratios = np.linspace(1.0, 0.25, 7)
+    out = []
+    for r in ratios:
+        g = np.zeros(space.n_genes, dtype=np.int64)
+        for i, grp in enumerate(space.groups):
+            g[i] = int(np.argmin([abs(c - r * grp.base) for c in grp.choices]))
+        out.append(np.minimum(g, upper))
+    return np.unique(np.array(out), axis=0)
+
+
+def _rescore_front(cfg: SearchConfig, ctx: _Context, history: pd.DataFrame) -> pd.DataFrame:
+    """True top-1 for the predicted front (spread picks, at most cfg.rescore) and the uniform references."""
+    from jcw.search.archive import genomes_from_column
+
+    history = history.copy()
+    history["kind"] = "search"
+    refs = uniform_genomes(ctx.space, ctx.upper)
+    ref_rows = []
+    known = {r: i for i, r in enumerate(history["genome"])}
+    for g in refs:
+        key = json.dumps([int(v) for v in g])
+        if key in known:
+            continue
+        ref_rows.append({"id": len(history) + len(ref_rows), "generation": -1,
+                         "latency_ms": float(ctx.bound.latency(g)[0]),
+                         "predicted_top1": float(ctx.predictor.predict(g)[0]) if ctx.predictor else np.nan,
+                         "true_top1": np.nan, "genome": key, "kind": "uniform"})
+    history = pd.concat([history, pd.DataFrame(ref_rows)], ignore_index=True) if ref_rows else history
+    history.loc[history["genome"].isin([json.dumps([int(v) for v in g]) for g in refs]), "kind"] = "uniform"
+    lat = history["latency_ms"].to_numpy()
+    inside = (lat <= max(cfg.budgets_ms)) & (history["kind"] == "search").to_numpy()
+    score = _score_column(history, ctx.predictor is not None)
+    idx_inside = np.flatnonzero(inside)
+    front = idx_inside[pareto_mask(lat[idx_inside], score[idx_inside])]
+    picks = front[spread_pick(lat[front], cfg.rescore)]
+    uniform_idx = np.flatnonzero((history["kind"] == "uniform").to_numpy())
+    todo = [i for i in np.concatenate([picks, uniform_idx]) if np.isnan(history.at[i, "true_top1"])]
+    if todo:
+        genomes = genomes_from_column(history.loc[todo, "genome"])
+        history.loc[todo, "true_top1"] = ctx.true_top1(genomes, "re-scoring the front on the supernet")
+    history.loc[picks, "kind"] = "front-candidate"
+    return history
+
+
+def _write_outputs(cfg: SearchConfig, ctx: _Context, out: Path, history: pd.DataFrame) -> SearchResult:
+    from jcw.search.archive import genomes_from_column
+    from jcw.search.plot import plot_run
+
+    scored = history[history["true_top1"].notna() & (history["kind"] != "uniform")
+                     & (history["latency_ms"] <= max(cfg.budgets_ms))]
+    keep = pareto_mask(scored["latency_ms"].to_numpy(), scored["true_top1"].to_numpy())
+    front = scored[keep].sort_values("latency_ms")
+    details = describe(ctx.space, genomes_from_column(front["genome"]))
+    pareto = pd.DataFrame({"id": front["id"].to_numpy(), "latency_ms": front["latency_ms"].round(6).to_numpy(),
+                           "top1": front["true_top1"].round(4).to_numpy(),
+                           "predicted_top1": front["predicted_top1"].round(4).to_numpy()})
+    pareto = pd.concat([pareto, details], axis=1)
+    write_csv(out / "history.csv", history.round({"latency_ms": 6, "predicted_top1": 4, "true_top1": 4}))
+    write_csv(out / "pareto.csv", pareto)
+    summary_rows = []
+    for b in cfg.budgets_ms:
+        ok = pareto[pareto["latency_ms"] <= b]
+        if ok.empty:
+            summary_rows.append({"budget_ms": b, "id": None, "latency_ms": None, "top1": None})
+            continue
+        best = ok.loc[ok["top1"].idxmax()]
+        summary_rows.append({"budget_ms": b, "id": int(best["id"]), "latency_ms": float(best["latency_ms"]),
+                             "top1": float(best["top1"])})
+    summary = pd.DataFrame(summary_rows)
+    write_csv(out / "summary.csv", summary)
+    plot_run(out, cfg.budgets_ms, cfg.device)
+    if cfg.export:
+        from jcw.export import export_from_run
+
+        for row in summary.dropna(subset=["id"]).itertuples():
+            export_from_run(out, int(row.id), supernet=ctx.supernet, device=cfg.device)
+    return SearchResult(out=out, pareto=pareto, history=history, summary=summary)

@@ -1,0 +1,126 @@
+"""End-to-end: the real `jcw` command on small settings, and its answers to bad input."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from conftest import ROOT, run_cli
+
+SMALL = ["--device", "pixel4", "--population", "16", "--generations", "30", "--rescore", "4",
+         "--calibration-images", "250", "--workers", "0", "--seed", "1"]
+
+
+def one_clear_line(proc, *needles):
+    assert proc.returncode == 2, proc.stderr
+    lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_help_and_version():
+    out = run_cli("--help", check=True).stdout
+    for cmd in ("search", "supernet", "predictor", "latency", "export", "pick", "plot", "finetune"):
+        assert cmd in out
+    assert run_cli("--version", check=True).stdout.startswith("jcw ")
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["bogus"], ["invalid choice"]),
+    (["search", "--device", "pixel4", "--latency", "1ms", "--frobnicate"], ["unrecognized"]),
+    (["search", "--device", "nokia3310", "--latency", "1ms"], ["unknown device", "pixel4"]),
+    (["search", "--device", "pixel4", "--latency", "fast"], ["cannot read latency budget"]),
+    (["search", "--device", "pixel4", "--latency", "-5ms"], ["latency budget"]),
+    (["search", "--device", "pixel4", "--latency", "30 parsecs"], ["latency budget"]),
+    (["search", "--device", "pixel4", "--latency", ""], ["empty latency budget"]),
+    (["search", "--device", "pixel4", "--latency", "1us"], ["least achievable"]),
+    (["supernet", "train", "--dataset", "imagefolder", "--data-dir", "/nonexistent", "--out", "/tmp/jcw-x"],
+     ["train/ and val/"]),
+    (["search", "--device", "pixel4", "--latency", "1ms", "--ray-address", "127.0.0.1:1"], ["Ray"]),
+])
+def test_bad_input_is_one_clear_line(args, needles, tmp_path):
+    if "--ray-address" in args:
+        args = args + ["--evaluator", "supernet", "--generations", "1", "--population", "4", "--out",
+                       str(tmp_path / "r")]
+    one_clear_line(run_cli(*args, timeout=300), *needles)
+
+
+def test_corrupt_files_are_clear_errors(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x80\x02garbage")
+    one_clear_line(run_cli("supernet", "eval", "--supernet", str(bad)), "corrupt")
+    one_clear_line(run_cli("search", "--device", "pixel4", "--latency", "1ms", "--predictor", str(tmp_path),
+                           "--out", str(tmp_path / "o")), "predictor")
+    one_clear_line(run_cli("plot", str(tmp_path)), "not a finished search run")
+
+
+def test_search_end_to_end_then_export_pick_finetune(tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli("search", "--latency", "0.5ms,0.9ms", "--out", str(out), *SMALL, check=True)
+    assert "pareto:" in proc.stdout and "plot:" in proc.stdout
+    front = pd.read_csv(out / "pareto.csv")
+    for col in ("id", "latency_ms", "top1", "predicted_top1", "params", "macs", "mean_density"):
+        assert pd.api.types.is_numeric_dtype(front[col]), col
+    assert (front["latency_ms"] <= 0.9).all()
+    lat, top = front["latency_ms"].to_numpy(), front["top1"].to_numpy()
+    for i in range(len(front)):  # mutually non-dominated
+        assert not ((lat <= lat[i]) & (top >= top[i]) & ((lat < lat[i]) | (top > top[i]))).any()
+    history = pd.read_csv(out / "history.csv")
+    assert set(front["id"]) <= set(history["id"])
+    assert (out / "pareto.png").stat().st_size > 10_000
+    assert len(list((out / "subnets").glob("*.pt"))) >= 1
+    # the output folder is not overwritten without --resume or --force
+    one_clear_line(run_cli("search", "--latency", "0.9ms", "--out", str(out), *SMALL), "already exists")
+    # export by id (with ONNX) and pick by budget
+    first = int(front["id"].iloc[-1])
+    run_cli("export", str(out), "--id", str(first), "--onnx", "--out", str(tmp_path / "x.pt"), check=True)
+    assert (tmp_path / "x.onnx").exists()
+    proc = run_cli("pick", str(out), "--latency", "0.9ms", "--out", str(tmp_path / "p.pt"), check=True)
+    assert "picked id" in proc.stdout
+    proc = run_cli("finetune", str(tmp_path / "p.pt"), "--epochs", "1", "--limit-train", "2048",
+                   "--out", str(tmp_path / "ft"), check=True)
+    assert "test top-1" in proc.stdout and (tmp_path / "ft" / "finetune_log.csv").exists()
+    one_clear_line(run_cli("pick", str(out), "--latency", "1us"), "no front member")
+
+
+def test_same_seed_same_bytes_and_resume_after_sigkill(tmp_path):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    args = ["--latency", "0.9ms", *SMALL, "--generations", "60", "--no-export"]
+    run_cli("search", "--out", str(a), *args, check=True)
+    run_cli("search", "--out", str(b), *args, check=True)
+    assert (a / "pareto.csv").read_bytes() == (b / "pareto.csv").read_bytes()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "jcw.cli", "search", "--out", str(c), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    for line in proc.stdout:  # kill it in the middle of the generations
+        if line.startswith("gen  20") or time.time() > deadline:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (c / "pareto.csv").exists()
+    resumed = run_cli("search", "--out", str(c), *args, "--resume", check=True)
+    assert "resuming" in resumed.stdout
+    assert (a / "pareto.csv").read_bytes() == (c / "pareto.csv").read_bytes()
+
+
+def test_supernet_eval_json():
+    proc = run_cli("supernet", "eval", "--genome", "largest,smallest", "--split", "val", "--calibration-images",
+                   "500", "--json", check=True)
+    rows = json.loads(proc.stdout)
+    assert [set(r) >= {"genome", "channels", "densities", "top1", "loss"} for r in rows] == [True, True]
+    assert rows[0]["top1"] > rows[1]["top1"]
+
+
+def test_latency_list_and_predict():
+    out = run_cli("latency", "list", check=True).stdout
+    assert "pixel4" in out and "derived" in out
+    rec = json.loads(run_cli("latency", "predict", "--device", "pixel4", "--model", "torchvision:mobilenet_v2",
+                             "--json", check=True).stdout)
+    assert 35 < rec["latency_ms"] < 55

@@ -1,0 +1,77 @@
+import numpy as np
+import torch
+
+from jcw.export import export_subnet, load_subnet
+from jcw.supernet.evaluate import recalibrate_bn
+
+
+def _genome(space, seed=5):
+    return space.sample(1, np.random.default_rng(seed))[0]
+
+
+def test_exported_subnet_matches_supernet(supernet, data, tmp_path):
+    genome = _genome(supernet.space)
+    path = export_subnet(supernet, genome, tmp_path / "s.pt", data=data, calibration_images=500)
+    model = load_subnet(path)
+    supernet.set_genome(genome)
+    recalibrate_bn(supernet, data, 500)
+    supernet.eval()
+    x = next(data.batches("val", 32)).images
+    with torch.no_grad():
+        assert torch.allclose(model(x), supernet(x), atol=1e-5)
+    # masks hold the density of every sparse layer, and the parameter count is the kept nonzeros
+    dens = supernet.space.density_values(genome)[0]
+    total = 0
+    for name, layer in supernet.info.weight_layers.items():
+        w = model.get_submodule(name).weight
+        nz = int((w != 0).sum())
+        total += nz
+        if layer.sparse >= 0:
+            assert abs(nz - dens[layer.sparse] * w.numel()) <= 1, name
+    expected = supernet.space.cost(genome)["params"][0]
+    assert abs(total - expected) <= len(supernet.info.weight_layers)
+    assert model.jcw_metadata["genome"] == [int(v) for v in genome]
+
+
+def test_masks_hold_through_training(supernet, data, tmp_path):
+    path = export_subnet(supernet, _genome(supernet.space, 7), tmp_path / "s.pt")
+    model = load_subnet(path).train()
+    zero = {n: (m.weight == 0) for n, m in model.named_modules() if hasattr(m, "parametrizations")}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    for i, batch in enumerate(data.batches("train", 64)):
+        if i == 20:
+            break
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(batch.images), batch.labels).backward()
+        opt.step()
+    for n, m in model.named_modules():
+        if n in zero:
+            assert (m.weight[zero[n]] == 0).all(), n
+
+
+def test_onnx_matches_torch(supernet, tmp_path):
+    import onnxruntime as ort
+
+    from jcw.deploy import export_onnx
+
+    path = export_subnet(supernet, _genome(supernet.space, 9), tmp_path / "s.pt")
+    onnx_path = export_onnx(path, tmp_path / "s.onnx")
+    model = load_subnet(path)
+    x = torch.randn(3, 1, 28, 28)
+    got = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})[0]
+    with torch.no_grad():
+        assert np.allclose(got, model(x).numpy(), atol=1e-4)
+
+
+def test_cpu_runtime_matches_and_uses_sparse_kernels(supernet, tmp_path):
+    from jcw.deploy import SparseConv1x1, cpu_runtime
+
+    genome = supernet.space.smallest()
+    path = export_subnet(supernet, genome, tmp_path / "s.pt")
+    model = load_subnet(path)
+    sparse = {l.name for l in supernet.space.layers if l.sparse >= 0 and l.kind == "conv" and l.kernel == 1}
+    runtime = cpu_runtime(model, sparse | {"classifier.1"})
+    assert sum(isinstance(m, SparseConv1x1) for m in runtime.modules()) == len(sparse) + 1
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(runtime(x), model(x), atol=1e-4)

@@ -1,0 +1,91 @@
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from jcw.errors import JcwError
+from jcw.latency.table import LatencyTable, interpolate, load_table
+
+
+def test_interpolation_is_exact_on_multilinear_functions():
+    axes = [np.array([8.0, 16, 32]), np.array([8.0, 24]), np.array([0.2, 0.6, 1.0])]
+    f = lambda a, b, c: 0.5 + 0.01 * a + 0.02 * b + 0.3 * c + 0.001 * a * b * c
+    values = f(*np.meshgrid(*axes, indexing="ij"))
+    q = [np.array([12.0, 20]), np.array([8.0, 16]), np.array([0.3, 0.9])]
+    got = interpolate(axes, values, q)
+    assert np.allclose(got, f(*np.meshgrid(*q, indexing="ij")))
+
+
+def test_lookup_is_sum_of_layer_entries(tiny_supernet):
+    table = load_table("pixel4")
+    bound = table.bind(tiny_supernet.space)
+    genomes = tiny_supernet.space.sample(50, np.random.default_rng(0))
+    per_layer = bound.layer_latency(genomes)
+    assert np.allclose(per_layer.sum(1) + table.overhead_ms, bound.latency(genomes))
+    # one layer read back from the CSV: the classifier, at its density
+    space = tiny_supernet.space
+    j = len(space.layers) - 1
+    layer = space.layers[j]
+    g = genomes[0]
+    c_in = space.widths(g)[0][layer.in_group]
+    d = space.density_values(g)[0][layer.sparse]
+    e = table.entries
+    row = e[(e.kind == "linear") & (e.c_in == c_in) & np.isclose(e.density, d)]
+    assert np.isclose(per_layer[0, j], row.latency_ms.iloc[0])
+
+
+def test_smaller_subnets_are_faster(tiny_supernet):
+    bound = load_table("pixel4").bind(tiny_supernet.space)
+    space = tiny_supernet.space
+    assert bound.latency(space.smallest())[0] < bound.latency(space.largest())[0]
+
+
+def test_missing_signature_is_named(tiny_supernet, tmp_path):
+    table = load_table("pixel4")
+    entries = table.entries[~((table.entries.kind == "conv") & (table.entries.h == 7) & (table.entries.kernel == 3))]
+    with pytest.raises(JcwError, match=r"conv-7x7-k3-s1-dw"):
+        LatencyTable("cut", entries, table.meta).bind(tiny_supernet.space)
+
+
+def test_unknown_device_lists_known_ones():
+    with pytest.raises(JcwError, match="known devices: .*pixel4"):
+        load_table("iphone99")
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.integers(0, 2000), junk=st.binary(max_size=40))
+def test_mangled_tables_fail_clearly(tmp_path, cut, junk):
+    from jcw.artifacts import artifact_dir
+
+    src = artifact_dir("latency_tables")
+    shutil.copy(src / "pixel4.json", tmp_path / "dev.json")
+    text = (src / "pixel4.csv").read_bytes()
+    (tmp_path / "dev.csv").write_bytes(text[:cut] + junk)
+    try:
+        table = load_table("dev", tmp_path)
+    except JcwError as exc:
+        assert "corrupt" in str(exc) or "incomplete" in str(exc)
+    else:  # a cut on a line boundary can leave a valid, smaller table
+        assert len(table.entries) >= 1
+
+
+def test_derived_pixel4_prices_reference_models_within_10pct():
+    from jcw.latency.device_model import fit_device, load_whole_models
+
+    model = fit_device("pixel4")
+    refs = {name: (ops, ms) for name, ops, ms in load_whole_models("pixel4")}
+    for name in ("torchvision mobilenet_v2@224", "torchvision resnet18@224"):
+        ops, ms = refs[name]
+        assert abs(model.model_ms(ops) - ms) / ms < 0.10, name
+    meta = load_table("pixel4").meta
+    assert meta["source"] == "derived" and meta["error"]["mape_pct"] > 0
+
+
+def test_lookup_rate_is_reported(tiny_supernet):
+    """Vectorised pricing of 100k genomes (rate is measured by benchmarks/, never asserted on wall time)."""
+    bound = load_table("pixel4").bind(tiny_supernet.space)
+    lat = bound.latency(tiny_supernet.space.sample(100_000, np.random.default_rng(0)))
+    assert lat.shape == (100_000,) and np.isfinite(lat).all()

@@ -1,0 +1,76 @@
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from jcw.errors import JcwError
+from jcw.search.archive import pareto_mask
+from jcw.search.budget import parse_budget, parse_budgets
+from jcw.search.run import SearchConfig, search
+
+
+@pytest.mark.parametrize("text,ms", [("30ms", 30), ("0.03s", 30), ("30 ms", 30), ("250us", 0.25), (" 1.5 ms ", 1.5)])
+def test_budget_parser_accepts_units(text, ms):
+    assert parse_budget(text) == pytest.approx(ms)
+
+
+@pytest.mark.parametrize("text", ["fast", "-5ms", "30 parsecs", "", "0ms", "ms", "5"])
+def test_budget_parser_rejects_nonsense(text):
+    with pytest.raises(JcwError):
+        parse_budgets(text)
+
+
+@given(st.text(max_size=20))
+def test_budget_parser_never_crashes(text):
+    try:
+        values = parse_budgets(text)
+    except JcwError:
+        return
+    assert values and all(v > 0 for v in values)
+
+
+def test_several_budgets():
+    assert parse_budgets("30ms,10ms, 20 ms") == [10, 20, 30]
+
+
+def test_pareto_mask():
+    lat = np.array([1.0, 2.0, 3.0, 2.5, 0.5])
+    top = np.array([80.0, 85.0, 84.0, 90.0, 70.0])
+    assert pareto_mask(lat, top).tolist() == [True, True, False, True, True]
+
+
+def test_multi_target_survival_covers_every_target():
+    from pymoo.core.population import Population
+
+    from jcw.search.survival import MultiTargetSurvival
+
+    rng = np.random.default_rng(0)
+    lat = rng.uniform(0, 10, 200)
+    err = 30 - 2 * lat + rng.normal(0, 1, 200)
+    pop = Population.new(X=np.zeros((200, 2)), F=np.stack([lat, err], 1))
+    survivors = MultiTargetSurvival([1, 4, 7, 10])._do(None, pop, n_survive=40)
+    chosen = survivors.get("F")[:, 0]
+    for t in (1, 4, 7, 10):
+        assert np.min(np.abs(chosen - t)) < 0.5
+
+
+def _small(tmp_path, name, **kw):
+    cfg = dict(device="pixel4", budgets_ms=[0.9], population=16, generations=6, seed=3, out=str(tmp_path / name),
+               workers=0, rescore=4, calibration_images=250, export=False)
+    cfg.update(kw)
+    return SearchConfig(**cfg)
+
+
+def test_serial_and_ray_give_the_same_front(tmp_path):
+    serial = search(_small(tmp_path, "serial", workers=0), log=lambda s: None)
+    ray_run = search(_small(tmp_path, "ray", workers=1), log=lambda s: None)
+    pd.testing.assert_frame_equal(serial.pareto, ray_run.pareto)
+    front = serial.pareto
+    assert (front["latency_ms"] <= 0.9).all()
+    assert pareto_mask(front["latency_ms"].to_numpy(), front["top1"].to_numpy()).all()
+
+
+def test_budget_below_smallest_subnet(tmp_path):
+    with pytest.raises(JcwError, match="least achievable"):
+        search(_small(tmp_path, "tiny", budgets_ms=[0.001]))

@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+import torch
+
+from jcw.export import subnet_from_supernet
+from jcw.models import create_model
+from jcw.supernet.evaluate import evaluate, recalibrate_bn
+from jcw.supernet.supernet import Supernet, SupernetConfig
+
+
+def test_kept_fraction_equals_density(tiny_supernet):
+    net = tiny_supernet
+    rng = np.random.default_rng(3)
+    modules = dict(net.base.named_modules())
+    for genome in net.space.sample(5, rng):
+        net.set_genome(genome)
+        dens = net.space.density_values(genome)[0]
+        widths = net.space.widths(genome)[0]
+        for name, layer in net.info.weight_layers.items():
+            if layer.sparse < 0:
+                continue
+            w = modules[name].weight
+            rows = widths[layer.out_group] if layer.out_group >= 0 else layer.c_out
+            cols = widths[layer.in_group] if layer.in_group >= 0 else layer.c_in
+            kept_slice = rows * cols * w.shape[2] * w.shape[3] if w.dim() == 4 else rows * cols
+            assert abs(int((w != 0).sum()) - dens[layer.sparse] * kept_slice) <= 1, name
+
+
+def test_block_masks_keep_groups_of_four():
+    torch.manual_seed(0)
+    net = Supernet(SupernetConfig(block=4)).eval()
+    genome = net.space.largest()
+    genome[len(net.space.groups):] = net.space.densities.index(0.5)
+    net.set_genome(genome)
+    name = "features.2.conv.0.0"  # a 1x1 expand conv, 96 out channels
+    w = dict(net.base.named_modules())[name].weight.detach()
+    order = net.group_order(net.info.weight_layers[name].out_group)
+    blocks = (w[order] != 0).reshape(-1, 4, *w.shape[1:])
+    assert torch.equal(blocks.all(1), blocks.any(1))  # each block of 4 is all kept or all dropped
+    assert abs((w != 0).float().mean().item() - 0.5) < 0.02
+
+
+@pytest.mark.parametrize("name,size,channels", [("mbv2_tiny", 28, 1), ("mobilenet_v2", 64, 3), ("resnet18", 64, 3),
+                                                ("resnet50", 64, 3)])
+def test_largest_genome_equals_base_network(name, size, channels):
+    torch.manual_seed(0)
+    cfg = SupernetConfig(model=name, input_size=size, in_channels=channels, num_classes=10)
+    net = Supernet(cfg).eval()
+    base = create_model(name, 10, channels).eval()
+    base.load_state_dict(net.raw_state_dict())
+    x = torch.randn(2, channels, size, size)
+    net.set_genome(net.space.largest())
+    with torch.no_grad():
+        assert torch.allclose(net(x), base(x), atol=1e-5)
+    # and random genomes build physically smaller subnets of the right shapes
+    genome = net.space.sample(1, np.random.default_rng(1))[0]
+    small, arch = subnet_from_supernet(net, genome)
+    widths = net.space.widths(genome)[0]
+    assert arch["widths"] == [int(w) for w in widths]
+    with torch.no_grad():
+        assert small(x).shape == (2, 10)
+    for lname, layer in net.info.weight_layers.items():
+        w = small.get_submodule(lname).weight
+        if layer.out_group >= 0:
+            assert w.shape[0] == widths[layer.out_group]
+
+
+def test_bn_recalibration_changes_stats_and_helps(supernet, data):
+    net = supernet
+    net.set_genome(net.space.largest())
+    recalibrate_bn(net, data, 1000)
+    small = net.space.smallest()
+    net.set_genome(small)
+    bn = [m for m in net.base.modules() if isinstance(m, torch.nn.BatchNorm2d)][3]
+    before_mean = bn.running_mean.clone()
+    stale = evaluate(net, data, "val").top1
+    recalibrate_bn(net, data, 1000)
+    assert not torch.allclose(before_mean, bn.running_mean)
+    fresh = evaluate(net, data, "val").top1
+    assert fresh > stale + 1.0

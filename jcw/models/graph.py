@@ -58,7 +58,11 @@ def analyse(model: nn.Module, model_name: str, input_size: int, in_channels: int
         gm = fx.symbolic_trace(model)
     except Exception as exc:
         raise JcwError(f"cannot trace {model_name} with torch.fx ({exc}); use a traceable CNN") from None
-    ShapeProp(gm).propagate(torch.zeros(1, in_channels, input_size, input_size))
+    was_training = model.training
+    gm.eval()  # batch norm on a single image needs running statistics
+    with torch.no_grad():
+        ShapeProp(gm).propagate(torch.zeros(1, in_channels, input_size, input_size))
+    model.train(was_training)
     modules = dict(gm.named_modules())
     uf = _UnionFind()
     group_of: dict[fx.Node, int | None] = {}  # tensor -> raw group id (None: a fixed width, e.g. the image)

@@ -49,12 +49,16 @@ def genomes_from_column(column: pd.Series) -> np.ndarray:
     return np.array([json.loads(s) for s in column], dtype=np.int64)
 
 
-def hypervolume(latency: np.ndarray, top1: np.ndarray, ref_latency: float) -> float:
-    """Area dominated by the front in (latency / ref, error / 100) space, against the point (1, 1); 0..1."""
+def hypervolume(latency: np.ndarray, top1: np.ndarray, ref_latency: float,
+                floor_top1: float = 0.0) -> float:
+    """Area dominated by the front, normalised to 0..1, against the reference point (ref_latency, floor_top1).
+
+    A floor near the accuracies that matter (e.g. 80% on Fashion-MNIST) makes differences between fronts visible.
+    """
     from pymoo.indicators.hv import HV
 
-    inside = latency <= ref_latency
+    inside = (latency <= ref_latency) & (top1 > floor_top1)
     if not inside.any():
         return 0.0
-    F = np.stack([latency[inside] / ref_latency, 1 - top1[inside] / 100.0], axis=1)
+    F = np.stack([latency[inside] / ref_latency, (100 - top1[inside]) / (100 - floor_top1)], axis=1)
     return float(HV(ref_point=np.array([1.0, 1.0]))(F))

@@ -34,10 +34,10 @@ def plot_run(run: str | Path, budgets_ms: list[float] | None = None, device: str
     budgets_ms = budgets_ms or config["options"]["budgets_ms"]
     device = device or config["options"]["device"]
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    search = history[history["kind"] != "uniform"]
+    search = history[history["kind"] == "search"]
     y = search["predicted_top1"].where(search["predicted_top1"].notna(), search["true_top1"])
     ax.scatter(search["latency_ms"], y, s=5, color="tab:blue", alpha=0.12, label="candidates (predicted top-1)")
-    uniform = history[history["kind"] == "uniform"].sort_values("latency_ms")
+    uniform = history[history["uniform"]].sort_values("latency_ms")
     if not uniform.empty:
         ax.plot(uniform["latency_ms"], uniform["true_top1"], "s--", color="tab:gray", ms=4,
                 label="uniform width, dense (true top-1)")

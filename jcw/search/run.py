@@ -270,36 +270,33 @@ def uniform_genomes(space, upper: np.ndarray) -> np.ndarray:
 
 
 def _rescore_front(cfg: SearchConfig, ctx: _Context, history: pd.DataFrame) -> pd.DataFrame:
-    """True top-1 for the predicted front (spread picks, at most cfg.rescore) and the uniform references."""
+    """True top-1 for the predicted front (spread picks, at most cfg.rescore) and the uniform-width references.
+
+    References the search never visited are appended with kind "reference"; `uniform` marks them all.
+    """
     from jcw.search.archive import genomes_from_column
 
-    history = history.copy()
-    history["kind"] = "search"
-    refs = uniform_genomes(ctx.space, ctx.upper)
-    ref_rows = []
-    known = {r: i for i, r in enumerate(history["genome"])}
-    for g in refs:
-        key = json.dumps([int(v) for v in g])
-        if key in known:
-            continue
-        ref_rows.append({"id": len(history) + len(ref_rows), "generation": -1,
-                         "latency_ms": float(ctx.bound.latency(g)[0]),
-                         "predicted_top1": float(ctx.predictor.predict(g)[0]) if ctx.predictor else np.nan,
-                         "true_top1": np.nan, "genome": key, "kind": "uniform"})
-    history = pd.concat([history, pd.DataFrame(ref_rows)], ignore_index=True) if ref_rows else history
-    history.loc[history["genome"].isin([json.dumps([int(v) for v in g]) for g in refs]), "kind"] = "uniform"
+    history = history.assign(kind="search")
+    refs = [json.dumps([int(v) for v in g]) for g in uniform_genomes(ctx.space, ctx.upper)]
+    missing = [r for r in refs if r not in set(history["genome"])]
+    if missing:
+        genomes = genomes_from_column(pd.Series(missing))
+        extra = pd.DataFrame({"id": np.arange(len(history), len(history) + len(missing)), "generation": -1,
+                              "latency_ms": ctx.bound.latency(genomes),
+                              "predicted_top1": ctx.predictor.predict(genomes) if ctx.predictor else np.nan,
+                              "true_top1": np.nan, "genome": missing, "kind": "reference"})
+        history = pd.concat([history, extra], ignore_index=True)
+    history["uniform"] = history["genome"].isin(refs)
     lat = history["latency_ms"].to_numpy()
-    inside = (lat <= max(cfg.budgets_ms)) & (history["kind"] == "search").to_numpy()
+    candidates = np.flatnonzero((lat <= max(cfg.budgets_ms)) & (history["kind"] == "search").to_numpy())
     score = _score_column(history, ctx.predictor is not None)
-    idx_inside = np.flatnonzero(inside)
-    front = idx_inside[pareto_mask(lat[idx_inside], score[idx_inside])]
+    front = candidates[pareto_mask(lat[candidates], score[candidates])]
     picks = front[spread_pick(lat[front], cfg.rescore)]
-    uniform_idx = np.flatnonzero((history["kind"] == "uniform").to_numpy())
-    todo = [i for i in np.concatenate([picks, uniform_idx]) if np.isnan(history.at[i, "true_top1"])]
+    todo = [i for i in np.concatenate([picks, np.flatnonzero(history["uniform"].to_numpy())])
+            if np.isnan(history.at[i, "true_top1"])]
     if todo:
         genomes = genomes_from_column(history.loc[todo, "genome"])
         history.loc[todo, "true_top1"] = ctx.true_top1(genomes, "re-scoring the front on the supernet")
-    history.loc[picks, "kind"] = "front-candidate"
     return history
 
 
@@ -307,7 +304,7 @@ def _write_outputs(cfg: SearchConfig, ctx: _Context, out: Path, history: pd.Data
     from jcw.search.archive import genomes_from_column
     from jcw.search.plot import plot_run
 
-    scored = history[history["true_top1"].notna() & (history["kind"] != "uniform")
+    scored = history[history["true_top1"].notna() & (history["kind"] == "search")
                      & (history["latency_ms"] <= max(cfg.budgets_ms))]
     keep = pareto_mask(scored["latency_ms"].to_numpy(), scored["true_top1"].to_numpy())
     front = scored[keep].sort_values("latency_ms")

@@ -1,0 +1,294 @@
+"""Regenerate benchmarks/RESULTS.md: granularity, selection, baselines, fidelity, cost.
+
+    python benchmarks/run.py            # the full protocol (3 seeds; about an hour on 2 cores)
+    python benchmarks/run.py --quick    # 1 seed, smaller searches (about 15 minutes)
+
+Everything goes through jcw's API (search, evaluators, export, finetune); nothing here re-implements them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from jcw.data import load_dataset  # noqa: E402
+from jcw.export import export_subnet  # noqa: E402
+from jcw.finetune import FinetuneConfig, finetune  # noqa: E402
+from jcw.latency.table import load_table  # noqa: E402
+from jcw.predictor import load_predictor, rank_metrics  # noqa: E402
+from jcw.search.archive import genomes_from_column, hypervolume  # noqa: E402
+from jcw.search.evaluator import DataSpec, RayEvaluator, SerialEvaluator  # noqa: E402
+from jcw.search.run import SearchConfig, search  # noqa: E402
+from jcw.supernet.supernet import load_supernet  # noqa: E402
+
+OUT = ROOT / "benchmarks"
+FLOOR = 80.0  # hypervolume reference accuracy (Fashion-MNIST)
+
+
+def budget_for(device: str, net) -> float:
+    """60% of the way from the smallest subnet to the full network: a budget where choices matter."""
+    bound = load_table(device).bind(net.space)
+    lo, hi = bound.latency(net.space.smallest())[0], bound.latency(net.space.largest())[0]
+    return float(round(lo + 0.6 * (hi - lo), 4))
+
+
+def run_search(tag: str, work: Path, **kw):
+    cfg = SearchConfig(out=str(work / tag), force=True, export=False, **kw)
+    t0 = time.time()
+    result = search(cfg, log=lambda s: None)
+    return result, time.time() - t0
+
+
+def front_stats(pareto: pd.DataFrame, budget: float) -> dict:
+    lat, top = pareto["latency_ms"].to_numpy(), pareto["top1"].to_numpy()
+    best = {}
+    for frac in (0.5, 0.75, 1.0):
+        ok = lat <= frac * budget
+        best[f"best@{frac:g}B"] = float(top[ok].max()) if ok.any() else float("nan")
+    gaps = np.diff(np.sort(np.concatenate([[0.0], lat, [budget]]))) / budget
+    return {"hv": hypervolume(lat, top, budget, FLOOR), "members": len(pareto), "max_gap": float(gaps.max()), **best}
+
+
+def mean_spread(values: list[float]) -> str:
+    v = np.array(values, dtype=float)
+    return f"{v.mean():.4f} ± {v.std():.4f}" if len(v) > 1 else f"{v[0]:.4f}"
+
+
+def granularity(net, devices, seeds, gens, pop, rescore, work) -> tuple[str, list, pd.DataFrame]:
+    rows, fronts = [], []
+    for device in devices:
+        budget = budget_for(device, net)
+        for genes in ("joint", "channels", "density"):
+            for seed in seeds:
+                res, secs = run_search(f"gran-{device}-{genes}-{seed}", work, device=device, budgets_ms=[budget],
+                                       population=pop, generations=gens, seed=seed, genes=genes, rescore=rescore)
+                stats = front_stats(res.pareto, budget)
+                rows.append({"device": device, "budget_ms": budget, "genes": genes, "seed": seed,
+                             "seconds": secs, **stats})
+                fronts.append((device, genes, seed, res.pareto))
+    df = pd.DataFrame(rows)
+    lines = ["| device | budget (ms) | genes | hypervolume | best @0.5B | best @0.75B | best @B | front size |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for (device, genes), g in df.groupby(["device", "genes"], sort=False):
+        lines.append(f"| {device} | {g.budget_ms.iloc[0]:g} | {genes} | {mean_spread(g.hv)} | "
+                     f"{g['best@0.5B'].mean():.2f} | {g['best@0.75B'].mean():.2f} | {g['best@1B'].mean():.2f} | "
+                     f"{g.members.mean():.1f} |")
+    return "\n".join(lines), fronts, df
+
+
+def selection(net, seeds, gens, pop, rescore, work) -> str:
+    budget = budget_for("pixel4", net)
+    rows = []
+    for survival in ("jcw", "nsga2"):
+        for seed in seeds:
+            res, _ = run_search(f"sel-{survival}-{seed}", work, device="pixel4", budgets_ms=[budget],
+                                population=pop, generations=gens, seed=seed, survival=survival, rescore=rescore)
+            rows.append({"survival": survival, "seed": seed, **front_stats(res.pareto, budget)})
+    df = pd.DataFrame(rows)
+    lines = ["| selection | hypervolume | largest latency gap (fraction of budget) | best @0.5B | best @B |",
+             "| --- | --- | --- | --- | --- |"]
+    for survival, g in df.groupby("survival", sort=False):
+        lines.append(f"| {survival} | {mean_spread(g.hv)} | {g.max_gap.mean():.3f} | {g['best@0.5B'].mean():.2f} | "
+                     f"{g['best@1B'].mean():.2f} |")
+    return "\n".join(lines)
+
+
+def baselines(net, data, joint_front: pd.DataFrame, epochs: int, limit: int, work: Path) -> str:
+    """Uniform widths (0.5x, 0.75x, 1.0x) and uniform magnitude pruning vs searched subnets at equal latency."""
+    bound = load_table("pixel4").bind(net.space)
+    space = net.space
+    ratio_genomes = {}
+    for label, r in (("uniform 1.0x", 1.0), ("uniform 0.75x", 0.75), ("uniform 0.5x", 0.5)):
+        g = np.zeros(space.n_genes, dtype=np.int64)
+        for i, grp in enumerate(space.groups):
+            g[i] = int(np.argmin([abs(c - r * grp.base) for c in grp.choices]))
+        ratio_genomes[label] = g
+    target = bound.latency(ratio_genomes["uniform 0.75x"])[0]
+    best_mag = None
+    for d_idx in range(len(space.densities)):  # full width, one density everywhere, closest below the target
+        g = space.largest()
+        g[len(space.groups):] = d_idx
+        if bound.latency(g)[0] <= target and best_mag is None:
+            best_mag = g
+    ratio_genomes["magnitude pruning (full width)"] = best_mag if best_mag is not None else space.smallest()
+    lines = ["| subnet | latency (ms, pixel4) | test top-1 before | after fine-tuning | searched at ≤ same latency: "
+             "before → after |", "| --- | --- | --- | --- | --- |"]
+    for label, g in ratio_genomes.items():
+        lat = float(bound.latency(g)[0])
+        ok = joint_front[joint_front.latency_ms <= lat]
+        base = _finetuned(net, data, g, work / f"base-{label.split()[0]}-{lat:.3f}", epochs, limit)
+        if ok.empty:
+            searched = "no searched subnet that fast"
+        else:
+            sg = genomes_from_column(ok.loc[[ok.top1.idxmax()], "genome"])[0]
+            s = _finetuned(net, data, sg, work / f"searched-{lat:.3f}", epochs, limit)
+            searched = f"{s['test_top1_before']:.2f} → {s['test_top1']:.2f} ({float(bound.latency(sg)[0]):.3f} ms)"
+        lines.append(f"| {label} | {lat:.3f} | {base['test_top1_before']:.2f} | {base['test_top1']:.2f} | "
+                     f"{searched} |")
+    lines.append(f"\nFine-tuning budget per subnet: {epochs} epoch(s) on {limit or 'all'} training images, "
+                 "same recipe for every row (`jcw.finetune`).")
+    return "\n".join(lines)
+
+
+def _finetuned(net, data, genome, folder: Path, epochs: int, limit: int) -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = export_subnet(net, genome, folder / "subnet.pt", data=data)
+    return finetune(path, data, FinetuneConfig(epochs=epochs, limit_train=limit), out=folder / "ft", progress=False)
+
+
+def fidelity(net, joint_front: pd.DataFrame) -> str:
+    lines = ["| what | number |", "| --- | --- |"]
+    for device in ("host", "pixel4"):
+        try:
+            err = load_table(device).meta.get("error", {})
+            lines.append(f"| {device} table error ({err.get('kind', '?')}) | MAPE {err.get('mape_pct', 'n/a')}%, "
+                         f"{err.get('within_10pct', 'n/a')} within ±10% |")
+        except Exception as exc:
+            lines.append(f"| {device} table | unavailable ({exc}) |")
+    rep = load_predictor().report
+    m = rep["models"][rep["kept"]]
+    lines.append(f"| predictor ({rep['kept']}, held-out {rep['held_out']}) | RMSE {m['rmse']:.3f}, Kendall τ "
+                 f"{m['kendall_tau']:.3f}, Spearman ρ {m['spearman_rho']:.3f} |")
+    f = joint_front.dropna(subset=["predicted_top1"])
+    if len(f) > 2:
+        r = rank_metrics(f.predicted_top1.to_numpy(), f.top1.to_numpy())
+        lines.append(f"| final front, predicted vs true top-1 ({len(f)} members) | RMSE {r['rmse']:.3f}, "
+                     f"Kendall τ {r['kendall_tau']:.3f} |")
+    return "\n".join(lines)
+
+
+def cost(net, search_seconds: float, n_genomes: int) -> str:
+    spec = DataSpec()
+    genomes = list(net.space.sample(n_genomes, np.random.default_rng(0)))
+    rates = {}
+    t0 = time.time()
+    SerialEvaluator(net, spec).score(genomes)
+    rates["serial (in-process)"] = n_genomes / (time.time() - t0)
+    for workers in (1, 2):
+        pool = RayEvaluator(net, spec, workers=workers)
+        try:
+            t0 = time.time()
+            pool.score(genomes)
+            rates[f"Ray, {workers} worker(s)"] = n_genomes / (time.time() - t0)
+        finally:
+            pool.close()
+    bound = load_table("pixel4").bind(net.space)
+    many = net.space.sample(1_000_000, np.random.default_rng(0))
+    t0 = time.perf_counter()
+    bound.latency(many)
+    lookup = 1_000_000 / (time.perf_counter() - t0)
+    pred = load_predictor()
+    t0 = time.perf_counter()
+    pred.predict(many[:200_000])
+    predict_rate = 200_000 / (time.perf_counter() - t0)
+    log = pd.read_csv(ROOT / "supernets" / "mbv2_tiny_fmnist" / "train_log.csv")
+    lines = ["| what | number |", "| --- | --- |",
+             f"| search wall time (pop x gens as in Granularity, with re-scoring) | {search_seconds:.0f} s median |"]
+    for k, v in rates.items():
+        lines.append(f"| scoring throughput, {k} | {v:.2f} genomes/s |")
+    lines += [f"| supernet training (default, {len(log)} epochs) | {log.seconds.sum() / 60:.0f} min |",
+              f"| table lookup | {lookup:,.0f} genomes/s |", f"| predictor | {predict_rate:,.0f} genomes/s |"]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    import torch
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    seeds = [0] if args.quick else [0, 1, 2]
+    gens, pop, rescore = (30, 32, 16) if args.quick else (60, 64, 30)
+    work = OUT / "work"
+    net, data = load_supernet(), load_dataset()
+    devices = ["pixel4", "host"] if "host" in _devices() else ["pixel4"]
+    t_start = time.time()
+    gran_md, fronts, gran_df = granularity(net, devices, seeds, gens, pop, rescore, work)
+    joint = next(p for d, g, s, p in fronts if d == "pixel4" and g == "joint")
+    _plot_fronts(fronts, OUT / "granularity.png")
+    sel_md = selection(net, seeds, gens, pop, rescore, work)
+    base_md = baselines(net, data, joint, epochs=1, limit=10_000 if args.quick else 0, work=work)
+    fid_md = fidelity(net, joint)
+    cost_md = cost(net, float(gran_df.seconds.median()), 8 if args.quick else 20)
+    text = f"""# jcw benchmarks
+
+Generated by `python benchmarks/run.py{' --quick' if args.quick else ''}` in {(time.time() - t_start) / 60:.0f} min on
+{platform.node()} ({_cpu()}, {torch.get_num_threads()} threads), Python {platform.python_version()}, torch
+{torch.__version__}. Supernet: shipped default (`supernets/mbv2_tiny_fmnist`, Fashion-MNIST). Seeds: {seeds}.
+Searches: population {pop} x {gens} generations, predictor-driven, front re-scored on the supernet ({rescore}
+members); accuracies are true validation top-1 unless marked test. Hypervolume: area of the true front against
+(budget, {FLOOR:g}% top-1), normalised to 0..1. B is the budget.
+
+## 1. Granularity: joint vs channels only vs density only
+
+{gran_md}
+
+![fronts](granularity.png)
+
+## 2. Selection: JCW multi-target vs plain NSGA-II survival (pixel4, joint)
+
+{sel_md}
+
+## 3. Baselines at equal latency (pixel4 table, test top-1)
+
+{base_md}
+
+## 4. Fidelity
+
+{fid_md}
+
+## 5. Cost
+
+{cost_md}
+"""
+    (OUT / "RESULTS.md").write_text(text)
+    print(f"results: {OUT / 'RESULTS.md'}")
+
+
+def _devices() -> list[str]:
+    from jcw.latency.table import known_devices
+
+    return known_devices()
+
+
+def _cpu() -> str:
+    from jcw.latency.measure import processor_name
+
+    return processor_name()
+
+
+def _plot_fronts(fronts, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    devices = sorted({d for d, *_ in fronts})
+    fig, axes = plt.subplots(1, len(devices), figsize=(6 * len(devices), 4.5), squeeze=False)
+    colors = {"joint": "tab:red", "channels": "tab:blue", "density": "tab:green"}
+    for ax, device in zip(axes[0], devices):
+        for d, genes, seed, p in fronts:
+            if d == device:
+                ax.plot(p.latency_ms, p.top1, "o-", ms=3, color=colors[genes], alpha=0.7,
+                        label=genes if seed == fronts[0][2] else None)
+        ax.set_title(device)
+        ax.set_xlabel("latency (ms)")
+        ax.set_ylabel("validation top-1 (%)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

@@ -28,16 +28,15 @@ def _supernet_train(args) -> None:
 
     out = Path(args.out)
     if args.resume:
-        ckpt = read_checkpoint(out / "checkpoint.pt")
-        config = SupernetConfig.from_dict(ckpt["config"])
+        config = SupernetConfig.from_dict(read_checkpoint(out / "checkpoint.pt")["config"])
+        data = load_dataset(config.dataset, args.data_dir)
     else:
         if (out / "supernet.pt").exists() and not args.force:
             raise JcwError(f"{out} already holds a trained supernet; pass --resume to continue or --force to retrain")
-        data_meta = load_dataset(args.dataset, args.data_dir)
-        config = SupernetConfig(model=args.model, dataset=args.dataset, input_size=data_meta.input_size,
-                                in_channels=data_meta.in_channels, num_classes=data_meta.num_classes,
+        data = load_dataset(args.dataset, args.data_dir)
+        config = SupernetConfig(model=args.model, dataset=args.dataset, input_size=data.input_size,
+                                in_channels=data.in_channels, num_classes=data.num_classes,
                                 min_ratio=args.min_ratio, block=args.block, pretrained=args.pretrained)
-    data = load_dataset(config.dataset, args.data_dir)
     net = Supernet(config)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, n_random=args.n_random,
                       seed=args.seed, threads=args.threads, limit_train=args.limit_train)

@@ -90,6 +90,22 @@ class _ScoringActor:
         return os.getpid()
 
 
+def check_ray_address(address: str, timeout: float = 3.0) -> None:
+    """Fail fast on an address that does not answer; ray.init itself retries for minutes."""
+    import socket
+
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError):
+        raise JcwError(f"Ray address {address} does not answer (no connection within {timeout:g}s); start the "
+                       "cluster with `ray start --head`, fix --ray-address, or drop it to run locally") from None
+
+
 class RayEvaluator:
     """A pool of scoring actors on a local Ray instance (sized to the machine) or an existing cluster."""
 
@@ -101,9 +117,12 @@ class RayEvaluator:
         if not ray.is_initialized():
             try:
                 if address:
+                    check_ray_address(address)
                     ray.init(address=address, include_dashboard=False, log_to_driver=False)
                 else:
                     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+            except JcwError:
+                raise
             except Exception as exc:
                 where = f"at {address}" if address else "locally"
                 raise JcwError(f"cannot start or reach Ray {where} ({exc.__class__.__name__}: "

@@ -82,6 +82,10 @@ class _Context:
             raise JcwError(f"--genes must be one of {', '.join(GENE_MODES)}, not {cfg.genes!r}")
         if cfg.population < 4 or cfg.generations < 1:
             raise JcwError("--population must be at least 4 and --generations at least 1")
+        if cfg.ray_address and cfg.workers != 0:
+            from jcw.search.evaluator import check_ray_address
+
+            check_ray_address(cfg.ray_address)  # before any work, not after the last generation
         self.table = load_table(cfg.device)
         self.supernet = load_supernet(cfg.supernet)
         self.space = self.supernet.space

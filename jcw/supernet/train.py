@@ -20,7 +20,7 @@ from tqdm import tqdm
 from jcw.errors import JcwError
 from jcw.io import atomic_path, torch_save, write_json
 from jcw.supernet.evaluate import evaluate, recalibrate_bn
-from jcw.supernet.supernet import Supernet, SupernetConfig, read_checkpoint
+from jcw.supernet.supernet import Supernet, read_checkpoint
 
 
 @dataclass
@@ -131,7 +131,3 @@ def _append_row(path: Path, row: dict) -> None:
         writer = csv.DictWriter(f, fieldnames=list(row))
         writer.writeheader()
         writer.writerows(rows)
-
-
-def build_supernet(config: SupernetConfig) -> Supernet:
-    return Supernet(config)

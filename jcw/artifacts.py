@@ -6,7 +6,7 @@ from pathlib import Path
 import jcw
 
 KINDS = ("latency_tables", "predictors", "supernets")
-DEFAULT_SUPERNET = "mbv2_tiny_fmnist.pt"
+DEFAULT_SUPERNET = "mbv2_tiny_fmnist/supernet.pt"
 DEFAULT_PREDICTOR = "mbv2_tiny_fmnist"
 
 

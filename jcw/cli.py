@@ -313,7 +313,7 @@ def build_parser() -> Parser:
     se.add_argument("--targets", type=int, default=4, help="latency targets for jcw selection")
     se.add_argument("--genes", default="joint", choices=("joint", "channels", "density"),
                     help="what may shrink: both, channels only, or weight density only")
-    se.add_argument("--rescore", type=int, default=40, help="front members re-scored on the supernet")
+    se.add_argument("--rescore", type=int, default=16, help="front members re-scored on the supernet")
     se.add_argument("--calibration-images", type=int, default=2000, help="BN recalibration images per scored subnet")
     se.add_argument("--no-export", action="store_true", help="skip exporting the best subnet per budget")
     se.add_argument("--resume", action="store_true")

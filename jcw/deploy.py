@@ -6,7 +6,6 @@ table times each entry with these same modules, so what the table predicts is wh
 """
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import torch
@@ -51,10 +50,14 @@ def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     return fused
 
 
-def plain_copy(model: nn.Module) -> nn.Module:
-    """A copy with the mask parametrizations baked into plain weights."""
-    model = copy.deepcopy(model).eval()
-    for module in model.modules():
+def bake_masks(model: nn.Module) -> nn.Module:
+    """Turn the mask parametrizations into plain (zero-holding) weights, in place.
+
+    In place on purpose: a deepcopy shares torch's generated Parametrized* classes, so removing a parametrization
+    from the copy would strip it from the original too.
+    """
+    model.eval()
+    for module in list(model.modules()):  # removal edits the module tree: iterate over a snapshot
         if parametrize.is_parametrized(module):
             for name in list(module.parametrizations.keys()):
                 parametrize.remove_parametrizations(module, name, leave_parametrized=True)
@@ -62,8 +65,8 @@ def plain_copy(model: nn.Module) -> nn.Module:
 
 
 def cpu_runtime(model: nn.Module, sparse_layers: set[str] = frozenset()) -> nn.Module:
-    """The deployable CPU form of an exported subnet: BN folded; `sparse_layers` on the CSR kernel."""
-    model = plain_copy(model)
+    """The deployable CPU form of an exported subnet (converted in place): BN folded; `sparse_layers` on CSR."""
+    model = bake_masks(model)
     folded_bn: list[str] = []
     for name, module in list(model.named_modules()):
         if isinstance(module, nn.Sequential):
@@ -95,7 +98,7 @@ def export_onnx(subnet_path: str | Path, out: str | Path) -> Path:
 
     loaded = load_subnet(subnet_path)
     arch = loaded.jcw_arch
-    model = plain_copy(loaded)
+    model = bake_masks(loaded)
     x = torch.randn(1, arch["in_channels"], arch["input_size"], arch["input_size"])
     out = Path(out)
     with atomic_path(out) as tmp:

@@ -70,7 +70,7 @@ def test_cpu_runtime_matches_and_uses_sparse_kernels(supernet, tmp_path):
     path = export_subnet(supernet, genome, tmp_path / "s.pt")
     model = load_subnet(path)
     sparse = {l.name for l in supernet.space.layers if l.sparse >= 0 and l.kind == "conv" and l.kernel == 1}
-    runtime = cpu_runtime(model, sparse | {"classifier.1"})
+    runtime = cpu_runtime(load_subnet(path), sparse | {"classifier.1"})
     assert sum(isinstance(m, SparseConv1x1) for m in runtime.modules()) == len(sparse) + 1
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():

@@ -43,7 +43,7 @@ class SearchConfig:
     survival: str = "jcw"  # jcw (multi-target) | nsga2
     targets: int = 4
     genes: str = "joint"  # joint | channels (density fixed at 1) | density (widths fixed at full)
-    rescore: int = 40  # front members re-scored on the supernet at the end
+    rescore: int = 16  # front members re-scored on the supernet at the end
     calibration_images: int = 2000  # batch-norm recalibration images per scored subnet
     export: bool = True
     resume: bool = False

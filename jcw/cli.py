@@ -127,7 +127,7 @@ def _search(args) -> None:
                        predictor=args.predictor, population=args.population, generations=args.generations,
                        seed=args.seed, out=args.out, workers=args.workers, ray_address=args.ray_address,
                        evaluator=args.evaluator, survival=args.survival, targets=args.targets, genes=args.genes,
-                       rescore=args.rescore, calibration_images=args.calibration_images,
+                       rescore=args.rescore, calibration_images=args.calibration_images, val_images=args.val_images,
                        export=not args.no_export, resume=args.resume, force=args.force, data_dir=args.data_dir)
     result = search(cfg, log=lambda line: print(line, flush=True))
     print("\nbudget      id   latency_ms   top-1 (val)")
@@ -315,6 +315,7 @@ def build_parser() -> Parser:
                     help="what may shrink: both, channels only, or weight density only")
     se.add_argument("--rescore", type=int, default=16, help="front members re-scored on the supernet")
     se.add_argument("--calibration-images", type=int, default=2000, help="BN recalibration images per scored subnet")
+    se.add_argument("--val-images", type=int, default=None, help="cap on validation images per scored subnet")
     se.add_argument("--no-export", action="store_true", help="skip exporting the best subnet per budget")
     se.add_argument("--resume", action="store_true")
     se.add_argument("--force", action="store_true", help="overwrite an existing run folder")

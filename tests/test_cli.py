@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT, run_cli
 
 SMALL = ["--device", "pixel4", "--population", "16", "--generations", "30", "--rescore", "4",
-         "--calibration-images", "250", "--workers", "0", "--seed", "1"]
+         "--calibration-images", "250", "--val-images", "500", "--workers", "0", "--seed", "1"]
 
 
 def one_clear_line(proc, *needles):
@@ -35,7 +35,7 @@ def test_help_and_version():
     (["search", "--device", "pixel4", "--latency", "1ms", "--frobnicate"], ["unrecognized"]),
     (["search", "--device", "nokia3310", "--latency", "1ms"], ["unknown device", "pixel4"]),
     (["search", "--device", "pixel4", "--latency", "fast"], ["cannot read latency budget"]),
-    (["search", "--device", "pixel4", "--latency", "-5ms"], ["latency budget"]),
+    (["search", "--device", "pixel4", "--latency=-5ms"], ["latency budget"]),
     (["search", "--device", "pixel4", "--latency", "30 parsecs"], ["latency budget"]),
     (["search", "--device", "pixel4", "--latency", ""], ["empty latency budget"]),
     (["search", "--device", "pixel4", "--latency", "1us"], ["least achievable"]),

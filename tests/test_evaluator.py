@@ -7,7 +7,7 @@ from jcw.search.evaluator import DataSpec, RayEvaluator, SerialEvaluator
 
 
 def test_dead_actor_is_replaced_and_its_genome_requeued(supernet):
-    spec = DataSpec(calibration_images=250)
+    spec = DataSpec(calibration_images=250, val_images=500)
     genomes = list(supernet.space.sample(4, np.random.default_rng(2)))
     serial = SerialEvaluator(supernet, spec).score(genomes)
     pool = RayEvaluator(supernet, spec, workers=2)
@@ -19,4 +19,4 @@ def test_dead_actor_is_replaced_and_its_genome_requeued(supernet):
         pool.close()
     assert len(scores) == len(genomes)
     # one thread per actor against two in-process: summation order may flip at most an image or two
-    assert np.allclose([s["top1"] for s in scores], [s["top1"] for s in serial], atol=0.05)
+    assert np.allclose([s["top1"] for s in scores], [s["top1"] for s in serial], atol=0.25)

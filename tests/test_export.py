@@ -49,18 +49,18 @@ def test_masks_hold_through_training(supernet, data, tmp_path):
             assert (m.weight[zero[n]] == 0).all(), n
 
 
-def test_onnx_matches_torch(supernet, tmp_path):
+def test_onnx_matches_torch(supernet, data, tmp_path):
     import onnxruntime as ort
 
     from jcw.deploy import export_onnx
 
-    path = export_subnet(supernet, _genome(supernet.space, 9), tmp_path / "s.pt")
+    path = export_subnet(supernet, _genome(supernet.space, 9), tmp_path / "s.pt", data=data, calibration_images=500)
     onnx_path = export_onnx(path, tmp_path / "s.onnx")
     model = load_subnet(path)
     x = torch.randn(3, 1, 28, 28)
     got = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})[0]
     with torch.no_grad():
-        assert np.allclose(got, model(x).numpy(), atol=1e-4)
+        assert np.allclose(got, model(x).numpy(), atol=1e-3)
 
 
 def test_cpu_runtime_matches_and_uses_sparse_kernels(supernet, tmp_path):

@@ -57,7 +57,7 @@ def test_multi_target_survival_covers_every_target():
 
 def _small(tmp_path, name, **kw):
     cfg = dict(device="pixel4", budgets_ms=[0.9], population=16, generations=6, seed=3, out=str(tmp_path / name),
-               workers=0, rescore=4, calibration_images=250, export=False)
+               workers=0, rescore=4, calibration_images=250, val_images=500, export=False)
     cfg.update(kw)
     return SearchConfig(**cfg)
 

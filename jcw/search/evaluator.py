@@ -23,6 +23,7 @@ class DataSpec:
     data_dir: str | None = None
     calibration_images: int = 2000
     split: str = "val"
+    val_images: int | None = None  # cap on scored images (None: the whole split)
 
 
 def _supernet_from_payload(payload: dict):
@@ -59,7 +60,8 @@ class SerialEvaluator:
 
         out = []
         for g in genomes:
-            s = score_genome(self.supernet, np.asarray(g), self.data, self.spec.split, self.spec.calibration_images)
+            s = score_genome(self.supernet, np.asarray(g), self.data, self.spec.split, self.spec.calibration_images,
+                             self.spec.val_images)
             out.append({"top1": s.top1, "loss": s.loss})
             if progress:
                 progress(1)
@@ -83,7 +85,8 @@ class _ScoringActor:
     def score(self, genome) -> dict:
         from jcw.supernet.evaluate import score_genome
 
-        s = score_genome(self.supernet, np.asarray(genome), self.data, self.spec.split, self.spec.calibration_images)
+        s = score_genome(self.supernet, np.asarray(genome), self.data, self.spec.split, self.spec.calibration_images,
+                             self.spec.val_images)
         return {"top1": s.top1, "loss": s.loss}
 
     def pid(self) -> int:

@@ -45,6 +45,7 @@ class SearchConfig:
     genes: str = "joint"  # joint | channels (density fixed at 1) | density (widths fixed at full)
     rescore: int = 16  # front members re-scored on the supernet at the end
     calibration_images: int = 2000  # batch-norm recalibration images per scored subnet
+    val_images: int | None = None  # cap on validation images per scored subnet (None: all 5,000)
     export: bool = True
     resume: bool = False
     force: bool = False
@@ -119,7 +120,7 @@ class _Context:
             from jcw.search.evaluator import DataSpec, make_evaluator
 
             spec = DataSpec(dataset=self.supernet.config.dataset, data_dir=self.cfg.data_dir,
-                            calibration_images=self.cfg.calibration_images)
+                            calibration_images=self.cfg.calibration_images, val_images=self.cfg.val_images)
             self.evaluator = make_evaluator(self.supernet, spec, self.cfg.workers, self.cfg.ray_address)
         return self.evaluator
 

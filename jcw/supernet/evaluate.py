@@ -40,11 +40,11 @@ def recalibrate_bn(net: nn.Module, data, images: int = CALIBRATION_IMAGES, batch
 
 
 @torch.no_grad()
-def evaluate(net: nn.Module, data, split: str = "val", batch_size: int = 500) -> Score:
+def evaluate(net: nn.Module, data, split: str = "val", batch_size: int = 500, limit: int | None = None) -> Score:
     was_training = net.training
     net.eval()
     correct, total, loss = 0, 0, 0.0
-    for batch in data.batches(split, batch_size):
+    for batch in data.batches(split, batch_size, limit=limit):
         logits = net(batch.images)
         loss += F.cross_entropy(logits, batch.labels, reduction="sum").item()
         correct += (logits.argmax(1) == batch.labels).sum().item()
@@ -53,7 +53,8 @@ def evaluate(net: nn.Module, data, split: str = "val", batch_size: int = 500) ->
     return Score(top1=100.0 * correct / max(total, 1), loss=loss / max(total, 1))
 
 
-def score_genome(supernet, genome, data, split: str = "val", calibration_images: int = CALIBRATION_IMAGES) -> Score:
+def score_genome(supernet, genome, data, split: str = "val", calibration_images: int = CALIBRATION_IMAGES,
+                 eval_images: int | None = None) -> Score:
     """True top-1 of one subnet, with its own batch-norm statistics. Restores the supernet's statistics after."""
     state = {k: v.clone() for k, v in supernet.base.state_dict().items() if "running" in k or "num_batches" in k}
     supernet.set_genome(np.asarray(genome))
@@ -61,6 +62,6 @@ def score_genome(supernet, genome, data, split: str = "val", calibration_images:
 
     with parametrize.cached():
         recalibrate_bn(supernet, data, calibration_images)
-        score = evaluate(supernet, data, split)
+        score = evaluate(supernet, data, split, limit=eval_images)
     supernet.base.load_state_dict(state, strict=False)
     return score

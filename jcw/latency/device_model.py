@@ -150,18 +150,23 @@ def _solve(rows: np.ndarray, times: np.ndarray) -> np.ndarray:
     return theta
 
 
+def _loo_errors(rows: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Relative error on each sample of a fit made without it."""
+    errors = []
+    for i in range(len(times)):
+        keep = np.arange(len(times)) != i
+        errors.append(abs(rows[i] @ _solve(rows[keep], times[keep]) - times[i]) / times[i])
+    return np.array(errors)
+
+
 def fit_linear(samples: list[tuple[str, list[Op], float]]) -> tuple[np.ndarray, dict]:
     rows = np.array([features(ops) for _, ops, _ in samples])
     times = np.array([t for _, _, t in samples])
     theta = _solve(rows, times)
-    loo = []
-    for i in range(len(samples)):
-        keep = np.arange(len(samples)) != i
-        th = _solve(rows[keep], times[keep])
-        loo.append(abs(rows[i] @ th - times[i]) / times[i])
+    loo = _loo_errors(rows, times)
     return theta, {"samples": len(samples), "train_mape_pct": _mape(rows @ theta, times),
                    "loo_mape_pct": round(100 * float(np.mean(loo)), 2),
-                   "loo_within_10pct": round(float(np.mean(np.array(loo) <= 0.10)), 3)}
+                   "loo_within_10pct": round(float(np.mean(loo <= 0.10)), 3)}
 
 
 def _mape(pred: np.ndarray, true: np.ndarray) -> float:
@@ -180,17 +185,13 @@ def fit_scaled(prior: np.ndarray, samples: list[tuple[str, list[Op], float]]) ->
         return np.concatenate([[prior[0] * k[0], prior[1] * k[1], prior[2] * k[2]], prior[3:] * k[3]])
 
     k = _solve(parts, times)
-    loo = []
-    for i in range(len(samples)):
-        keep = np.arange(len(samples)) != i
-        ki = _solve(parts[keep], times[keep])
-        loo.append(abs(parts[i] @ ki - times[i]) / times[i])
+    loo = _loo_errors(parts, times)
     per_model = {name: {"reference_ms": t, "predicted_ms": round(float(p), 2),
                         "error_pct": round(100 * float((p - t) / t), 1)}
                  for (name, _, t), p in zip(samples, parts @ k)}
     return scale(k), {"samples": len(samples), "scales": [round(float(v), 4) for v in k],
                       "train_mape_pct": _mape(parts @ k, times), "loo_mape_pct": round(100 * float(np.mean(loo)), 2),
-                      "loo_within_10pct": round(float(np.mean(np.array(loo) <= 0.10)), 3), "per_model": per_model}
+                      "loo_within_10pct": round(float(np.mean(loo <= 0.10)), 3), "per_model": per_model}
 
 
 DEVICES = {

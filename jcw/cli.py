@@ -283,6 +283,14 @@ def _latency_import(args) -> None:
     print(f"{table.device}: {len(table.entries)} entries imported\ntable: {csv_path}\nmetadata: {json_path}")
 
 
+def _action_group(sub, name: str, help_text: str):
+    """A command whose actions are subcommands (`jcw latency measure`), one of which is required."""
+    actions = sub.add_parser(name, help=help_text).add_subparsers(dest="action", metavar="ACTION",
+                                                                  parser_class=Parser)
+    actions.required = True
+    return actions
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="jcw", description="Joint channel and weight-sparsity search for fast CNNs on phones.")
     parser.add_argument("--version", action="version", version=f"jcw {__version__}")
@@ -322,9 +330,7 @@ def build_parser() -> Parser:
     data_opt(se)
     se.set_defaults(func=_search)
 
-    sn = sub.add_parser("supernet", help="train or evaluate a weight-sharing supernet")
-    sn_sub = sn.add_subparsers(dest="action", metavar="ACTION", parser_class=Parser)
-    sn_sub.required = True
+    sn_sub = _action_group(sub, "supernet", "train or evaluate a weight-sharing supernet")
     tr = sn_sub.add_parser("train", help="train a supernet with the sandwich rule")
     tr.add_argument("--model", default="mbv2_tiny", help="mbv2_tiny, mobilenet_v2, resnet18, resnet34, resnet50")
     tr.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, cifar10, cifar100, imagefolder")
@@ -353,9 +359,7 @@ def build_parser() -> Parser:
     data_opt(ev)
     ev.set_defaults(func=_supernet_eval)
 
-    pr = sub.add_parser("predictor", help="fit an accuracy predictor on supernet-scored subnets")
-    pr_sub = pr.add_subparsers(dest="action", metavar="ACTION", parser_class=Parser)
-    pr_sub.required = True
+    pr_sub = _action_group(sub, "predictor", "fit an accuracy predictor on supernet-scored subnets")
     pf = pr_sub.add_parser("fit", help="sample, score, fit and report")
     pf.add_argument("--supernet", default=None)
     pf.add_argument("--samples", type=int, default=400)
@@ -366,9 +370,7 @@ def build_parser() -> Parser:
     data_opt(pf)
     pf.set_defaults(func=_predictor_fit)
 
-    la = sub.add_parser("latency", help="latency tables: derive, measure, validate, list, bundle, import")
-    la_sub = la.add_subparsers(dest="action", metavar="ACTION", parser_class=Parser)
-    la_sub.required = True
+    la_sub = _action_group(sub, "latency", "latency tables: derive, measure, validate, list, bundle, import")
     ld = la_sub.add_parser("derive", help="price a supernet's layers with a device model fit to public data")
     ld.add_argument("--device", required=True, choices=("pixel1", "pixel4", "note10"))
     ld.add_argument("--supernet", action="append", help="supernet file(s) to cover (default: the shipped one)")

@@ -11,7 +11,7 @@ import pickle
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -51,7 +51,6 @@ class SearchConfig:
     force: bool = False
     data_dir: str | None = None
     runs_dir: str = "runs"
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass

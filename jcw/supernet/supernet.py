@@ -7,7 +7,7 @@ the k most important channels. The file format is a config plus plain tensors (n
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +41,6 @@ class SupernetConfig:
     densities: tuple[float, ...] = DEFAULT_DENSITIES
     block: int = 1  # 1: unstructured masks; 4: JCW's blocks of 4 output channels
     pretrained: bool = False
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: dict) -> "SupernetConfig":

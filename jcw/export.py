@@ -115,13 +115,9 @@ def export_subnet(supernet, genome, path: str | Path, data=None, metadata: dict 
     """Write a subnet file; with `data`, batch norm is recalibrated for this subnet first."""
     from jcw.supernet.evaluate import recalibrate_bn
 
-    state = {k: v.clone() for k, v in supernet.base.state_dict().items() if "running" in k or "num_batches" in k}
-    supernet.set_genome(np.asarray(genome))
-    if data is not None:
-        with parametrize.cached():
-            recalibrate_bn(supernet, data, calibration_images)
     small, arch = subnet_from_supernet(supernet, genome)
-    supernet.base.load_state_dict(state, strict=False)
+    if data is not None:
+        recalibrate_bn(small, data, calibration_images)
     space = supernet.space
     meta = {"genome": [int(v) for v in np.asarray(genome)], **space.decode(genome),
             "supernet_hash": getattr(supernet, "hash", None), "jcw_version": __version__, **(metadata or {})}

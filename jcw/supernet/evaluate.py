@@ -55,13 +55,16 @@ def evaluate(net: nn.Module, data, split: str = "val", batch_size: int = 500, li
 
 def score_genome(supernet, genome, data, split: str = "val", calibration_images: int = CALIBRATION_IMAGES,
                  eval_images: int | None = None) -> Score:
-    """True top-1 of one subnet, with its own batch-norm statistics. Restores the supernet's statistics after."""
-    state = {k: v.clone() for k, v in supernet.base.state_dict().items() if "running" in k or "num_batches" in k}
-    supernet.set_genome(np.asarray(genome))
-    from torch.nn.utils import parametrize
+    """True top-1 of one subnet, with its own batch-norm statistics.
 
-    with parametrize.cached():
-        recalibrate_bn(supernet, data, calibration_images)
-        score = evaluate(supernet, data, split, limit=eval_images)
-    supernet.base.load_state_dict(state, strict=False)
-    return score
+    Scores the physically sliced subnet (the exported network, tested equal to the masked supernet), not the masked
+    supernet: a masked forward pass costs as much as the largest subnet, a sliced one only what the subnet costs,
+    which is 2-20x less. The supernet's own statistics are untouched.
+    """
+    from jcw.deploy import bake_masks
+    from jcw.export import subnet_from_supernet
+
+    small, _ = subnet_from_supernet(supernet, np.asarray(genome))
+    small = bake_masks(small).to(memory_format=torch.channels_last)
+    recalibrate_bn(small, data, calibration_images)
+    return evaluate(small, data, split, limit=eval_images)

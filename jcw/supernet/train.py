@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from jcw.errors import JcwError
 from jcw.io import atomic_path, torch_save, write_json
-from jcw.supernet.evaluate import evaluate, recalibrate_bn
+from jcw.supernet.evaluate import score_genome
 from jcw.supernet.supernet import Supernet, read_checkpoint
 
 
@@ -108,9 +108,7 @@ def train_supernet(net: Supernet, data, out_dir: str | Path, cfg: TrainConfig, r
         row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": round(running, 4),
                "seconds": round(train_seconds, 1)}
         for label, genome in (("largest", largest), ("smallest", smallest)):
-            net.set_genome(genome)
-            recalibrate_bn(net, data)
-            row[f"val_top1_{label}"] = round(evaluate(net, data, "val").top1, 2)
+            row[f"val_top1_{label}"] = round(score_genome(net, genome, data).top1, 2)
         net.set_genome(largest)
         _append_row(log_path, row)
         print(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']}, val top-1 largest "

@@ -96,3 +96,34 @@ def test_score_genome_on_sliced_subnet_equals_masked_supernet(supernet, data):
     supernet.base.load_state_dict(state, strict=False)
     assert abs(sliced.top1 - masked.top1) <= 0.1  # at most one image in 1000 flips on float rounding
     assert abs(sliced.loss - masked.loss) < 1e-3
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_sliced_forward_matches_masked_forward_and_gradients(mode):
+    """Training runs on sliced subnets: outputs and the shared weights' gradients must equal the masked path's."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    net = Supernet(SupernetConfig()).train(mode == "train").double()  # float32 noise grows through train-mode BN
+    x, y = torch.randn(16, 1, 28, 28, dtype=torch.float64), torch.arange(16) % 10
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    head = net.info.weight_layers["classifier.1"].in_group
+    for genome in [net.space.smallest(), *net.space.sample(2, np.random.default_rng(5))]:
+        genome[head] = 0  # full-width head: both paths draw the same dropout mask
+        results = []
+        for path in ("masked", "sliced"):
+            net.load_state_dict(state)  # train-mode passes move running statistics; start both paths equal
+            net.zero_grad()
+            torch.manual_seed(1)
+            if path == "masked":
+                net.set_genome(genome)
+                out = net(x)
+            else:
+                out = net.forward_sliced(genome, x)
+            F.cross_entropy(out, y).backward()
+            results.append((out, {n: p.grad if p.grad is not None else torch.zeros_like(p)
+                                  for n, p in net.named_parameters()}))
+        (masked, g_masked), (sliced, g_sliced) = results
+        assert torch.allclose(masked, sliced, atol=1e-9)
+        for n in g_masked:
+            assert torch.allclose(g_masked[n], g_sliced[n], atol=1e-9), n

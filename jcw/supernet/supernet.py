@@ -82,6 +82,7 @@ class Supernet(nn.Module):
                 parametrize.register_parametrization(modules[name], "weight", ChannelMask(self.active, g))
                 parametrize.register_parametrization(modules[name], "bias", ChannelMask(self.active, g))
         self.genome: np.ndarray | None = None
+        self._skeletons: dict[tuple[int, ...], nn.Module] = {}
 
     def group_order(self, g: int) -> torch.Tensor:
         return getattr(self, f"group_order_{g}")
@@ -117,6 +118,69 @@ class Supernet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x)
+
+    def _skeleton(self, widths: tuple[int, ...]) -> nn.Module:
+        """A module of the subnet's shapes, for `forward_sliced` to run with the shared tensors swapped in.
+
+        Built without consuming torch's random state, so sliced and masked training draw the same dropout masks.
+        Cached, since the largest and smallest subnets recur every step; the cache is small and reset when full.
+        """
+        from jcw.export import shrink
+
+        if widths not in self._skeletons:
+            if len(self._skeletons) >= 32:
+                self._skeletons.clear()
+            with torch.random.fork_rng(devices=[]):
+                base = create_model(self.config.model, self.config.num_classes, self.config.in_channels)
+                self._skeletons[widths] = shrink(base, self.info, [torch.arange(w) for w in widths])
+        return self._skeletons[widths]
+
+    def forward_sliced(self, genome, x: torch.Tensor) -> torch.Tensor:
+        """The subnet's forward pass on physically sliced tensors; gradients reach the shared weights.
+
+        Equal to `set_genome(genome); self(x)`, but it costs what the subnet costs: the masked forward computes every
+        channel of the full network. Training uses it. Groups at full width use the shared batch-norm buffers
+        themselves, so the largest subnet's passes keep the supernet's running statistics current.
+        """
+        from torch.func import functional_call
+
+        from jcw.supernet.masks import magnitude_mask
+
+        g = self.space.check(genome)[0]
+        widths = self.space.widths(g)[0]
+        densities = self.space.density_values(g)[0]
+        full = [int(w) == grp.base for w, grp in zip(widths, self.space.groups)]
+        kept = [self.group_order(i)[: int(w)] for i, w in enumerate(widths)]
+        modules = dict(self.base.named_modules())
+
+        def take(t: torch.Tensor, group: int, dim: int = 0) -> torch.Tensor:
+            return t if group < 0 or full[group] else t.index_select(dim, kept[group])
+
+        tensors: dict[str, torch.Tensor] = {}
+        for name, layer in self.info.weight_layers.items():
+            module = modules[name]
+            w = take(module.parametrizations.weight.original, layer.out_group)
+            if not layer.depthwise:
+                w = take(w, layer.in_group, 1)
+            if layer.sparse >= 0 and densities[layer.sparse] < 1.0:
+                rows = torch.arange(w.shape[0])  # rows are already in importance order
+                w = w * magnitude_mask(w, torch.ones_like(w), float(densities[layer.sparse]), self.config.block,
+                                       rows)
+            tensors[f"{name}.weight"] = w
+            if module.bias is not None:
+                bias = (module.parametrizations.bias.original if parametrize.is_parametrized(module, "bias")
+                        else module.bias)
+                tensors[f"{name}.bias"] = take(bias, layer.out_group)
+        for group, names in self.info.norms.items():
+            for name in names:
+                bn = modules[name]
+                tensors[f"{name}.weight"] = take(bn.parametrizations.weight.original, group)
+                tensors[f"{name}.bias"] = take(bn.parametrizations.bias.original, group)
+                tensors[f"{name}.running_mean"] = take(bn.running_mean, group)
+                tensors[f"{name}.running_var"] = take(bn.running_var, group)
+        skeleton = self._skeleton(tuple(int(w) for w in widths))
+        skeleton.train(self.training)
+        return functional_call(skeleton, tensors, (x.contiguous(memory_format=torch.channels_last),), strict=False)
 
     # ---- persistence -------------------------------------------------------------------------------------------
     def raw_state_dict(self) -> dict[str, torch.Tensor]:

@@ -29,22 +29,6 @@ def genome_features(space: SearchSpace, genomes: np.ndarray) -> np.ndarray:
     return np.concatenate([widths, dens, np.log(cost["macs"])[:, None], np.log(cost["params"])[:, None]], axis=1)
 
 
-def spread_sample(space: SearchSpace, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Genomes spread over the size range: a third uniform, the rest around a random overall scale.
-
-    Independent uniform genes average out to mid-size subnets; drawing one scale per genome and jittering every
-    gene around it reaches the small and large ends too.
-    """
-    sizes = space.gene_sizes
-    n_uniform = n // 3
-    uniform = space.sample(n_uniform, rng)
-    scale = rng.uniform(0, 1, size=(n - n_uniform, 1))
-    jitter = rng.normal(0, 0.2, size=(n - n_uniform, space.n_genes))
-    scaled = np.clip(np.rint((scale + jitter) * (sizes[None, :] - 1)), 0, sizes[None, :] - 1).astype(np.int64)
-    out = np.concatenate([space.largest()[None], space.smallest()[None], uniform, scaled])[:n]
-    return out
-
-
 # ---- models ----------------------------------------------------------------------------------------------------
 @dataclass
 class Standardizer:
@@ -253,7 +237,7 @@ def fit_on_supernet(supernet, samples: int, out: str | Path, seed: int = 0, work
     from jcw.search.evaluator import DataSpec, make_evaluator
 
     space = supernet.space
-    genomes = np.unique(spread_sample(space, samples, np.random.default_rng(seed)), axis=0)
+    genomes = np.unique(space.sample_spread(samples, np.random.default_rng(seed)), axis=0)
     genomes = genomes[np.random.default_rng(seed).permutation(len(genomes))]
     evaluator = make_evaluator(supernet, DataSpec(supernet.config.dataset, data_dir), workers, ray_address)
     try:

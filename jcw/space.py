@@ -80,6 +80,20 @@ class SearchSpace:
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         return rng.integers(0, self.gene_sizes[None, :], size=(n, self.n_genes))
 
+    def sample_spread(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """Genomes spread over the size range: the two extremes, a third uniform, the rest around a random scale.
+
+        Independent uniform genes average out to mid-size subnets; drawing one scale per genome and jittering every
+        gene around it reaches the small and large ends too. Predictor fits and latency validation use it.
+        """
+        sizes = self.gene_sizes
+        n_uniform = n // 3
+        uniform = self.sample(n_uniform, rng)
+        scale = rng.uniform(0, 1, size=(n - n_uniform, 1))
+        jitter = rng.normal(0, 0.2, size=(n - n_uniform, self.n_genes))
+        scaled = np.clip(np.rint((scale + jitter) * (sizes[None, :] - 1)), 0, sizes[None, :] - 1).astype(np.int64)
+        return np.concatenate([self.largest()[None], self.smallest()[None], uniform, scaled])[:n]
+
     def num_subnets(self) -> int:
         return math.prod(int(s) for s in self.gene_sizes)
 

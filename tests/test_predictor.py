@@ -2,13 +2,13 @@ import numpy as np
 import pytest
 
 from jcw.errors import JcwError
-from jcw.predictor import fit_predictor, genome_features, load_predictor, spread_sample
+from jcw.predictor import fit_predictor, genome_features, load_predictor
 
 
 def test_spread_sample_reaches_both_ends(tiny_supernet):
     space = tiny_supernet.space
     rng = np.random.default_rng(0)
-    spread = space.cost(spread_sample(space, 300, rng))["macs"]
+    spread = space.cost(space.sample_spread(300, rng))["macs"]
     uniform = space.cost(space.sample(300, rng))["macs"]
     lo, hi = space.cost(space.smallest())["macs"][0], space.cost(space.largest())["macs"][0]
     span = hi - lo
@@ -21,7 +21,7 @@ def test_fit_recovers_a_known_ranking(tiny_supernet, tmp_path):
 
     space = tiny_supernet.space
     rng = np.random.default_rng(0)
-    genomes = spread_sample(space, 300, rng)
+    genomes = space.sample_spread(300, rng)
     x = genome_features(space, genomes)
     true = 70 + 20 * x[:, : len(space.groups)].mean(1) + 5 * x[:, len(space.groups):-2].mean(1)
     labels = true + rng.normal(0, 0.05, len(true))

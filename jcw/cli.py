@@ -332,7 +332,7 @@ def build_parser() -> Parser:
 
     sn_sub = _action_group(sub, "supernet", "train or evaluate a weight-sharing supernet")
     tr = sn_sub.add_parser("train", help="train a supernet with the sandwich rule")
-    tr.add_argument("--model", default="mbv2_tiny", help="mbv2_tiny, mobilenet_v2, resnet18, resnet34, resnet50")
+    tr.add_argument("--model", default="mbv2_tiny", help="mbv2_tiny, mbv2_small, mobilenet_v2, resnet18, resnet34, resnet50")
     tr.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, cifar10, cifar100, imagefolder")
     data_opt(tr)
     tr.add_argument("--out", default="supernets/mine")

@@ -40,8 +40,8 @@ def test_block_masks_keep_groups_of_four():
     assert abs((w != 0).float().mean().item() - 0.5) < 0.02
 
 
-@pytest.mark.parametrize("name,size,channels", [("mbv2_tiny", 28, 1), ("mobilenet_v2", 64, 3), ("resnet18", 64, 3),
-                                                ("resnet50", 64, 3)])
+@pytest.mark.parametrize("name,size,channels", [("mbv2_tiny", 28, 1), ("mbv2_small", 28, 1), ("mobilenet_v2", 64, 3),
+                                                ("resnet18", 64, 3), ("resnet50", 64, 3)])
 def test_largest_genome_equals_base_network(name, size, channels):
     torch.manual_seed(0)
     cfg = SupernetConfig(model=name, input_size=size, in_channels=channels, num_classes=10)

@@ -16,24 +16,35 @@ from jcw.errors import JcwError
 # (expansion, out channels, repeats, first stride), for 28-32 px inputs: a 28 px stem, then 14 -> 7.
 # Downsampling in the first block keeps training near 600 img/s on 2 cores (about 4x a 28 px first stage).
 TINY_MBV2_SETTING = [[1, 16, 1, 2], [6, 24, 2, 1], [6, 32, 3, 2], [6, 64, 2, 1]]
+SMALL_MBV2_SETTING = [[1, 16, 1, 2], [6, 32, 2, 1], [6, 64, 3, 2], [6, 96, 2, 1]]
 
 
-def mbv2_tiny(num_classes: int = 10, in_channels: int = 1, pretrained: bool = False) -> nn.Module:
-    """A reduced MobileNetV2 for small images: stride-1 stem, two block resolutions, a 256-wide head.
+def _reduced_mbv2(setting: list[list[int]], head: int, name: str, num_classes: int, in_channels: int,
+                  pretrained: bool) -> nn.Module:
+    """A reduced MobileNetV2 for small images: stride-1 stem, two block resolutions, a narrow head.
 
     Built from torchvision's MobileNetV2 so that it has the same block structure as the ImageNet model.
     """
     if pretrained:
-        raise JcwError("mbv2_tiny has no pretrained weights; train it with `jcw supernet train`")
-    model = tvm.MobileNetV2(num_classes=num_classes, inverted_residual_setting=TINY_MBV2_SETTING)
+        raise JcwError(f"{name} has no pretrained weights; train it with `jcw supernet train`")
+    model = tvm.MobileNetV2(num_classes=num_classes, inverted_residual_setting=setting)
     model.features[0] = Conv2dNormActivation(in_channels, 32, stride=1, norm_layer=nn.BatchNorm2d,
                                              activation_layer=nn.ReLU6)
-    head = 256
-    model.features[-1] = Conv2dNormActivation(TINY_MBV2_SETTING[-1][1], head, kernel_size=1,
-                                              norm_layer=nn.BatchNorm2d, activation_layer=nn.ReLU6)
+    model.features[-1] = Conv2dNormActivation(setting[-1][1], head, kernel_size=1, norm_layer=nn.BatchNorm2d,
+                                              activation_layer=nn.ReLU6)
     model.classifier = nn.Sequential(nn.Dropout(0.1), nn.Linear(head, num_classes))
     model.last_channel = head
     return model
+
+
+def mbv2_tiny(num_classes: int = 10, in_channels: int = 1, pretrained: bool = False) -> nn.Module:
+    """Reduced MobileNetV2, 24/32/64 channels and a 256-wide head: 0.15 M parameters."""
+    return _reduced_mbv2(TINY_MBV2_SETTING, 256, "mbv2_tiny", num_classes, in_channels, pretrained)
+
+
+def mbv2_small(num_classes: int = 10, in_channels: int = 1, pretrained: bool = False) -> nn.Module:
+    """Reduced MobileNetV2, 32/64/96 channels and a 384-wide head: 0.35 M parameters, about 1.6x mbv2_tiny's cost."""
+    return _reduced_mbv2(SMALL_MBV2_SETTING, 384, "mbv2_small", num_classes, in_channels, pretrained)
 
 
 def _torchvision(name: str, weights_enum) -> Callable[..., nn.Module]:
@@ -56,6 +67,7 @@ def _torchvision(name: str, weights_enum) -> Callable[..., nn.Module]:
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mbv2_tiny": mbv2_tiny,
+    "mbv2_small": mbv2_small,
     "mobilenet_v2": _torchvision("mobilenet_v2", tvm.MobileNet_V2_Weights),
     "resnet18": _torchvision("resnet18", tvm.ResNet18_Weights),
     "resnet34": _torchvision("resnet34", tvm.ResNet34_Weights),

@@ -218,7 +218,8 @@ def _latency_predict(args) -> None:
     try:
         device = fit_device(args.device)
     except KeyError:
-        raise JcwError(f"no device model for {args.device!r}; derived models exist for pixel1, pixel4, note10") from None
+        raise JcwError(f"no device model for {args.device!r}; derived models exist for pixel1, pixel4, "
+                       "note10") from None
     kwargs = {"aux_logits": False, "init_weights": False} if name == "inception_v3" else {}
     ms = device.model_ms(model_ops(getattr(tvm, name)(weights=None, **kwargs), args.input))
     record = {"device": args.device, "model": name, "input": args.input, "latency_ms": round(ms, 3),
@@ -231,15 +232,16 @@ def _latency_predict(args) -> None:
 def _latency_list(args) -> None:
     from jcw.latency.table import known_devices, load_table
 
-    print(f"{'device':<10} {'source':<9} {'entries':>7}  {'error':<40} made")
+    print(f"{'device':<10} {'source':<9} {'entries':>7}  {'error':<48} made")
     for name in known_devices(args.dir):
         t = load_table(name, args.dir)
         err = t.meta.get("error", {})
         if "mape_pct" in err:
-            text = f"MAPE {err['mape_pct']}%, {100 * err.get('within_10pct', 0):.0f}% within 10% ({err.get('kind', '')[:12]})"
+            text = (f"MAPE {err['mape_pct']}%, {100 * err.get('within_10pct', 0):.0f}% within 10% "
+                    f"({err.get('kind', '').split(' on ')[0]})")
         else:
             text = "not validated"
-        print(f"{name:<10} {t.meta.get('source', '?'):<9} {len(t.entries):>7}  {text:<40} "
+        print(f"{name:<10} {t.meta.get('source', '?'):<9} {len(t.entries):>7}  {text:<48} "
               f"{t.meta.get('made', {}).get('date', '?')}")
 
 
@@ -249,9 +251,22 @@ def _latency_measure(args) -> None:
 
     nets = [load_supernet(s) for s in (args.supernet or [None])]
     table = measure_table(args.device, [n.space for n in nets], threads=args.threads, repeats=args.repeats,
-                          command=" ".join(["jcw"] + sys.argv[1:]), supernet=nets[0])
+                          command=" ".join(["jcw"] + sys.argv[1:]), supernet=nets[0], runtime=args.runtime)
     csv_path, json_path = table.save(args.out_dir)
     print(f"{args.device}: {len(table.entries)} entries measured\ntable: {csv_path}\nmetadata: {json_path}")
+
+
+def _latency_compare(args) -> None:
+    from jcw.latency.table import compare_tables, load_table
+
+    report = compare_tables(load_table(args.reference), load_table(args.other))
+    if args.json:
+        print(json.dumps(report))
+        return
+    print(f"{report['other']} vs {report['reference']}: {report['common_entries']} common entries, median ratio "
+          f"{report['median_ratio']:.3f}, MAPE {report['mape_pct']:.1f}%, {100 * report['within_10pct']:.0f}% within "
+          f"10%, {100 * report['within_25pct']:.0f}% within 25%; {report['reference']}'s own spread over repeats "
+          f"{report['reference_noise_pct']:.1f}% (median)")
 
 
 def _latency_validate(args) -> None:
@@ -332,7 +347,8 @@ def build_parser() -> Parser:
 
     sn_sub = _action_group(sub, "supernet", "train or evaluate a weight-sharing supernet")
     tr = sn_sub.add_parser("train", help="train a supernet with the sandwich rule")
-    tr.add_argument("--model", default="mbv2_tiny", help="mbv2_tiny, mbv2_small, mobilenet_v2, resnet18, resnet34, resnet50")
+    tr.add_argument("--model", default="mbv2_tiny",
+                    help="mbv2_tiny, mbv2_small, mobilenet_v2, resnet18, resnet34, resnet50")
     tr.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, cifar10, cifar100, imagefolder")
     data_opt(tr)
     tr.add_argument("--out", default="supernets/mine")
@@ -370,7 +386,7 @@ def build_parser() -> Parser:
     data_opt(pf)
     pf.set_defaults(func=_predictor_fit)
 
-    la_sub = _action_group(sub, "latency", "latency tables: derive, measure, validate, list, bundle, import")
+    la_sub = _action_group(sub, "latency", "latency tables: derive, measure, validate, compare, list, bundle, import")
     ld = la_sub.add_parser("derive", help="price a supernet's layers with a device model fit to public data")
     ld.add_argument("--device", required=True, choices=("pixel1", "pixel4", "note10"))
     ld.add_argument("--supernet", action="append", help="supernet file(s) to cover (default: the shipped one)")
@@ -381,8 +397,15 @@ def build_parser() -> Parser:
     lm.add_argument("--threads", type=int, default=1)
     lm.add_argument("--repeats", type=int, default=30)
     lm.add_argument("--supernet", action="append")
+    lm.add_argument("--runtime", default="torch", choices=("torch", "onnxruntime"),
+                    help="torch: what exported subnets run (default); onnxruntime: the bundle's micro-models")
     lm.add_argument("--out-dir", default=None)
     lm.set_defaults(func=_latency_measure)
+    lc = la_sub.add_parser("compare", help="entry-by-entry agreement of two tables, against the first's noise")
+    lc.add_argument("reference", help="a device name or a table .csv/.json")
+    lc.add_argument("other")
+    lc.add_argument("--json", action="store_true")
+    lc.set_defaults(func=_latency_compare)
     lv = la_sub.add_parser("validate", help="time random exported subnets end to end against the table")
     lv.add_argument("--device", default="host")
     lv.add_argument("--samples", type=int, default=30)

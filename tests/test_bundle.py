@@ -3,6 +3,8 @@ import subprocess
 import numpy as np
 
 from jcw.latency.bundle import import_results, write_bundle
+from jcw.latency.measure import measure_table
+from jcw.latency.table import compare_tables
 from jcw.space import ChannelGroup, Layer, SearchSpace
 
 
@@ -32,3 +34,10 @@ def test_bundle_local_run_import_round_trip(tmp_path):
     bound = table.bind(space)
     lat = bound.latency(space.sample(20, np.random.default_rng(0)))
     assert (lat > 0).all() and bound.latency(space.smallest())[0] < bound.latency(space.largest())[0] * 1.5
+
+    # the same micro-models measured directly: every entry lines up, so `jcw latency compare` can judge the round trip
+    direct = measure_table("host-ort", [space], repeats=5, runtime="onnxruntime")
+    assert "onnxruntime" in direct.meta["runtime"] and (direct.entries.impl == "dense").all()
+    report = compare_tables(direct, table)
+    assert report["common_entries"] == len(direct.entries) == len(table.entries)
+    assert report["median_ratio"] > 0

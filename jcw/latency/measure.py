@@ -83,6 +83,24 @@ def micro_op(layer: Layer, c_in: int, c_out: int, density: float, impl: str, gen
     raise ValueError(layer.kind)
 
 
+def onnx_micro_op(layer: Layer, c_in: int, c_out: int, density: float):
+    """A callable that runs one entry's ONNX micro-model (the one `jcw latency bundle` writes) in onnxruntime."""
+    import io
+
+    import onnxruntime as ort
+
+    from jcw.latency.bundle import micro_model
+
+    model, inputs = micro_model(layer, c_in, c_out, density)
+    buffer = io.BytesIO()
+    torch.onnx.export(model.eval(), inputs, buffer, dynamo=False)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(buffer.getvalue(), opts, providers=["CPUExecutionProvider"])
+    feeds = {i.name: x.numpy() for i, x in zip(session.get_inputs(), inputs)}
+    return lambda: session.run(None, feeds)
+
+
 def has_sparse_kernel(layer: Layer) -> bool:
     return layer.sparse >= 0 and (layer.kind == "linear" or (layer.kind == "conv" and layer.kernel == 1))
 
@@ -97,12 +115,23 @@ def processor_name() -> str:
     return platform.processor() or platform.machine()
 
 
+RUNTIMES = {"torch": "torch eager CPU (jcw.deploy: BN folded, sparse CSR for 1x1 convs and linear where faster)",
+            "onnxruntime": "onnxruntime CPU, dense (the micro-models `jcw latency bundle` writes)"}
+
+
 def measure_table(device: str, spaces: list[SearchSpace], threads: int = 1, repeats: int = 30,
-                  command: str = "", calibration_subnets: int = 5, supernet=None) -> LatencyTable:
-    """Time every entry the spaces need on this machine; calibrate the per-call overhead end to end."""
+                  command: str = "", calibration_subnets: int = 5, supernet=None,
+                  runtime: str = "torch") -> LatencyTable:
+    """Time every entry the spaces need on this machine; calibrate the per-call overhead end to end.
+
+    runtime="torch" times what exported subnets run on the CPU; runtime="onnxruntime" times the bundle's micro-models
+    the way `run.sh --local` does, to check a phone bundle's round trip against a direct measurement.
+    """
     if device != "host" and not device.startswith("host"):
         raise JcwError(f"`jcw latency measure` times this machine; name its table host or host-SOMETHING, not "
                        f"{device!r} (for a phone use `jcw latency bundle`)")
+    if runtime not in RUNTIMES:
+        raise JcwError(f"unknown runtime {runtime!r}; choose {' or '.join(RUNTIMES)}")
     torch.set_num_threads(threads)
     gen = torch.Generator().manual_seed(0)
     dense_cache: dict[tuple, tuple[float, float]] = {}
@@ -112,9 +141,11 @@ def measure_table(device: str, spaces: list[SearchSpace], threads: int = 1, repe
     def price(layer: Layer, c_in: int, c_out: int, d: float):
         key = (layer.signature, c_in, c_out)
         if key not in dense_cache:
-            dense_cache[key] = time_call(micro_op(layer, c_in, c_out, 1.0, "dense", gen), repeats)
+            op = (onnx_micro_op(layer, c_in, c_out, 1.0) if runtime == "onnxruntime"
+                  else micro_op(layer, c_in, c_out, 1.0, "dense", gen))
+            dense_cache[key] = time_call(op, repeats)
         best, impl = dense_cache[key], "dense"
-        if d < 1.0 and has_sparse_kernel(layer):
+        if d < 1.0 and has_sparse_kernel(layer) and runtime == "torch":
             sparse = time_call(micro_op(layer, c_in, c_out, d, "sparse_csr", gen), repeats)
             if sparse[0] < best[0]:
                 best, impl = sparse, "sparse_csr"
@@ -126,8 +157,8 @@ def measure_table(device: str, spaces: list[SearchSpace], threads: int = 1, repe
         entries = merge_entries(entries, space_entries(space, price))
     bar.close()
     meta = {
-        "device": device, "processor": processor_name(), "runtime": "torch eager CPU (jcw.deploy: BN folded, "
-        "sparse CSR for 1x1 convs and linear where faster)", "runtime_version": torch.__version__,
+        "device": device, "processor": processor_name(), "runtime": RUNTIMES[runtime],
+        "runtime_version": torch.__version__ if runtime == "torch" else _ort_version(),
         "threads": threads, "batch": 1, "input_sizes": sorted({s.input_size for s in spaces}),
         "models": sorted({s.model for s in spaces}), "source": "measured",
         "made": {"command": command or f"jcw latency measure --device {device} --threads {threads}",
@@ -138,11 +169,17 @@ def measure_table(device: str, spaces: list[SearchSpace], threads: int = 1, repe
         "error": {"kind": "not validated yet: run `jcw latency validate`"},
     }
     table = LatencyTable(device=device, entries=entries, meta=meta)
-    if supernet is not None and calibration_subnets:
+    if supernet is not None and calibration_subnets and runtime == "torch":
         table.meta["overhead_ms"] = round(_calibrate_overhead(table, supernet, calibration_subnets, repeats), 6)
         table.meta["overhead_note"] = (f"median (end-to-end - sum of entries) over {calibration_subnets} spread "
                                        "subnets (seed 12345), not those used to validate")
     return table
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
 
 
 def end_to_end_ms(supernet, genome, bound, repeats: int) -> float:
@@ -171,6 +208,9 @@ def validate_table(device: str, supernet, samples: int = 30, seed: int = 0, out_
     if table.meta.get("source") != "measured" or not device.startswith("host"):
         raise JcwError(f"only a table measured on this machine can be validated here; {device} is "
                        f"{table.meta.get('source', 'unknown')} (phones: see `jcw latency bundle`)")
+    if table.meta.get("runtime") != RUNTIMES["torch"]:
+        raise JcwError(f"validation times exported subnets on jcw's torch CPU runtime; {device} was measured with "
+                       f"{table.meta.get('runtime')}")
     torch.set_num_threads(int(table.meta.get("threads", 1)))
     bound = table.bind(supernet.space)
     rows = []
@@ -189,7 +229,8 @@ def validate_table(device: str, supernet, samples: int = 30, seed: int = 0, out_
     folder = folder or artifact_dir("latency_tables")
     path = folder / f"{device}.validation.json"
     write_json(path, report)
-    table.meta["error"] = {"kind": f"end-to-end on {len(rows)} exported subnets spread over the size range (seed {seed})",
+    table.meta["error"] = {"kind": f"end-to-end on {len(rows)} exported subnets spread over the size range "
+                                   f"(seed {seed})",
                            "mape_pct": report["mape"], "within_10pct": report["within_10pct"],
                            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d")}
     write_json(folder / f"{device}.json", table.meta)

@@ -81,6 +81,27 @@ def load_table(device: str, folder: str | Path | None = None) -> LatencyTable:
     return LatencyTable(device=device, entries=entries, meta=meta)
 
 
+def compare_tables(reference: LatencyTable, other: LatencyTable) -> dict:
+    """How far `other` is from `reference`, over the entries both hold: per-entry error, and the reference's spread.
+
+    The spread (std over repeats, relative to the median) is the noise one measurement carries; two measurements of
+    the same thing should differ by about that much.
+    """
+    keys = KEY + ["c_in", "c_out", "density"]
+    both = reference.entries.merge(other.entries, on=keys, suffixes=("_ref", "_other"))
+    if both.empty:
+        raise JcwError(f"the {reference.device} and {other.device} tables share no entries")
+    rel = (both.latency_ms_other - both.latency_ms_ref) / both.latency_ms_ref
+    return {"reference": reference.device, "other": other.device, "common_entries": int(len(both)),
+            "median_ratio": round(float((both.latency_ms_other / both.latency_ms_ref).median()), 4),
+            "mape_pct": round(float(100 * rel.abs().mean()), 2),
+            "within_10pct": round(float((rel.abs() <= 0.10).mean()), 4),
+            "within_25pct": round(float((rel.abs() <= 0.25).mean()), 4),
+            "reference_noise_pct": round(float(100 * (both.std_ms_ref / both.latency_ms_ref).median()), 2),
+            "total_ms": {"reference": round(float(both.latency_ms_ref.sum()), 4),
+                         "other": round(float(both.latency_ms_other.sum()), 4)}}
+
+
 def _axis_weights(grid: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For each query value: the two bracketing grid indices and the weight of the upper one."""
     if len(grid) == 1:

@@ -1,7 +1,7 @@
 """Regenerate benchmarks/RESULTS.md: granularity, selection, baselines, fidelity, cost.
 
     python benchmarks/run.py            # the full protocol (3 seeds, 64 x 60 searches; about 45 minutes on 2 cores)
-    python benchmarks/run.py --quick    # 3 seeds, 32 x 30 searches, shorter fine-tuning (about 20 minutes)
+    python benchmarks/run.py --quick    # 3 seeds, 32 x 20 searches, shorter fine-tuning (about 15 minutes)
 
 Everything goes through jcw's API (search, evaluators, export, finetune); nothing here re-implements them.
 """
@@ -207,7 +207,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     seeds = [0, 1, 2]
-    gens, pop, rescore = (30, 32, 12) if args.quick else (60, 64, 30)
+    gens, pop, rescore = (20, 32, 10) if args.quick else (60, 64, 30)
     work = OUT / "work"
     net, data = load_supernet(), load_dataset()
     devices = ["pixel4", "host"] if "host" in _devices() else ["pixel4"]

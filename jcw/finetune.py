@@ -12,7 +12,7 @@ from tqdm import tqdm
 from jcw.errors import JcwError
 from jcw.export import FORMAT, load_subnet
 from jcw.io import torch_save, write_json
-from jcw.supernet.evaluate import evaluate
+from jcw.supernet.evaluate import evaluate, recalibrate_bn
 from jcw.supernet.train import _append_row, lr_at
 
 
@@ -40,6 +40,7 @@ def finetune(subnet_path: str | Path, data, cfg: FinetuneConfig, out: str | Path
 
         teacher = load_supernet(cfg.distill_from)
         teacher.set_genome(teacher.space.largest())
+        recalibrate_bn(teacher, data)  # shared statistics mix every subnet trained; the teacher needs its own
         teacher.eval()
     torch.manual_seed(cfg.seed)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True,

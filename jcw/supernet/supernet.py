@@ -83,6 +83,7 @@ class Supernet(nn.Module):
                 parametrize.register_parametrization(modules[name], "bias", ChannelMask(self.active, g))
         self.genome: np.ndarray | None = None
         self._skeletons: dict[tuple[int, ...], nn.Module] = {}
+        self._by_name = modules  # looked up on every sliced pass
 
     def group_order(self, g: int) -> torch.Tensor:
         return getattr(self, f"group_order_{g}")
@@ -151,7 +152,7 @@ class Supernet(nn.Module):
         densities = self.space.density_values(g)[0]
         full = [int(w) == grp.base for w, grp in zip(widths, self.space.groups)]
         kept = [self.group_order(i)[: int(w)] for i, w in enumerate(widths)]
-        modules = dict(self.base.named_modules())
+        modules = self._by_name
 
         def take(t: torch.Tensor, group: int, dim: int = 0) -> torch.Tensor:
             return t if group < 0 or full[group] else t.index_select(dim, kept[group])

@@ -84,6 +84,33 @@ def test_derived_pixel4_prices_reference_models_within_10pct():
     assert meta["source"] == "derived" and meta["error"]["mape_pct"] > 0
 
 
+def test_deriving_another_space_keeps_the_models_already_priced(tiny_supernet):
+    from jcw.latency.derive import derive_table
+    from jcw.supernet.supernet import Supernet, SupernetConfig
+
+    shipped = load_table("pixel4")
+    other = Supernet(SupernetConfig(model="resnet18", input_size=32, in_channels=3)).space
+    table = derive_table("pixel4", [other])  # not saved: the shipped table stays as it is
+    assert set(table.meta["models"]) == set(shipped.meta["models"]) | {"resnet18"}
+    assert set(table.meta["input_sizes"]) == set(shipped.meta["input_sizes"]) | {32}
+    genomes = tiny_supernet.space.sample(20, np.random.default_rng(0))
+    assert np.allclose(table.bind(tiny_supernet.space).latency(genomes),
+                       shipped.bind(tiny_supernet.space).latency(genomes))
+    assert np.isfinite(table.bind(other).latency(other.sample(20, np.random.default_rng(0)))).all()
+
+
+def test_spaces_sharing_a_signature_get_one_complete_grid(tiny_supernet):
+    from jcw.latency.derive import space_entries
+    from jcw.supernet.supernet import Supernet, SupernetConfig
+
+    small = Supernet(SupernetConfig(model="mbv2_small")).space
+    entries = space_entries([tiny_supernet.space, small], lambda layer, c_in, c_out, d: (c_in * c_out * d, 0, 1,
+                                                                                         "dense"))
+    table = LatencyTable(device="toy", entries=entries, meta={"overhead_ms": 0.0})
+    for space in (tiny_supernet.space, small):  # both bind: every shared signature has a full product grid
+        assert np.isfinite(table.bind(space).latency(space.sample(10, np.random.default_rng(0)))).all()
+
+
 def test_lookup_rate_is_reported(tiny_supernet):
     """Vectorised pricing of 100k genomes (rate is measured by benchmarks/, never asserted on wall time)."""
     bound = load_table("pixel4").bind(tiny_supernet.space)

@@ -126,7 +126,7 @@ def write_bundle(device: str, space: SearchSpace, out: str | Path) -> Path:
     if (out / "manifest.csv").exists():
         raise JcwError(f"{out} already holds a bundle; choose another --out")
     (out / "models").mkdir(parents=True, exist_ok=True)
-    grid = space_entries(space, lambda *a: (0.0, 0.0, 0, "dense"))
+    grid = space_entries([space], lambda *a: (0.0, 0.0, 0, "dense"))
     rows = []
     layers = {l.signature: l for l in space.layers}
     for i, e in enumerate(tqdm(grid.itertuples(), total=len(grid), desc="writing micro-models")):

@@ -15,15 +15,29 @@ from jcw.latency.table import KEY, LatencyTable, load_table
 from jcw.space import Layer, SearchSpace
 
 
-def space_entries(space: SearchSpace, price) -> pd.DataFrame:
-    """The grid each layer signature of `space` needs: the product of every c_in, c_out and density that any layer
-    with that signature can take. `price(layer, c_in, c_out, density)` returns (ms, std, n, impl)."""
-    grids: dict[str, tuple[Layer, set, set, set]] = {}
-    for layer in space.layers:
-        _, c_ins, c_outs, dens = grids.setdefault(layer.signature, (layer, set(), set(), set()))
-        c_ins.update(space.groups[layer.in_group].choices if layer.in_group >= 0 else (layer.c_in,))
-        c_outs.update(space.groups[layer.out_group].choices if layer.out_group >= 0 else (layer.c_out,))
-        dens.update(space.densities if layer.sparse >= 0 else (1.0,))
+def space_entries(spaces: list[SearchSpace], price, previous: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The grid each layer signature needs: the product of every c_in, c_out and density that any layer with that
+    signature can take, in any of `spaces` or in the `previous` entries of a signature they share.
+
+    Lookups interpolate on a full product grid per signature, so two spaces that share a signature with different
+    channel choices (mbv2_tiny and mbv2_small both have 14x14 1x1 convs) need the points neither has alone.
+    `price(layer, c_in, c_out, density)` returns (ms, std, n, impl).
+    """
+    grids: dict[tuple, tuple[Layer, set, set, set]] = {}
+    for space in spaces:
+        for layer in space.layers:
+            key = (layer.kind, layer.h, layer.w, layer.kernel, layer.stride, layer.depthwise)
+            _, c_ins, c_outs, dens = grids.setdefault(key, (layer, set(), set(), set()))
+            c_ins.update(space.groups[layer.in_group].choices if layer.in_group >= 0 else (layer.c_in,))
+            c_outs.update(space.groups[layer.out_group].choices if layer.out_group >= 0 else (layer.c_out,))
+            dens.update(space.densities if layer.sparse >= 0 else (1.0,))
+    if previous is not None:
+        for key, frame in previous.groupby(KEY):
+            if key in grids:
+                _, c_ins, c_outs, dens = grids[key]
+                c_ins.update(int(c) for c in frame["c_in"])
+                c_outs.update(int(c) for c in frame["c_out"])
+                dens.update(float(d) for d in frame["density"])
     rows = []
     for layer, c_ins, c_outs, dens in grids.values():
         for c_out, c_in, d in product(sorted(c_outs), sorted(c_ins), sorted(dens)):
@@ -54,17 +68,17 @@ def derive_table(device: str, spaces: list[SearchSpace], command: str = "") -> L
         return round(model.op_ms(op, d), 6), 0.0, 0, "sparse_simd" if sparse else "dense"
 
     try:
-        old = load_table(device).entries
+        previous = load_table(device)
+        old, old_meta = previous.entries, previous.meta
     except Exception:
-        old = None
-    entries = old
-    for space in spaces:
-        entries = merge_entries(entries, space_entries(space, price))
+        old, old_meta = None, {}
+    entries = merge_entries(old, space_entries(spaces, price, old))
     meta = {
         "device": device, "processor": model.processor, "runtime": model.runtime, "runtime_version": "see fit.data",
         "threads": model.threads, "batch": 1,
-        "input_sizes": sorted({s.input_size for s in spaces}),
-        "models": sorted({s.model for s in spaces}),
+        # the table keeps the rows of the spaces priced before, so it still covers their models
+        "input_sizes": sorted({s.input_size for s in spaces} | set(old_meta.get("input_sizes", []))),
+        "models": sorted({s.model for s in spaces} | set(old_meta.get("models", []))),
         "source": "derived",
         "made": {"command": command or f"jcw latency derive --device {device}",
                  "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "machine": platform.node(),

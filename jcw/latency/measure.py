@@ -24,7 +24,7 @@ from jcw import __version__
 from jcw.deploy import SparseConv1x1, cpu_runtime
 from jcw.errors import JcwError
 from jcw.io import write_json
-from jcw.latency.derive import merge_entries, space_entries
+from jcw.latency.derive import space_entries
 from jcw.latency.table import LatencyTable, load_table
 from jcw.space import Layer, SearchSpace
 
@@ -135,7 +135,7 @@ def measure_table(device: str, spaces: list[SearchSpace], threads: int = 1, repe
     torch.set_num_threads(threads)
     gen = torch.Generator().manual_seed(0)
     dense_cache: dict[tuple, tuple[float, float]] = {}
-    total = sum(len(space_entries(s, lambda *a: (0, 0, 0, ""))) for s in spaces)
+    total = len(space_entries(spaces, lambda *a: (0, 0, 0, "")))
     bar = tqdm(total=total, desc=f"measuring {device}", dynamic_ncols=True, file=sys.stderr)
 
     def price(layer: Layer, c_in: int, c_out: int, d: float):
@@ -152,9 +152,7 @@ def measure_table(device: str, spaces: list[SearchSpace], threads: int = 1, repe
         bar.update(1)
         return round(best[0], 6), round(best[1], 6), repeats, impl
 
-    entries = None
-    for space in spaces:
-        entries = merge_entries(entries, space_entries(space, price))
+    entries = space_entries(spaces, price)
     bar.close()
     meta = {
         "device": device, "processor": processor_name(), "runtime": RUNTIMES[runtime],

@@ -12,6 +12,8 @@ def test_dead_actor_is_replaced_and_its_genome_requeued(supernet):
     serial = SerialEvaluator(supernet, spec).score(genomes)
     pool = RayEvaluator(supernet, spec, workers=2)
     try:
+        # a local pool's actors run at the driver's priority, not Ray's default niceness of 15
+        assert [os.getpriority(os.PRIO_PROCESS, pid) for pid in pool.actor_pids()] == [os.nice(0)] * 2
         os.kill(pool.actor_pids()[0], signal.SIGKILL)
         scores = pool.score(genomes)
         assert pool.restarts >= 1

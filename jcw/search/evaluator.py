@@ -123,6 +123,9 @@ class RayEvaluator:
                     check_ray_address(address)
                     ray.init(address=address, include_dashboard=False, log_to_driver=False)
                 else:
+                    # Ray runs workers at niceness 15; on a busy laptop the scoring actors, which are the whole
+                    # job, would then crawl behind any other process. A local instance is ours: run them at ours.
+                    os.environ.setdefault("RAY_worker_niceness", "0")
                     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
             except JcwError:
                 raise

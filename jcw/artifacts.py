@@ -6,8 +6,8 @@ from pathlib import Path
 import jcw
 
 KINDS = ("latency_tables", "predictors", "supernets")
-DEFAULT_SUPERNET = "mbv2_tiny_fmnist/supernet.pt"
-DEFAULT_PREDICTOR = "mbv2_tiny_fmnist"
+DEFAULT_SUPERNET = "mbv2_small_fmnist/supernet.pt"
+DEFAULT_PREDICTOR = "mbv2_small_fmnist"
 
 
 def artifact_dir(kind: str) -> Path:

@@ -347,12 +347,12 @@ def build_parser() -> Parser:
 
     sn_sub = _action_group(sub, "supernet", "train or evaluate a weight-sharing supernet")
     tr = sn_sub.add_parser("train", help="train a supernet with the sandwich rule")
-    tr.add_argument("--model", default="mbv2_tiny",
+    tr.add_argument("--model", default="mbv2_small",
                     help="mbv2_tiny, mbv2_small, mobilenet_v2, resnet18, resnet34, resnet50")
     tr.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, cifar10, cifar100, imagefolder")
     data_opt(tr)
     tr.add_argument("--out", default="supernets/mine")
-    tr.add_argument("--epochs", type=int, default=12)
+    tr.add_argument("--epochs", type=int, default=16)
     tr.add_argument("--batch-size", type=int, default=256)
     tr.add_argument("--lr", type=float, default=0.2)
     tr.add_argument("--n-random", type=int, default=1, help="random subnets per step besides largest and smallest")

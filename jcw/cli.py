@@ -38,8 +38,13 @@ def _supernet_train(args) -> None:
                                 in_channels=data.in_channels, num_classes=data.num_classes,
                                 min_ratio=args.min_ratio, block=args.block, pretrained=args.pretrained)
     net = Supernet(config)
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, n_random=args.n_random,
-                      seed=args.seed, threads=args.threads, limit_train=args.limit_train)
+    saved = out / "train_config.json"
+    if args.resume and saved.exists():  # continue the recipe the run started with, whatever the flags say now
+        cfg = TrainConfig(**json.loads(saved.read_text())["train"])
+    else:
+        cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                          label_smoothing=args.label_smoothing, n_random=args.n_random, seed=args.seed,
+                          threads=args.threads, limit_train=args.limit_train)
     final = train_supernet(net, data, out, cfg, resume=args.resume)
     print(f"supernet: {final}\nlog: {out / 'train_log.csv'}")
 
@@ -355,6 +360,8 @@ def build_parser() -> Parser:
     tr.add_argument("--epochs", type=int, default=16)
     tr.add_argument("--batch-size", type=int, default=256)
     tr.add_argument("--lr", type=float, default=0.2)
+    tr.add_argument("--weight-decay", type=float, default=4e-5, help="on weights, not on biases or batch norm")
+    tr.add_argument("--label-smoothing", type=float, default=0.1, help="on the largest subnet's labels")
     tr.add_argument("--n-random", type=int, default=1, help="random subnets per step besides largest and smallest")
     tr.add_argument("--min-ratio", type=float, default=0.25, help="smallest width as a fraction of the base")
     tr.add_argument("--block", type=int, default=1, choices=(1, 4), help="4: JCW's SIMD blocks of 4 out-channels")
@@ -362,7 +369,7 @@ def build_parser() -> Parser:
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--threads", type=int, default=0)
     tr.add_argument("--limit-train", type=int, default=0, help="cap training images per epoch (quick runs)")
-    tr.add_argument("--resume", action="store_true")
+    tr.add_argument("--resume", action="store_true", help="continue from the last checkpoint with the saved recipe")
     tr.add_argument("--force", action="store_true")
     tr.set_defaults(func=_supernet_train)
     ev = sn_sub.add_parser("eval", help="top-1 and loss of chosen subnets, batch norm recalibrated")

@@ -123,3 +123,28 @@ def test_latency_list_and_predict():
     rec = json.loads(run_cli("latency", "predict", "--device", "pixel4", "--model", "torchvision:mobilenet_v2",
                              "--json", check=True).stdout)
     assert 35 < rec["latency_ms"] < 55
+
+
+def test_supernet_train_resumes_an_interrupted_run_with_its_own_recipe(tmp_path):
+    out = tmp_path / "sn"
+    args = ["supernet", "train", "--model", "mbv2_tiny", "--limit-train", "256", "--batch-size", "128", "--out",
+            str(out)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "jcw.cli", *args, "--epochs", "3", "--weight-decay", "1e-4"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:  # stop it once the first epoch's checkpoint is written
+        if line.startswith("epoch 1/3"):
+            deadline = time.time() + 60
+            while not (out / "checkpoint.pt").exists() and time.time() < deadline:
+                time.sleep(0.2)
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    assert not (out / "supernet.pt").exists()
+    # resuming with other flags continues the recipe the run started with
+    done = run_cli(*args, "--epochs", "9", "--weight-decay", "0", "--resume", check=True)
+    assert "epoch 3/3" in done.stdout and "epoch 1/3" not in done.stdout
+    assert json.loads((out / "train_config.json").read_text())["train"]["weight_decay"] == 1e-4
+    log = pd.read_csv(out / "train_log.csv")
+    assert log["epoch"].tolist() == [1, 2, 3] and log["val_top1_smallest"].notna().all()
+    assert (out / "supernet.pt").exists()

@@ -127,3 +127,15 @@ def test_sliced_forward_matches_masked_forward_and_gradients(mode):
         assert torch.allclose(masked, sliced, atol=1e-9)
         for n in g_masked:
             assert torch.allclose(g_masked[n], g_sliced[n], atol=1e-9), n
+
+
+def test_raw_state_dict_round_trips_into_a_parametrized_supernet(tiny_supernet):
+    import torch
+
+    from jcw.supernet.supernet import Supernet, SupernetConfig
+
+    torch.manual_seed(1)
+    other = Supernet(SupernetConfig())
+    other.load_raw_state_dict(tiny_supernet.raw_state_dict())
+    mine, theirs = tiny_supernet.raw_state_dict(), other.raw_state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)

@@ -192,6 +192,11 @@ class Supernet(nn.Module):
             out[k] = v.detach().clone()
         return out
 
+    def load_raw_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load weights saved by `raw_state_dict` into the parametrized network (resuming training)."""
+        names = {k.replace(".parametrizations.", ".").replace(".original", ""): k for k in self.base.state_dict()}
+        self.base.load_state_dict({names.get(k, k): v for k, v in state.items()})
+
     def checkpoint(self, extra: dict | None = None) -> dict:
         return {"format": FORMAT, "jcw_version": __version__, "config": asdict(self.config),
                 "state_dict": self.raw_state_dict(),

@@ -68,7 +68,7 @@ def train_supernet(net: Supernet, data, out_dir: str | Path, cfg: TrainConfig, r
         if not ckpt_path.exists():
             raise JcwError(f"--resume: no checkpoint at {ckpt_path}; start without --resume")
         ckpt = read_checkpoint(ckpt_path)
-        net.base.load_state_dict(ckpt["state_dict"])
+        net.load_raw_state_dict(ckpt["state_dict"])
         for i, order in enumerate(ckpt["group_orders"]):
             net.group_order(i).copy_(order)
         opt.load_state_dict(ckpt["optimizer"])

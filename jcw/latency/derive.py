@@ -11,7 +11,7 @@ import pandas as pd
 from jcw import __version__
 from jcw.latency.device_model import DeviceModel, fit_device
 from jcw.latency.ops import op_features
-from jcw.latency.table import KEY, LatencyTable, load_table
+from jcw.latency.table import KEY, LatencyTable, layer_key, load_table
 from jcw.space import Layer, SearchSpace
 
 
@@ -26,8 +26,7 @@ def space_entries(spaces: list[SearchSpace], price, previous: pd.DataFrame | Non
     grids: dict[tuple, tuple[Layer, set, set, set]] = {}
     for space in spaces:
         for layer in space.layers:
-            key = (layer.kind, layer.h, layer.w, layer.kernel, layer.stride, layer.depthwise)
-            _, c_ins, c_outs, dens = grids.setdefault(key, (layer, set(), set(), set()))
+            _, c_ins, c_outs, dens = grids.setdefault(layer_key(layer), (layer, set(), set(), set()))
             c_ins.update(space.groups[layer.in_group].choices if layer.in_group >= 0 else (layer.c_in,))
             c_outs.update(space.groups[layer.out_group].choices if layer.out_group >= 0 else (layer.c_out,))
             dens.update(space.densities if layer.sparse >= 0 else (1.0,))

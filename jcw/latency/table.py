@@ -22,6 +22,11 @@ COLUMNS = ["kind", "h", "w", "kernel", "stride", "depthwise", "c_in", "c_out", "
 KEY = ["kind", "h", "w", "kernel", "stride", "depthwise"]
 
 
+def layer_key(layer: Layer) -> tuple:
+    """A layer's row key in a table: its values of KEY."""
+    return tuple(getattr(layer, column) for column in KEY)
+
+
 @dataclass
 class LatencyTable:
     device: str
@@ -133,8 +138,7 @@ class BoundTable:
         self.layer_tables: list[np.ndarray] = []
         self.impl: list[np.ndarray] = []
         for layer in space.layers:
-            key = (layer.kind, layer.h, layer.w, layer.kernel, layer.stride, layer.depthwise)
-            frame = groups.get(key)
+            frame = groups.get(layer_key(layer))
             if frame is None:
                 raise JcwError(f"the {table.device} table does not cover layer {layer.name} (signature "
                                f"{layer.signature}); derive or measure a table for this supernet")

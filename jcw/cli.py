@@ -117,9 +117,10 @@ def _predictor_fit(args) -> None:
     if (out / "predictor.pt").exists() and not args.force:
         raise JcwError(f"{out} already holds a predictor; pass --force to refit it")
     pred = fit_on_supernet(net, args.samples, out, seed=args.seed, workers=args.workers,
-                           ray_address=args.ray_address, data_dir=args.data_dir)
+                           ray_address=args.ray_address, data_dir=args.data_dir, scored=args.scored,
+                           calibration_images=args.calibration_images, val_images=args.val_images)
     for name, m in pred.report["models"].items():
-        print(f"{name:>5}: RMSE {m['rmse']:.3f}  Kendall tau {m['kendall_tau']:.3f}  Spearman {m['spearman_rho']:.3f}")
+        print(f"{name:>9}: RMSE {m['rmse']:.3f}  Kendall tau {m['kendall_tau']:.3f}  Spearman {m['spearman_rho']:.3f}")
     print(f"kept: {pred.report['kept']}\npredictor: {out / 'predictor.pt'}\nreport: {out / 'report.json'}, "
           f"{out / 'report.png'}\ndataset: {out / 'dataset.csv'}")
 
@@ -389,6 +390,10 @@ def build_parser() -> Parser:
     pf.add_argument("--out", default="predictors/mine")
     pf.add_argument("--seed", type=int, default=0)
     pf.add_argument("--force", action="store_true")
+    pf.add_argument("--scored", default=None, metavar="CSV",
+                    help="reuse the subnets scored by an earlier fit on this supernet (its dataset.csv): refit only")
+    pf.add_argument("--calibration-images", type=int, default=2000, help="BN recalibration images per scored subnet")
+    pf.add_argument("--val-images", type=int, default=None, help="cap on validation images per scored subnet")
     ray_opts(pf)
     data_opt(pf)
     pf.set_defaults(func=_predictor_fit)

@@ -1,8 +1,10 @@
 """Accuracy predictor: top-1 of a subnet from its genome, in microseconds instead of seconds.
 
-Fit on a few hundred subnets scored on the supernet, spread over the whole size range. Features are the per-gene
-width ratio and density plus log MACs and log nonzero weights. An MLP is compared with ridge regression on a held-out
-20%, and the better one is kept. A predictor is tied to the supernet it was fit on, by the supernet file's hash.
+Fit on a few hundred subnets scored on the supernet, spread over the whole size range. Features are logs: each
+gene's width ratio and density, each weight layer's kept weights, total MACs and nonzero weights. On logs a linear
+model is a power law in layer sizes, which ranks subnets well, and the MLP fits what bends away from it. The MLP,
+ridge regression and their mean are compared on a held-out 20%, and the best is kept. A predictor is tied to the
+supernet it was fit on, by the supernet file's hash.
 """
 from __future__ import annotations
 
@@ -17,16 +19,17 @@ from jcw.errors import JcwError
 from jcw.io import torch_save, write_csv, write_json
 from jcw.space import SearchSpace
 
-FORMAT = "jcw-predictor/1"
+FORMAT = "jcw-predictor/2"
 
 
 def genome_features(space: SearchSpace, genomes: np.ndarray) -> np.ndarray:
     g = np.asarray(genomes).reshape(-1, space.n_genes)
     bases = np.array([grp.base for grp in space.groups], dtype=float)
-    widths = space.widths(g) / bases[None, :]
-    dens = space.density_values(g)
+    genes = np.concatenate([space.widths(g) / bases[None, :], space.density_values(g)], axis=1)
+    pruned = [j for j, layer in enumerate(space.layers) if layer.kind in ("conv", "linear") and not layer.depthwise]
     cost = space.cost(g)
-    return np.concatenate([widths, dens, np.log(cost["macs"])[:, None], np.log(cost["params"])[:, None]], axis=1)
+    sizes = np.concatenate([cost["layer_weights"][:, pruned], cost["macs"][:, None], cost["params"][:, None]], axis=1)
+    return np.concatenate([genes, np.log(genes), np.log(sizes)], axis=1)
 
 
 # ---- models ----------------------------------------------------------------------------------------------------
@@ -51,13 +54,14 @@ def fit_ridge(x: np.ndarray, y: np.ndarray, alpha: float = 1.0) -> dict:
     return {"kind": "ridge", "w": w}
 
 
-def fit_mlp(x: np.ndarray, y: np.ndarray, seed: int = 0, hidden: int = 128, epochs: int = 600) -> dict:
+def fit_mlp(x: np.ndarray, y: np.ndarray, seed: int = 0, hidden: int = 128, epochs: int = 300) -> dict:
     import torch
 
     torch.manual_seed(seed)
     net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, hidden),
                               torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3, weight_decay=1e-4)
+    # Strong decoupled weight decay: a few hundred noisy labels, and the ranking matters more than the last 0.01.
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     xt, yt = torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)[:, None]
     gen = torch.Generator().manual_seed(seed)
@@ -72,10 +76,18 @@ def fit_mlp(x: np.ndarray, y: np.ndarray, seed: int = 0, hidden: int = 128, epoc
                                        for m in layers]}
 
 
+def fit_models(x: np.ndarray, y: np.ndarray, seed: int = 0) -> dict[str, dict]:
+    """The candidates: MLP, ridge and their mean (whose errors partly cancel, since the two fail differently)."""
+    mlp, ridge = fit_mlp(x, y, seed), fit_ridge(x, y)
+    return {"mlp": mlp, "ridge": ridge, "mlp+ridge": {"kind": "mean", "members": [mlp, ridge]}}
+
+
 def apply_model(model: dict, x: np.ndarray) -> np.ndarray:
     """Forward pass in numpy: no torch dispatch overhead, so batches go at millions of rows a second."""
     if model["kind"] == "ridge":
         return x @ model["w"][:-1] + model["w"][-1]
+    if model["kind"] == "mean":
+        return np.mean([apply_model(m, x) for m in model["members"]], axis=0)
     h = x
     for i, (w, b) in enumerate(model["weights"]):
         h = h @ w + b
@@ -146,7 +158,11 @@ def load_predictor(path: str | Path | None = None) -> Predictor:
                        "--evaluator supernet")
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
-        if state.get("format") != FORMAT:
+        found = state.get("format")
+        if isinstance(found, str) and found.startswith("jcw-predictor/") and found != FORMAT:
+            raise JcwError(f"predictor {file} is {found}, from another jcw version, and this one reads {FORMAT}; "
+                           "refit it with `jcw predictor fit`")
+        if found != FORMAT:
             raise ValueError("format")
         model = _from_lists(json.loads(state["model"]))
         return Predictor(SearchSpace.from_dict(state["space"]), model,
@@ -170,7 +186,7 @@ def rank_metrics(pred: np.ndarray, true: np.ndarray) -> dict:
 
 def fit_predictor(space: SearchSpace, genomes: np.ndarray, top1: np.ndarray, supernet_hash: str,
                   seed: int = 0) -> Predictor:
-    """Fit MLP and ridge on 80%, compare on the held-out 20%, refit the better on everything."""
+    """Fit the candidates on 80%, compare them on the held-out 20%, refit the best on everything."""
     x_all = genome_features(space, genomes)
     y_all = np.asarray(top1, dtype=float)
     rng = np.random.default_rng(seed)
@@ -179,8 +195,7 @@ def fit_predictor(space: SearchSpace, genomes: np.ndarray, top1: np.ndarray, sup
     test, train = order[:n_test], order[n_test:]
     norm = Standardizer.fit(x_all[train])
     y_mean, y_std = float(y_all[train].mean()), float(y_all[train].std() or 1.0)
-    candidates = {"mlp": fit_mlp(norm(x_all[train]), (y_all[train] - y_mean) / y_std, seed),
-                  "ridge": fit_ridge(norm(x_all[train]), (y_all[train] - y_mean) / y_std)}
+    candidates = fit_models(norm(x_all[train]), (y_all[train] - y_mean) / y_std, seed)
     report = {"samples": int(len(y_all)), "held_out": int(n_test), "seed": seed, "models": {}}
     held_out_pred = {}
     for name, model in candidates.items():
@@ -195,7 +210,7 @@ def fit_predictor(space: SearchSpace, genomes: np.ndarray, top1: np.ndarray, sup
     norm = Standardizer.fit(x_all)
     y_mean, y_std = float(y_all.mean()), float(y_all.std() or 1.0)
     target = (y_all - y_mean) / y_std
-    final = fit_mlp(norm(x_all), target, seed) if best == "mlp" else fit_ridge(norm(x_all), target)
+    final = fit_models(norm(x_all), target, seed)[best]
     return Predictor(space, final, norm, y_mean, y_std, supernet_hash, report)
 
 
@@ -228,23 +243,24 @@ def write_report(predictor: Predictor, folder: str | Path, dataset: pd.DataFrame
 
 
 def fit_on_supernet(supernet, samples: int, out: str | Path, seed: int = 0, workers: int | None = None,
-                    ray_address: str | None = None, data_dir: str | None = None) -> Predictor:
-    """Sample subnets over the size range, score them on the supernet, fit, and write the predictor folder."""
-    import sys
+                    ray_address: str | None = None, data_dir: str | None = None,
+                    scored: str | Path | None = None, calibration_images: int = 2000,
+                    val_images: int | None = None) -> Predictor:
+    """Sample subnets over the size range, score them on the supernet, fit, and write the predictor folder.
 
-    from tqdm import tqdm
-
-    from jcw.search.evaluator import DataSpec, make_evaluator
+    With `scored`, a dataset.csv written by an earlier fit on this same supernet, the scoring (minutes) is skipped
+    and only the fit (seconds) reruns.
+    """
+    from jcw.search.evaluator import DataSpec
 
     space = supernet.space
-    genomes = np.unique(space.sample_spread(samples, np.random.default_rng(seed)), axis=0)
-    genomes = genomes[np.random.default_rng(seed).permutation(len(genomes))]
-    evaluator = make_evaluator(supernet, DataSpec(supernet.config.dataset, data_dir), workers, ray_address)
-    try:
-        with tqdm(total=len(genomes), desc="scoring subnets", dynamic_ncols=True, file=sys.stderr) as bar:
-            scores = evaluator.score(list(genomes), progress=bar.update)
-    finally:
-        evaluator.close()
+    if scored is not None:
+        genomes, scores = read_scored(scored, space, supernet.hash)
+    else:
+        genomes = np.unique(space.sample_spread(samples, np.random.default_rng(seed)), axis=0)
+        genomes = genomes[np.random.default_rng(seed).permutation(len(genomes))]
+        spec = DataSpec(supernet.config.dataset, data_dir, calibration_images, "val", val_images)
+        scores = _score(supernet, genomes, spec, workers, ray_address)
     top1 = np.array([s["top1"] for s in scores])
     predictor = fit_predictor(space, genomes, top1, supernet.hash, seed)
     out = Path(out)
@@ -254,6 +270,40 @@ def fit_on_supernet(supernet, samples: int, out: str | Path, seed: int = 0, work
                             "macs": cost["macs"].round().astype(np.int64),
                             "params": cost["params"].round().astype(np.int64),
                             "mean_density": space.density_values(genomes).mean(1).round(4),
-                            "top1": top1, "loss": [s["loss"] for s in scores]})
+                            "top1": top1, "loss": [s["loss"] for s in scores], "supernet_hash": supernet.hash})
     write_report(predictor, out, dataset)
     return predictor
+
+
+def _score(supernet, genomes: np.ndarray, spec, workers: int | None, ray_address: str | None) -> list[dict]:
+    import sys
+
+    from tqdm import tqdm
+
+    from jcw.search.evaluator import make_evaluator
+
+    evaluator = make_evaluator(supernet, spec, workers, ray_address)
+    try:
+        with tqdm(total=len(genomes), desc="scoring subnets", dynamic_ncols=True, file=sys.stderr) as bar:
+            return evaluator.score(list(genomes), progress=bar.update)
+    finally:
+        evaluator.close()
+
+
+def read_scored(path: str | Path, space: SearchSpace, supernet_hash: str) -> tuple[np.ndarray, list[dict]]:
+    """Genomes and scores from a predictor's dataset.csv, refusing rows scored on another supernet."""
+    try:
+        table = pd.read_csv(path)
+        genomes = np.array([json.loads(g) for g in table["genome"]], dtype=np.int64)
+        hashes = set(table["supernet_hash"])
+        scores = table[["top1", "loss"]].to_dict("records")
+    except FileNotFoundError:
+        raise JcwError(f"--scored {path}: no such file") from None
+    except (KeyError, ValueError, pd.errors.ParserError) as exc:
+        raise JcwError(f"--scored {path}: not a predictor dataset.csv with genome, top1, loss and supernet_hash "
+                       f"columns ({exc.__class__.__name__}: {exc})") from None
+    if hashes != {supernet_hash}:
+        raise JcwError(f"--scored {path} was scored on supernet {', '.join(map(str, sorted(hashes)))}, not on "
+                       f"{supernet_hash}; refit without --scored to score afresh")
+    space.check(genomes)
+    return genomes, scores

@@ -158,40 +158,32 @@ class SearchSpace:
     def layer_channels(self, genomes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Input and output channels of every layer, each (n, n_layers)."""
         widths = self.widths(genomes)
-        n = widths.shape[0]
-        c_in = np.empty((n, len(self.layers)), dtype=np.int64)
-        c_out = np.empty_like(c_in)
-        for j, layer in enumerate(self.layers):
-            c_in[:, j] = widths[:, layer.in_group] if layer.in_group >= 0 else layer.c_in
-            c_out[:, j] = widths[:, layer.out_group] if layer.out_group >= 0 else layer.c_out
-        return c_in, c_out
+
+        def per_layer(groups: list[int], fixed: list[int]) -> np.ndarray:
+            groups_arr = np.array(groups)
+            return np.where(groups_arr >= 0, widths[:, np.maximum(groups_arr, 0)], np.array(fixed))
+
+        return (per_layer([l.in_group for l in self.layers], [l.c_in for l in self.layers]),
+                per_layer([l.out_group for l in self.layers], [l.c_out for l in self.layers]))
 
     def layer_densities(self, genomes: np.ndarray) -> np.ndarray:
-        dens = self.density_values(genomes)
-        out = np.ones((dens.shape[0], len(self.layers)))
-        for j, layer in enumerate(self.layers):
-            if layer.sparse >= 0:
-                out[:, j] = dens[:, layer.sparse]
-        return out
+        sparse = np.array([layer.sparse for layer in self.layers])
+        return np.where(sparse >= 0, self.density_values(genomes)[:, np.maximum(sparse, 0)], 1.0)
+
+    def layer_weights(self, genomes: np.ndarray) -> np.ndarray:
+        """Kept (nonzero) weights of every layer, (n, n_layers); zero for layers without weights."""
+        c_in, c_out = self.layer_channels(genomes)
+        depthwise = np.array([layer.depthwise for layer in self.layers])
+        kernel_area = np.array([layer.kernel ** 2 if layer.kind == "conv" else 1 for layer in self.layers])
+        weighted = np.array([layer.kind in ("conv", "linear") for layer in self.layers])
+        return np.where(depthwise, 1, c_in) * kernel_area * c_out * self.layer_densities(genomes) * weighted
 
     def cost(self, genomes: np.ndarray) -> dict[str, np.ndarray]:
-        """MACs and nonzero weights of each genome, counting kept weights only."""
-        c_in, c_out = self.layer_channels(genomes)
-        dens = self.layer_densities(genomes)
-        macs = np.zeros(c_in.shape[0])
-        params = np.zeros(c_in.shape[0])
-        for j, layer in enumerate(self.layers):
-            if layer.kind == "conv":
-                h_out = -(-layer.h // layer.stride)
-                per_out = layer.kernel ** 2 * (1 if layer.depthwise else c_in[:, j])
-                weights = per_out * c_out[:, j] * dens[:, j]
-                params += weights
-                macs += weights * h_out * h_out
-            elif layer.kind == "linear":
-                weights = c_in[:, j] * c_out[:, j] * dens[:, j]
-                params += weights
-                macs += weights
-        return {"macs": macs, "params": params}
+        """MACs and nonzero weights of each genome, counting kept weights only, and the per-layer weights too."""
+        weights = self.layer_weights(genomes)
+        positions = np.array([(-(-layer.h // layer.stride)) ** 2 if layer.kind == "conv" else 1
+                              for layer in self.layers])
+        return {"macs": weights @ positions, "params": weights.sum(1), "layer_weights": weights}
 
     # ---- persistence -------------------------------------------------------------------------------------------
     def to_dict(self) -> dict:

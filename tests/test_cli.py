@@ -117,6 +117,23 @@ def test_supernet_eval_json():
     assert rows[0]["top1"] > rows[1]["top1"]
 
 
+def test_predictor_fit_then_refit_from_its_scores(tmp_path):
+    fit = ["predictor", "fit", "--samples", "16", "--calibration-images", "250", "--val-images", "500",
+           "--workers", "0"]
+    proc = run_cli(*fit, "--out", str(tmp_path / "p"), check=True)
+    assert "kept:" in proc.stdout
+    report = json.loads((tmp_path / "p" / "report.json").read_text())
+    scored = pd.read_csv(tmp_path / "p" / "dataset.csv")
+    assert len(scored) == report["samples"] == 16 and scored["top1"].between(10, 100).all()
+    # Refitting from the saved scores skips scoring and gives the same predictor.
+    run_cli(*fit, "--scored", str(tmp_path / "p" / "dataset.csv"), "--out", str(tmp_path / "q"), check=True)
+    assert json.loads((tmp_path / "q" / "report.json").read_text()) == report
+    one_clear_line(run_cli(*fit, "--out", str(tmp_path / "p")), "--force")
+    scored.assign(supernet_hash="0123456789abcdef").to_csv(tmp_path / "other.csv", index=False)
+    one_clear_line(run_cli(*fit, "--scored", str(tmp_path / "other.csv"), "--out", str(tmp_path / "r")),
+                   "scored on supernet 0123456789abcdef")
+
+
 def test_latency_list_and_predict():
     out = run_cli("latency", "list", check=True).stdout
     assert "pixel4" in out and "derived" in out

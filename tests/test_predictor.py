@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from jcw.errors import JcwError
-from jcw.predictor import fit_predictor, genome_features, load_predictor
+from jcw.predictor import apply_model, fit_predictor, fit_ridge, load_predictor
 
 
 def test_spread_sample_reaches_both_ends(tiny_supernet):
@@ -16,23 +16,33 @@ def test_spread_sample_reaches_both_ends(tiny_supernet):
     assert (spread > lo + 0.6 * span).sum() > (uniform > lo + 0.6 * span).sum()
 
 
+def _known_accuracy(space, genomes: np.ndarray) -> np.ndarray:
+    bases = np.array([grp.base for grp in space.groups])
+    return 70 + 20 * (space.widths(genomes) / bases).mean(1) + 5 * space.density_values(genomes).mean(1)
+
+
 def test_fit_recovers_a_known_ranking(tiny_supernet, tmp_path):
     from scipy.stats import kendalltau
 
     space = tiny_supernet.space
     rng = np.random.default_rng(0)
     genomes = space.sample_spread(300, rng)
-    x = genome_features(space, genomes)
-    true = 70 + 20 * x[:, : len(space.groups)].mean(1) + 5 * x[:, len(space.groups):-2].mean(1)
-    labels = true + rng.normal(0, 0.05, len(true))
+    labels = _known_accuracy(space, genomes) + rng.normal(0, 0.05, len(genomes))
     pred = fit_predictor(space, genomes, labels, "hash-a", seed=0)
+    assert set(pred.report["models"]) == {"mlp", "ridge", "mlp+ridge"}
     test = space.sample(200, np.random.default_rng(1))
-    x_test = genome_features(space, test)
-    expected = 70 + 20 * x_test[:, : len(space.groups)].mean(1) + 5 * x_test[:, len(space.groups):-2].mean(1)
-    assert kendalltau(pred.predict(test), expected).statistic > 0.9
+    assert kendalltau(pred.predict(test), _known_accuracy(space, test)).statistic > 0.9
     pred.save(tmp_path)
     again = load_predictor(tmp_path)
     assert np.allclose(again.predict(test), pred.predict(test))
+
+
+def test_mean_model_averages_its_members():
+    x = np.random.default_rng(0).normal(size=(50, 4))
+    ridge_a = fit_ridge(x, x @ np.array([1.0, 0, 0, 0]))
+    ridge_b = fit_ridge(x, x @ np.array([0, 1.0, 0, 0]))
+    mean = apply_model({"kind": "mean", "members": [ridge_a, ridge_b]}, x)
+    assert np.allclose(mean, (apply_model(ridge_a, x) + apply_model(ridge_b, x)) / 2)
 
 
 def test_predictor_fit_on_another_supernet_is_refused(tiny_supernet, tmp_path):

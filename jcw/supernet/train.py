@@ -77,12 +77,12 @@ def train_supernet(net: Supernet, data, out_dir: str | Path, cfg: TrainConfig, r
     elif log_path.exists():
         log_path.unlink()
     write_json(out / "train_config.json", {"supernet": asdict(net.config), "train": asdict(cfg)})
-    rng = np.random.default_rng(cfg.seed + start_epoch)
     space = net.space
     largest, smallest = space.largest(), space.smallest()
     for epoch in range(start_epoch, cfg.epochs):
         net.train()
         t0 = time.time()
+        rng = np.random.default_rng([cfg.seed, epoch])  # per epoch, so a resumed run samples what a whole run would
         batches = data.batches("train", cfg.batch_size, shuffle=True, augment=True, seed=cfg.seed * 1000 + epoch,
                                limit=n_train)
         bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,

@@ -133,7 +133,8 @@ def _search(args) -> None:
                        predictor=args.predictor, population=args.population, generations=args.generations,
                        seed=args.seed, out=args.out, workers=args.workers, ray_address=args.ray_address,
                        evaluator=args.evaluator, survival=args.survival, targets=args.targets, genes=args.genes,
-                       rescore=args.rescore, calibration_images=args.calibration_images, val_images=args.val_images,
+                       rescore=args.rescore, refine=args.refine, refine_every=args.refine_every,
+                       calibration_images=args.calibration_images, val_images=args.val_images,
                        export=not args.no_export, resume=args.resume, force=args.force, data_dir=args.data_dir)
     result = search(cfg, log=lambda line: print(line, flush=True))
     print("\nbudget      id   latency_ms   top-1 (val)")
@@ -343,6 +344,9 @@ def build_parser() -> Parser:
     se.add_argument("--genes", default="joint", choices=("joint", "channels", "density"),
                     help="what may shrink: both, channels only, or weight density only")
     se.add_argument("--rescore", type=int, default=16, help="front members re-scored on the supernet")
+    se.add_argument("--refine", type=int, default=8,
+                    help="front members scored on the supernet to refit the predictor, per round (0: never)")
+    se.add_argument("--refine-every", type=int, default=20, help="generations between refinement rounds")
     se.add_argument("--calibration-images", type=int, default=2000, help="BN recalibration images per scored subnet")
     se.add_argument("--val-images", type=int, default=None, help="cap on validation images per scored subnet")
     se.add_argument("--no-export", action="store_true", help="skip exporting the best subnet per budget")

@@ -104,6 +104,22 @@ class Predictor:
         self.y_mean, self.y_std = y_mean, y_std
         self.supernet_hash = supernet_hash
         self.report = report or {}
+        self.folder: Path | None = None  # where it was loaded from; its dataset.csv holds the scored subnets
+
+    def refined(self, genomes: np.ndarray, top1: np.ndarray, seed: int = 0) -> "Predictor":
+        """This predictor's model kind, refit on its own scored subnets plus these.
+
+        A search drives into gene combinations a spread sample rarely covers, where the predictor overrates
+        subnets; scoring some of them and refitting corrects it where the search is looking.
+        """
+        if self.folder is None or not (self.folder / "dataset.csv").is_file():
+            raise JcwError("refining a predictor needs the dataset.csv it was fit on, beside predictor.pt")
+        base, scores = read_scored(self.folder / "dataset.csv", self.space, self.supernet_hash)
+        genomes = np.concatenate([base, self.space.check(genomes)])
+        top1 = np.concatenate([[s["top1"] for s in scores], np.asarray(top1, dtype=float)])
+        refit = fit_kind(self.space, genomes, top1, self.report["kept"], self.supernet_hash, seed, self.report)
+        refit.folder = self.folder
+        return refit
 
     def predict(self, genomes: np.ndarray) -> np.ndarray:
         """Predicted validation top-1 (percent) of each genome."""
@@ -165,14 +181,17 @@ def load_predictor(path: str | Path | None = None) -> Predictor:
         if found != FORMAT:
             raise ValueError("format")
         model = _from_lists(json.loads(state["model"]))
-        return Predictor(SearchSpace.from_dict(state["space"]), model,
-                         Standardizer(np.array(state["x_mean"]), np.array(state["x_std"])), float(state["y_mean"]),
-                         float(state["y_std"]), state["supernet_hash"], json.loads(state["report"]))
+        predictor = Predictor(SearchSpace.from_dict(state["space"]), model,
+                              Standardizer(np.array(state["x_mean"]), np.array(state["x_std"])),
+                              float(state["y_mean"]), float(state["y_std"]), state["supernet_hash"],
+                              json.loads(state["report"]))
     except JcwError:
         raise
     except Exception as exc:
         raise JcwError(f"predictor file {file} is corrupt or truncated ({exc.__class__.__name__}); refit it with "
                        "`jcw predictor fit`") from None
+    predictor.folder = file.parent
+    return predictor
 
 
 # ---- fitting ---------------------------------------------------------------------------------------------------
@@ -206,12 +225,18 @@ def fit_predictor(space: SearchSpace, genomes: np.ndarray, top1: np.ndarray, sup
     report["kept"] = best
     report["held_out_rows"] = {"index": test.tolist(), "true": y_all[test].tolist(),
                                "predicted": held_out_pred[best].tolist()}
-    # Refit the kept model on all samples.
-    norm = Standardizer.fit(x_all)
-    y_mean, y_std = float(y_all.mean()), float(y_all.std() or 1.0)
-    target = (y_all - y_mean) / y_std
-    final = fit_models(norm(x_all), target, seed)[best]
-    return Predictor(space, final, norm, y_mean, y_std, supernet_hash, report)
+    return fit_kind(space, genomes, y_all, best, supernet_hash, seed, report)
+
+
+def fit_kind(space: SearchSpace, genomes: np.ndarray, top1: np.ndarray, kind: str, supernet_hash: str,
+             seed: int = 0, report: dict | None = None) -> Predictor:
+    """One candidate kind fit on every row: the final predictor, once the held-out comparison has chosen it."""
+    x = genome_features(space, genomes)
+    y = np.asarray(top1, dtype=float)
+    norm = Standardizer.fit(x)
+    y_mean, y_std = float(y.mean()), float(y.std() or 1.0)
+    model = fit_models(norm(x), (y - y_mean) / y_std, seed)[kind]
+    return Predictor(space, model, norm, y_mean, y_std, supernet_hash, report)
 
 
 def write_report(predictor: Predictor, folder: str | Path, dataset: pd.DataFrame) -> None:

@@ -71,6 +71,9 @@ def test_search_end_to_end_then_export_pick_finetune(tmp_path):
         assert not ((lat <= lat[i]) & (top >= top[i]) & ((lat < lat[i]) | (top > top[i]))).any()
     history = pd.read_csv(out / "history.csv")
     assert set(front["id"]) <= set(history["id"])
+    # generation 20 scored part of the predicted front and refit the predictor with it
+    assert "gen  20  refined the predictor with" in proc.stdout
+    assert history.loc[history["generation"] <= 20, "true_top1"].notna().sum() >= 1
     assert (out / "pareto.png").stat().st_size > 10_000
     assert len(list((out / "subnets").glob("*.pt"))) >= 1
     # the output folder is not overwritten without --resume or --force

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -35,6 +37,26 @@ def test_fit_recovers_a_known_ranking(tiny_supernet, tmp_path):
     pred.save(tmp_path)
     again = load_predictor(tmp_path)
     assert np.allclose(again.predict(test), pred.predict(test))
+
+
+def test_refined_predictor_learns_the_new_rows(tiny_supernet, tmp_path):
+    import pandas as pd
+
+    space = tiny_supernet.space
+    rng = np.random.default_rng(0)
+    genomes = space.sample_spread(200, rng)
+    labels = _known_accuracy(space, genomes)
+    pred = fit_predictor(space, genomes, labels, "hash-a", seed=0)
+    pred.save(tmp_path)
+    pd.DataFrame({"genome": [json.dumps(g.tolist()) for g in genomes], "top1": labels, "loss": 0.5,
+                  "supernet_hash": "hash-a"}).to_csv(tmp_path / "dataset.csv", index=False)
+    # subnets the first fit overrates by 3 points, as a search finds them
+    overrated = space.sample(40, np.random.default_rng(1))
+    truth = _known_accuracy(space, overrated) - 3
+    refined = load_predictor(tmp_path).refined(overrated, truth)
+    before = np.abs(pred.predict(overrated) - truth).mean()
+    after = np.abs(refined.predict(overrated) - truth).mean()
+    assert before > 2.5 and after < before - 1.0
 
 
 def test_mean_model_averages_its_members():

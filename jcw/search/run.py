@@ -1,8 +1,10 @@
 """`jcw search`: NSGA-II over channels x sparsity under a latency budget, driven by pymoo's ask/tell.
 
 Each generation prices the population with the device table and the accuracy predictor (or the supernet), checkpoints
-the algorithm, and appends to history.csv. At the end the archive's Pareto members are re-scored on the supernet, so
-the front in pareto.csv carries true validation top-1.
+the algorithm, and appends to history.csv. Every few generations some of the predicted front is scored on the
+supernet and the predictor is refit with those rows, because the search otherwise settles where the predictor
+overrates subnets. At the end the archive's Pareto members are re-scored on the supernet, so the front in
+pareto.csv carries true validation top-1.
 """
 from __future__ import annotations
 
@@ -44,6 +46,8 @@ class SearchConfig:
     targets: int = 4
     genes: str = "joint"  # joint | channels (density fixed at 1) | density (widths fixed at full)
     rescore: int = 16  # front members re-scored on the supernet at the end
+    refine: int = 8  # front members scored on the supernet in each refinement round (0: never refine)
+    refine_every: int = 20  # generations between refinement rounds
     calibration_images: int = 2000  # batch-norm recalibration images per scored subnet
     val_images: int | None = None  # cap on validation images per scored subnet (None: all 5,000)
     export: bool = True
@@ -82,6 +86,8 @@ class _Context:
             raise JcwError(f"--genes must be one of {', '.join(GENE_MODES)}, not {cfg.genes!r}")
         if cfg.population < 4 or cfg.generations < 1:
             raise JcwError("--population must be at least 4 and --generations at least 1")
+        if cfg.refine < 0 or cfg.refine_every < 1:
+            raise JcwError("--refine must be 0 or more and --refine-every at least 1")
         if cfg.ray_address and cfg.workers != 0:
             from jcw.search.evaluator import check_ray_address
 
@@ -100,6 +106,7 @@ class _Context:
                                "and pass --predictor, or use --evaluator supernet")
             self.predictor = load_predictor(path)
             self.predictor.check_supernet(self.supernet.hash)
+        self.shipped_predictor = self.predictor  # refinement refits from this one, never from a refit
         self.upper = self.space.gene_sizes - 1
         n_groups = len(self.space.groups)
         if cfg.genes == "channels":
@@ -205,6 +212,8 @@ def _search(cfg: SearchConfig, ctx: _Context, out: Path, log) -> SearchResult:
             state = pickle.load(f)
         problem, algorithm, rows = state["problem"], state["algorithm"], state["rows"]
         log(f"resuming {out} after generation {algorithm.n_gen - 1 if algorithm.n_gen else 0}")
+        if ctx.predictor is not None and any(not np.isnan(r["true_top1"]) for r in rows):
+            ctx.predictor = _refit(ctx, rows, cfg.seed)
     else:
         out.mkdir(parents=True, exist_ok=True)
         for stale in ("pareto.csv", "pareto.png", "history.csv"):
@@ -235,12 +244,50 @@ def _search(cfg: SearchConfig, ctx: _Context, out: Path, log) -> SearchResult:
                          "predicted_top1": float(t) if ctx.predictor is not None else np.nan,
                          "true_top1": np.nan if ctx.predictor is not None else float(t),
                          "genome": json.dumps([int(v) for v in x])})
+        if ctx.predictor is not None and cfg.refine and gen % cfg.refine_every == 0 and algorithm.has_next():
+            _refine(cfg, ctx, problem, algorithm, rows, gen, log)
         with atomic_path(checkpoint) as tmp, open(tmp, "wb") as f:
             pickle.dump({"problem": problem, "algorithm": algorithm, "rows": rows}, f)
         _progress_line(log, gen, cfg, rows, ctx.predictor is not None, time.time() - t0)
     history = pd.DataFrame(rows)
     history = _rescore_front(cfg, ctx, history)
     return _write_outputs(cfg, ctx, out, history)
+
+
+def _refine(cfg: SearchConfig, ctx: _Context, problem, algorithm, rows: list[dict], gen: int, log) -> None:
+    """Score up to cfg.refine unscored members of the predicted front, refit the predictor, re-price everything."""
+    from jcw.search.archive import genomes_from_column
+
+    frame = pd.DataFrame(rows)
+    lat, predicted = frame["latency_ms"].to_numpy(), frame["predicted_top1"].to_numpy()
+    candidates = np.flatnonzero((lat <= max(cfg.budgets_ms)) & frame["true_top1"].isna().to_numpy())
+    if not len(candidates):
+        return
+    front = candidates[pareto_mask(lat[candidates], predicted[candidates])]
+    picks = front[spread_pick(lat[front], cfg.refine)]
+    true = ctx.true_top1(genomes_from_column(frame["genome"].iloc[picks]), f"gen {gen} refining the predictor")
+    for i, t in zip(picks, true):
+        rows[i]["true_top1"] = float(t)
+    ctx.predictor = _refit(ctx, rows, cfg.seed)
+    repriced = ctx.predictor.predict(genomes_from_column(frame["genome"]))
+    for row, p in zip(rows, repriced):
+        row["predicted_top1"] = float(p)
+    pop = algorithm.pop
+    X = np.rint(pop.get("X")).astype(np.int64)
+    pop.set("F", np.stack([ctx.bound.latency(X), 100 - ctx.predictor.predict(X)], axis=1))
+    algorithm.pop = algorithm.survival.do(problem, pop, n_survive=len(pop), algorithm=algorithm,
+                                         random_state=algorithm.random_state)
+    log(f"gen {gen:>3}  refined the predictor with {len(picks)} front members, which it had overrated by "
+        f"{np.mean(predicted[picks] - true):+.2f} points on average")
+
+
+def _refit(ctx: _Context, rows: list[dict], seed: int):
+    """The shipped predictor refit with every subnet this run has scored so far."""
+    from jcw.search.archive import genomes_from_column
+
+    scored = [r for r in rows if not np.isnan(r["true_top1"])]
+    genomes = genomes_from_column(pd.Series([r["genome"] for r in scored]))
+    return ctx.shipped_predictor.refined(genomes, np.array([r["true_top1"] for r in scored]), seed)
 
 
 def _score_column(history: pd.DataFrame, predicted: bool) -> np.ndarray:

@@ -365,7 +365,7 @@ def build_parser() -> Parser:
     tr.add_argument("--epochs", type=int, default=16)
     tr.add_argument("--batch-size", type=int, default=256)
     tr.add_argument("--lr", type=float, default=0.2)
-    tr.add_argument("--weight-decay", type=float, default=4e-5, help="on weights, not on biases or batch norm")
+    tr.add_argument("--weight-decay", type=float, default=2e-4, help="on weights, not on biases or batch norm")
     tr.add_argument("--label-smoothing", type=float, default=0.1, help="on the largest subnet's labels")
     tr.add_argument("--n-random", type=int, default=1, help="random subnets per step besides largest and smallest")
     tr.add_argument("--min-ratio", type=float, default=0.25, help="smallest width as a fraction of the base")

@@ -30,7 +30,7 @@ class TrainConfig:
     batch_size: int = 256
     lr: float = 0.2
     momentum: float = 0.9
-    weight_decay: float = 4e-5
+    weight_decay: float = 2e-4
     label_smoothing: float = 0.1
     n_random: int = 1
     warmup_epochs: float = 0.5

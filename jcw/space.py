@@ -163,8 +163,8 @@ class SearchSpace:
             groups_arr = np.array(groups)
             return np.where(groups_arr >= 0, widths[:, np.maximum(groups_arr, 0)], np.array(fixed))
 
-        return (per_layer([l.in_group for l in self.layers], [l.c_in for l in self.layers]),
-                per_layer([l.out_group for l in self.layers], [l.c_out for l in self.layers]))
+        return (per_layer([layer.in_group for layer in self.layers], [layer.c_in for layer in self.layers]),
+                per_layer([layer.out_group for layer in self.layers], [layer.c_out for layer in self.layers]))
 
     def layer_densities(self, genomes: np.ndarray) -> np.ndarray:
         sparse = np.array([layer.sparse for layer in self.layers])

@@ -76,10 +76,18 @@ def fit_mlp(x: np.ndarray, y: np.ndarray, seed: int = 0, hidden: int = 128, epoc
                                        for m in layers]}
 
 
-def fit_models(x: np.ndarray, y: np.ndarray, seed: int = 0) -> dict[str, dict]:
-    """The candidates: MLP, ridge and their mean (whose errors partly cancel, since the two fail differently)."""
-    mlp, ridge = fit_mlp(x, y, seed), fit_ridge(x, y)
-    return {"mlp": mlp, "ridge": ridge, "mlp+ridge": {"kind": "mean", "members": [mlp, ridge]}}
+KINDS = ("mlp", "ridge", "mlp+ridge")
+
+
+def fit_models(x: np.ndarray, y: np.ndarray, seed: int = 0, kinds: tuple[str, ...] = KINDS) -> dict[str, dict]:
+    """The candidates: MLP, ridge and their mean (whose errors partly cancel, since the two fail differently).
+
+    Only what `kinds` needs is trained: a search refitting a ridge predictor should not pay for an MLP.
+    """
+    mlp = fit_mlp(x, y, seed) if {"mlp", "mlp+ridge"} & set(kinds) else None
+    ridge = fit_ridge(x, y) if {"ridge", "mlp+ridge"} & set(kinds) else None
+    models = {"mlp": mlp, "ridge": ridge, "mlp+ridge": {"kind": "mean", "members": [mlp, ridge]}}
+    return {kind: models[kind] for kind in kinds}
 
 
 def apply_model(model: dict, x: np.ndarray) -> np.ndarray:
@@ -235,7 +243,7 @@ def fit_kind(space: SearchSpace, genomes: np.ndarray, top1: np.ndarray, kind: st
     y = np.asarray(top1, dtype=float)
     norm = Standardizer.fit(x)
     y_mean, y_std = float(y.mean()), float(y.std() or 1.0)
-    model = fit_models(norm(x), (y - y_mean) / y_std, seed)[kind]
+    model = fit_models(norm(x), (y - y_mean) / y_std, seed, (kind,))[kind]
     return Predictor(space, model, norm, y_mean, y_std, supernet_hash, report)
 
 

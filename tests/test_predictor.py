@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from jcw.errors import JcwError
-from jcw.predictor import apply_model, fit_predictor, fit_ridge, load_predictor
+from jcw.predictor import apply_model, fit_kernel, fit_predictor, fit_ridge, load_predictor
 
 
 def test_spread_sample_reaches_both_ends(tiny_supernet):
@@ -31,7 +31,7 @@ def test_fit_recovers_a_known_ranking(tiny_supernet, tmp_path):
     genomes = space.sample_spread(300, rng)
     labels = _known_accuracy(space, genomes) + rng.normal(0, 0.05, len(genomes))
     pred = fit_predictor(space, genomes, labels, "hash-a", seed=0)
-    assert set(pred.report["models"]) == {"mlp", "ridge", "mlp+ridge"}
+    assert set(pred.report["models"]) == {"mlp", "ridge", "kernel"}
     test = space.sample(200, np.random.default_rng(1))
     assert kendalltau(pred.predict(test), _known_accuracy(space, test)).statistic > 0.9
     pred.save(tmp_path)
@@ -59,12 +59,17 @@ def test_refined_predictor_learns_the_new_rows(tiny_supernet, tmp_path):
     assert before > 2.5 and after < before - 1.0
 
 
-def test_mean_model_averages_its_members():
-    x = np.random.default_rng(0).normal(size=(50, 4))
-    ridge_a = fit_ridge(x, x @ np.array([1.0, 0, 0, 0]))
-    ridge_b = fit_ridge(x, x @ np.array([0, 1.0, 0, 0]))
-    mean = apply_model({"kind": "mean", "members": [ridge_a, ridge_b]}, x)
-    assert np.allclose(mean, (apply_model(ridge_a, x) + apply_model(ridge_b, x)) / 2)
+def test_kernel_model_fits_an_interaction_ridge_cannot():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 3))
+    y = x[:, 0] * x[:, 1] + x[:, 2]
+    test = rng.normal(size=(9000, 3))  # more rows than one prediction chunk
+    truth = test[:, 0] * test[:, 1] + test[:, 2]
+    kernel = fit_kernel(x, y, landmarks=200)
+    assert len(kernel["landmarks"]) == 200
+    kernel_rmse = np.sqrt(np.mean((apply_model(kernel, test) - truth) ** 2))
+    ridge_rmse = np.sqrt(np.mean((apply_model(fit_ridge(x, y), test) - truth) ** 2))
+    assert ridge_rmse > 0.8 and kernel_rmse < 0.3
 
 
 def test_predictor_fit_on_another_supernet_is_refused(tiny_supernet, tmp_path):

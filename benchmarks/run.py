@@ -174,7 +174,7 @@ def fidelity(net, joint_front: pd.DataFrame) -> str:
             lines.append(f"| {device} table | unavailable ({exc}) |")
     rep = load_predictor().report
     m = rep["models"][rep["kept"]]
-    lines.append(f"| predictor ({rep['kept']}, held-out {rep['held_out']}) | RMSE {m['rmse']:.3f}, Kendall τ "
+    lines.append(f"| predictor ({rep['kept']}, {rep['folds']}-fold held-out) | RMSE {m['rmse']:.3f}, Kendall τ "
                  f"{m['kendall_tau']:.3f}, Spearman ρ {m['spearman_rho']:.3f} |")
     f = joint_front.dropna(subset=["predicted_top1"])
     if len(f) > 2:

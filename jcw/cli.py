@@ -390,7 +390,7 @@ def build_parser() -> Parser:
     pr_sub = _action_group(sub, "predictor", "fit an accuracy predictor on supernet-scored subnets")
     pf = pr_sub.add_parser("fit", help="sample, score, fit and report")
     pf.add_argument("--supernet", default=None)
-    pf.add_argument("--samples", type=int, default=400)
+    pf.add_argument("--samples", type=int, default=1000)
     pf.add_argument("--out", default="predictors/mine")
     pf.add_argument("--seed", type=int, default=0)
     pf.add_argument("--force", action="store_true")

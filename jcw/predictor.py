@@ -244,40 +244,55 @@ def rank_metrics(pred: np.ndarray, true: np.ndarray) -> dict:
             "spearman_rho": round(float(spearmanr(pred, true).statistic), 4)}
 
 
+FOLDS = 5
+
+
+def _fit_standardized(x: np.ndarray, y: np.ndarray, seed: int, kinds: tuple[str, ...]):
+    norm = Standardizer.fit(x)
+    y_mean, y_std = float(y.mean()), float(y.std() or 1.0)
+    return norm, y_mean, y_std, fit_models(norm(x), (y - y_mean) / y_std, seed, kinds)
+
+
 def fit_predictor(space: SearchSpace, genomes: np.ndarray, top1: np.ndarray, supernet_hash: str,
                   seed: int = 0) -> Predictor:
-    """Fit the candidates on 80%, compare them on the held-out 20%, refit the best on everything."""
+    """Compare the candidates over five held-out 20% folds, then refit the best on every row.
+
+    Kendall tau on one 20% split of noisy labels moves by about 0.01 from split to split; its mean over five folds,
+    with every subnet held out once, is a steadier basis both for choosing the model and for the report.
+    """
     x_all = genome_features(space, genomes)
     y_all = np.asarray(top1, dtype=float)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(y_all))
-    n_test = max(2, len(y_all) // 5)
-    test, train = order[:n_test], order[n_test:]
-    norm = Standardizer.fit(x_all[train])
-    y_mean, y_std = float(y_all[train].mean()), float(y_all[train].std() or 1.0)
-    candidates = fit_models(norm(x_all[train]), (y_all[train] - y_mean) / y_std, seed)
-    report = {"samples": int(len(y_all)), "held_out": int(n_test), "seed": seed, "models": {}}
-    held_out_pred = {}
-    for name, model in candidates.items():
-        pred = apply_model(model, norm(x_all[test])) * y_std + y_mean
-        held_out_pred[name] = pred
-        report["models"][name] = rank_metrics(pred, y_all[test])
-    best = max(report["models"], key=lambda k: (report["models"][k]["kendall_tau"], -report["models"][k]["rmse"]))
+    n = len(y_all)
+    if n < 2 * FOLDS:
+        raise JcwError(f"fitting a predictor needs at least {2 * FOLDS} scored subnets; got {n}")
+    folds = np.array_split(np.random.default_rng(seed).permutation(n), FOLDS)
+    held_out = {kind: np.empty(n) for kind in KINDS}
+    per_fold: dict[str, list[dict]] = {kind: [] for kind in KINDS}
+    for test in folds:
+        train = np.setdiff1d(np.arange(n), test)
+        norm, y_mean, y_std, models = _fit_standardized(x_all[train], y_all[train], seed, KINDS)
+        for kind, model in models.items():
+            held_out[kind][test] = apply_model(model, norm(x_all[test])) * y_std + y_mean
+            per_fold[kind].append(rank_metrics(held_out[kind][test], y_all[test]))
+    report = {"samples": n, "folds": FOLDS, "seed": seed, "models": {}}
+    for kind, metrics in per_fold.items():
+        taus = [m["kendall_tau"] for m in metrics]
+        report["models"][kind] = {"rmse": round(float(np.sqrt(np.mean((held_out[kind] - y_all) ** 2))), 4),
+                                  "kendall_tau": round(float(np.mean(taus)), 4),
+                                  "spearman_rho": round(float(np.mean([m["spearman_rho"] for m in metrics])), 4),
+                                  "kendall_tau_folds": taus}
+    best = max(KINDS, key=lambda k: (report["models"][k]["kendall_tau"], -report["models"][k]["rmse"]))
     report["kept"] = best
-    report["held_out_rows"] = {"index": test.tolist(), "true": y_all[test].tolist(),
-                               "predicted": held_out_pred[best].tolist()}
+    report["held_out_rows"] = {"true": y_all.tolist(), "predicted": held_out[best].tolist()}
     return fit_kind(space, genomes, y_all, best, supernet_hash, seed, report)
 
 
 def fit_kind(space: SearchSpace, genomes: np.ndarray, top1: np.ndarray, kind: str, supernet_hash: str,
              seed: int = 0, report: dict | None = None) -> Predictor:
     """One candidate kind fit on every row: the final predictor, once the held-out comparison has chosen it."""
-    x = genome_features(space, genomes)
-    y = np.asarray(top1, dtype=float)
-    norm = Standardizer.fit(x)
-    y_mean, y_std = float(y.mean()), float(y.std() or 1.0)
-    model = fit_models(norm(x), (y - y_mean) / y_std, seed, (kind,))[kind]
-    return Predictor(space, model, norm, y_mean, y_std, supernet_hash, report)
+    norm, y_mean, y_std, models = _fit_standardized(genome_features(space, genomes), np.asarray(top1, dtype=float),
+                                                    seed, (kind,))
+    return Predictor(space, models[kind], norm, y_mean, y_std, supernet_hash, report)
 
 
 def write_report(predictor: Predictor, folder: str | Path, dataset: pd.DataFrame) -> None:
@@ -297,7 +312,8 @@ def write_report(predictor: Predictor, folder: str | Path, dataset: pd.DataFrame
     lo, hi = min(rows["true"] + rows["predicted"]), max(rows["true"] + rows["predicted"])
     ax.plot([lo, hi], [lo, hi], color="gray", lw=1)
     m = rep["models"][rep["kept"]]
-    ax.set_title(f"held-out: {rep['kept']}, RMSE {m['rmse']:.2f}, tau {m['kendall_tau']:.3f}")
+    ax.set_title(f"{rep['kept']}, each subnet held out once: RMSE {m['rmse']:.2f}, tau {m['kendall_tau']:.3f}",
+                 fontsize=9)
     ax.set_xlabel("true validation top-1 (%)")
     ax.set_ylabel("predicted top-1 (%)")
     fig.tight_layout()

@@ -32,6 +32,7 @@ def test_fit_recovers_a_known_ranking(tiny_supernet, tmp_path):
     labels = _known_accuracy(space, genomes) + rng.normal(0, 0.05, len(genomes))
     pred = fit_predictor(space, genomes, labels, "hash-a", seed=0)
     assert set(pred.report["models"]) == {"mlp", "ridge", "kernel"}
+    assert all(len(m["kendall_tau_folds"]) == 5 for m in pred.report["models"].values())
     test = space.sample(200, np.random.default_rng(1))
     assert kendalltau(pred.predict(test), _known_accuracy(space, test)).statistic > 0.9
     pred.save(tmp_path)
@@ -70,6 +71,12 @@ def test_kernel_model_fits_an_interaction_ridge_cannot():
     kernel_rmse = np.sqrt(np.mean((apply_model(kernel, test) - truth) ** 2))
     ridge_rmse = np.sqrt(np.mean((apply_model(fit_ridge(x, y), test) - truth) ** 2))
     assert ridge_rmse > 0.8 and kernel_rmse < 0.3
+
+
+def test_too_few_scored_subnets_is_a_clear_error(tiny_supernet):
+    genomes = tiny_supernet.space.sample(9, np.random.default_rng(0))
+    with pytest.raises(JcwError, match="at least 10 scored subnets"):
+        fit_predictor(tiny_supernet.space, genomes, np.linspace(80, 90, 9), "hash-a")
 
 
 def test_predictor_fit_on_another_supernet_is_refused(tiny_supernet, tmp_path):

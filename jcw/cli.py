@@ -116,7 +116,10 @@ def _predictor_fit(args) -> None:
     out = Path(args.out)
     if (out / "predictor.pt").exists() and not args.force:
         raise JcwError(f"{out} already holds a predictor; pass --force to refit it")
-    pred = fit_on_supernet(net, args.samples, out, seed=args.seed, workers=args.workers,
+    samples = args.samples if args.samples is not None else (0 if args.scored else 1000)
+    if samples < 0:
+        raise JcwError(f"--samples {samples}: give a count of subnets, 0 or more")
+    pred = fit_on_supernet(net, samples, out, seed=args.seed, workers=args.workers,
                            ray_address=args.ray_address, data_dir=args.data_dir, scored=args.scored,
                            calibration_images=args.calibration_images, val_images=args.val_images)
     for name, m in pred.report["models"].items():
@@ -390,12 +393,13 @@ def build_parser() -> Parser:
     pr_sub = _action_group(sub, "predictor", "fit an accuracy predictor on supernet-scored subnets")
     pf = pr_sub.add_parser("fit", help="sample, score, fit and report")
     pf.add_argument("--supernet", default=None)
-    pf.add_argument("--samples", type=int, default=1000)
+    pf.add_argument("--samples", type=int, default=None,
+                    help="subnets to sample and score (default 1000; with --scored, new ones on top: default 0)")
     pf.add_argument("--out", default="predictors/mine")
     pf.add_argument("--seed", type=int, default=0)
     pf.add_argument("--force", action="store_true")
     pf.add_argument("--scored", default=None, metavar="CSV",
-                    help="reuse the subnets scored by an earlier fit on this supernet (its dataset.csv): refit only")
+                    help="reuse the subnets scored by an earlier fit on this supernet (its dataset.csv)")
     pf.add_argument("--calibration-images", type=int, default=2000, help="BN recalibration images per scored subnet")
     pf.add_argument("--val-images", type=int, default=None, help="cap on validation images per scored subnet")
     ray_opts(pf)

@@ -330,19 +330,21 @@ def fit_on_supernet(supernet, samples: int, out: str | Path, seed: int = 0, work
                     val_images: int | None = None) -> Predictor:
     """Sample subnets over the size range, score them on the supernet, fit, and write the predictor folder.
 
-    With `scored`, a dataset.csv written by an earlier fit on this same supernet, the scoring (minutes) is skipped
-    and only the fit (seconds) reruns.
+    With `scored`, a dataset.csv written by an earlier fit on this same supernet, its subnets are reused and only
+    `samples` new ones (none by default) are scored: refitting takes seconds, and growing a dataset that ranks too
+    noisily does not rescore the hour already spent. Use another seed than the earlier fit's, or its draws repeat.
     """
     from jcw.search.evaluator import DataSpec
 
     space = supernet.space
-    if scored is not None:
-        genomes, scores = read_scored(scored, space, supernet.hash)
-    else:
-        genomes = np.unique(space.sample_spread(samples, np.random.default_rng(seed)), axis=0)
-        genomes = genomes[np.random.default_rng(seed).permutation(len(genomes))]
+    genomes, scores = (np.zeros((0, space.n_genes), np.int64), []) if scored is None else \
+        read_scored(scored, space, supernet.hash)
+    if samples > 0:
+        new = np.unique(space.sample_spread(samples, np.random.default_rng(seed)), axis=0)
+        new = new[np.random.default_rng(seed).permutation(len(new))]
+        new = new[~(new[:, None, :] == genomes[None, :, :]).all(-1).any(1)] if len(genomes) else new
         spec = DataSpec(supernet.config.dataset, data_dir, calibration_images, "val", val_images)
-        scores = _score(supernet, genomes, spec, workers, ray_address)
+        genomes, scores = np.concatenate([genomes, new]), scores + _score(supernet, new, spec, workers, ray_address)
     top1 = np.array([s["top1"] for s in scores])
     predictor = fit_predictor(space, genomes, top1, supernet.hash, seed)
     out = Path(out)

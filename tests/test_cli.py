@@ -120,10 +120,9 @@ def test_supernet_eval_json():
     assert rows[0]["top1"] > rows[1]["top1"]
 
 
-def test_predictor_fit_then_refit_from_its_scores(tmp_path):
-    fit = ["predictor", "fit", "--samples", "16", "--calibration-images", "250", "--val-images", "500",
-           "--workers", "0"]
-    proc = run_cli(*fit, "--out", str(tmp_path / "p"), check=True)
+def test_predictor_fit_then_refit_and_grow_from_its_scores(tmp_path):
+    fit = ["predictor", "fit", "--calibration-images", "250", "--val-images", "500", "--workers", "0"]
+    proc = run_cli(*fit, "--samples", "16", "--out", str(tmp_path / "p"), check=True)
     assert "kept:" in proc.stdout
     report = json.loads((tmp_path / "p" / "report.json").read_text())
     scored = pd.read_csv(tmp_path / "p" / "dataset.csv")
@@ -131,10 +130,17 @@ def test_predictor_fit_then_refit_from_its_scores(tmp_path):
     # Refitting from the saved scores skips scoring and gives the same predictor.
     run_cli(*fit, "--scored", str(tmp_path / "p" / "dataset.csv"), "--out", str(tmp_path / "q"), check=True)
     assert json.loads((tmp_path / "q" / "report.json").read_text()) == report
+    # Growing them keeps every scored row and adds only new subnets.
+    run_cli(*fit, "--scored", str(tmp_path / "p" / "dataset.csv"), "--samples", "6", "--seed", "1",
+            "--out", str(tmp_path / "g"), check=True)
+    grown = pd.read_csv(tmp_path / "g" / "dataset.csv")
+    assert 16 < len(grown) <= 22 and grown["genome"].is_unique
+    pd.testing.assert_frame_equal(grown.iloc[:16], scored)
     one_clear_line(run_cli(*fit, "--out", str(tmp_path / "p")), "--force")
     scored.assign(supernet_hash="0123456789abcdef").to_csv(tmp_path / "other.csv", index=False)
     one_clear_line(run_cli(*fit, "--scored", str(tmp_path / "other.csv"), "--out", str(tmp_path / "r")),
                    "scored on supernet 0123456789abcdef")
+    one_clear_line(run_cli(*fit, "--samples", "-1", "--out", str(tmp_path / "r")), "--samples")
 
 
 def test_latency_list_and_predict():

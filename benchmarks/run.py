@@ -44,13 +44,15 @@ def budget_for(device: str, net) -> float:
     return float(round(lo + 0.6 * (hi - lo), 4))
 
 
-def run_search(tag: str, work: Path, **kw) -> tuple[pd.DataFrame, float]:
-    """The true-scored front of one search and its wall time; a finished run with the same options is reused."""
+def run_search(tag: str, work: Path, net, **kw) -> tuple[pd.DataFrame, float]:
+    """The true-scored front of one search and its wall time; a finished run on this supernet with the same options
+    is reused."""
     out = work / tag
     done = out / "summary.csv"
     if done.exists():
         _, pareto, config = read_run(out)
-        if all(config["options"].get(k) == v for k, v in kw.items()):
+        same = all(config["options"].get(k) == v for k, v in kw.items())
+        if same and config["resolved"].get("supernet_hash") == net.hash:
             REUSED.append(tag)
             return pareto, done.stat().st_mtime - (out / "config.json").stat().st_mtime
     cfg = SearchConfig(out=str(out), force=True, export=False, **kw)
@@ -81,7 +83,7 @@ def granularity(net, devices, seeds, gens, pop, rescore, work) -> tuple[str, lis
         for genes in ("joint", "channels", "density"):
             for seed in seeds:
                 try:
-                    pareto, secs = run_search(f"gran-{device}-{genes}-{seed}", work, device=device,
+                    pareto, secs = run_search(f"gran-{device}-{genes}-{seed}", work, net, device=device,
                                               budgets_ms=[budget], population=pop, generations=gens, seed=seed,
                                               genes=genes, rescore=rescore)
                 except JcwError as exc:  # e.g. density alone cannot reach the budget
@@ -108,7 +110,7 @@ def selection(net, seeds, gens, pop, rescore, work, joint_runs: dict[int, pd.Dat
     budget = budget_for("pixel4", net)
     rows = [{"survival": "jcw", "seed": seed, **front_stats(p, budget)} for seed, p in joint_runs.items()]
     for seed in seeds:
-        pareto, _ = run_search(f"sel-nsga2-{seed}", work, device="pixel4", budgets_ms=[budget], population=pop,
+        pareto, _ = run_search(f"sel-nsga2-{seed}", work, net, device="pixel4", budgets_ms=[budget], population=pop,
                                generations=gens, seed=seed, survival="nsga2", rescore=rescore)
         rows.append({"survival": "nsga2", "seed": seed, **front_stats(pareto, budget)})
     df = pd.DataFrame(rows)

@@ -3,8 +3,8 @@
 Fit on several hundred subnets scored on the supernet, spread over the whole size range. Features are each gene's
 width ratio and density and their logs, the log of each weight layer's kept weights, and log total MACs and nonzero
 weights: on logs a linear model is a power law in layer sizes, which ranks subnets well. An MLP, ridge regression and
-kernel ridge regression are compared on a held-out 20%, and the best is kept. A predictor is tied to the supernet it
-was fit on, by the supernet file's hash.
+kernel ridge regression are compared over five held-out folds, and the best is kept. A predictor is tied to the
+supernet it was fit on, by the supernet file's hash.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from jcw.io import torch_save, write_csv, write_json
 from jcw.space import SearchSpace
 
 FORMAT = "jcw-predictor/2"
+PARTIAL = "scoring.partial.csv"  # scores checkpointed while a fit runs; removed when it ends
 
 
 def genome_features(space: SearchSpace, genomes: np.ndarray) -> np.ndarray:
@@ -333,10 +334,12 @@ def fit_on_supernet(supernet, samples: int, out: str | Path, seed: int = 0, work
     With `scored`, a dataset.csv written by an earlier fit on this same supernet, its subnets are reused and only
     `samples` new ones (none by default) are scored: refitting takes seconds, and growing a dataset that ranks too
     noisily does not rescore the hour already spent. Use another seed than the earlier fit's, or its draws repeat.
+    Each subnet's score goes to `out/scoring.partial.csv` as soon as it is known, so a killed fit rerun with the
+    same options scores only what is left.
     """
     from jcw.search.evaluator import DataSpec
 
-    space = supernet.space
+    space, out = supernet.space, Path(out)
     genomes, scores = (np.zeros((0, space.n_genes), np.int64), []) if scored is None else \
         read_scored(scored, space, supernet.hash)
     if samples > 0:
@@ -344,10 +347,10 @@ def fit_on_supernet(supernet, samples: int, out: str | Path, seed: int = 0, work
         new = new[np.random.default_rng(seed).permutation(len(new))]
         new = new[~(new[:, None, :] == genomes[None, :, :]).all(-1).any(1)] if len(genomes) else new
         spec = DataSpec(supernet.config.dataset, data_dir, calibration_images, "val", val_images)
-        genomes, scores = np.concatenate([genomes, new]), scores + _score(supernet, new, spec, workers, ray_address)
+        genomes, scores = np.concatenate([genomes, new]), scores + _score(supernet, new, spec, workers, ray_address,
+                                                                          out / PARTIAL)
     top1 = np.array([s["top1"] for s in scores])
     predictor = fit_predictor(space, genomes, top1, supernet.hash, seed)
-    out = Path(out)
     predictor.save(out)
     cost = space.cost(genomes)
     dataset = pd.DataFrame({"genome": [json.dumps([int(v) for v in g]) for g in genomes],
@@ -356,22 +359,58 @@ def fit_on_supernet(supernet, samples: int, out: str | Path, seed: int = 0, work
                             "mean_density": space.density_values(genomes).mean(1).round(4),
                             "top1": top1, "loss": [s["loss"] for s in scores], "supernet_hash": supernet.hash})
     write_report(predictor, out, dataset)
+    (out / PARTIAL).unlink(missing_ok=True)
     return predictor
 
 
-def _score(supernet, genomes: np.ndarray, spec, workers: int | None, ray_address: str | None) -> list[dict]:
+def _scoring_key(supernet_hash: str, spec) -> str:
+    """What a checkpointed score depends on besides its genome: scores made otherwise are not reused."""
+    return f"{supernet_hash}/{spec.dataset}/{spec.split}/calibration {spec.calibration_images}/val {spec.val_images}"
+
+
+def _read_partial(path: Path, key: str) -> dict[str, dict]:
+    """Scores checkpointed by a killed fit, by genome, if they were made the way this fit makes them."""
+    if not path.exists():
+        return {}
+    try:
+        table = pd.read_csv(path)
+        table = table[table["scoring"] == key]
+        return {g: {"top1": float(t), "loss": float(l)} for g, t, l in zip(table["genome"], table["top1"],
+                                                                            table["loss"])}
+    except (KeyError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return {}
+
+
+def _score(supernet, genomes: np.ndarray, spec, workers: int | None, ray_address: str | None,
+           partial: Path) -> list[dict]:
     import sys
 
     from tqdm import tqdm
 
     from jcw.search.evaluator import make_evaluator
 
-    evaluator = make_evaluator(supernet, spec, workers, ray_address)
-    try:
-        with tqdm(total=len(genomes), desc="scoring subnets", dynamic_ncols=True, file=sys.stderr) as bar:
-            return evaluator.score(list(genomes), progress=bar.update)
-    finally:
-        evaluator.close()
+    key = _scoring_key(supernet.hash, spec)
+    names = [json.dumps([int(v) for v in g]) for g in genomes]
+    wanted = set(names)
+    done = {n: s for n, s in _read_partial(partial, key).items() if n in wanted}
+    todo = [i for i, n in enumerate(names) if n not in done]
+    if done:
+        print(f"resuming: {len(done)} of {len(names)} subnets already scored in {partial}", file=sys.stderr)
+
+    def checkpoint(i: int, score: dict) -> None:
+        done[names[todo[i]]] = score
+        write_csv(partial, pd.DataFrame([{"genome": n, **s, "scoring": key} for n, s in done.items()]))
+
+    if todo:
+        evaluator = make_evaluator(supernet, spec, workers, ray_address)
+        try:
+            with tqdm(total=len(names), initial=len(done), desc="scoring subnets", dynamic_ncols=True,
+                      file=sys.stderr) as bar:
+                evaluator.score([genomes[i] for i in todo],
+                                on_scored=lambda i, s: (checkpoint(i, s), bar.update()))
+        finally:
+            evaluator.close()
+    return [done[n] for n in names]
 
 
 def read_scored(path: str | Path, space: SearchSpace, supernet_hash: str) -> tuple[np.ndarray, list[dict]]:

@@ -1,6 +1,7 @@
 """End-to-end: the real `jcw` command on small settings, and its answers to bad input."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -96,9 +97,12 @@ def test_same_seed_same_bytes_and_resume_after_sigkill(tmp_path):
     run_cli("search", "--out", str(a), *args, check=True)
     run_cli("search", "--out", str(b), *args, check=True)
     assert (a / "pareto.csv").read_bytes() == (b / "pareto.csv").read_bytes()
+    shutil.copytree(a, c)  # a finished run that the next one, forced, starts over
+    (c / "subnets").mkdir()
+    (c / "subnets" / "1.pt").write_bytes(b"")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "jcw.cli", "search", "--out", str(c), *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "jcw.cli", "search", "--out", str(c), *args, "--force"], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
     for line in proc.stdout:  # kill it in the middle of the generations
         if line.startswith("gen  20") or time.time() > deadline:
@@ -106,7 +110,7 @@ def test_same_seed_same_bytes_and_resume_after_sigkill(tmp_path):
             break
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    assert not (c / "pareto.csv").exists()
+    assert not any((c / f).exists() for f in ("summary.csv", "pareto.csv", "pareto.html", "history.csv", "subnets"))
     resumed = run_cli("search", "--out", str(c), *args, "--resume", check=True)
     assert "resuming" in resumed.stdout
     assert (a / "pareto.csv").read_bytes() == (c / "pareto.csv").read_bytes()
@@ -142,6 +146,36 @@ def test_predictor_fit_then_refit_and_grow_from_its_scores(tmp_path):
                    "scored on supernet 0123456789abcdef")
     one_clear_line(run_cli(*fit, "--samples", "-1", "--out", str(tmp_path / "r")), "--samples")
 
+
+
+def test_a_killed_predictor_fit_resumes_from_its_checkpointed_scores(tmp_path):
+    out = tmp_path / "p"
+    args = ["predictor", "fit", "--calibration-images", "250", "--val-images", "500", "--workers", "0",
+            "--samples", "40", "--out", str(out)]
+    partial = out / "scoring.partial.csv"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "jcw.cli", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    try:
+        while not (partial.exists() and len(pd.read_csv(partial)) >= 3):  # stop it once a few are checkpointed
+            assert proc.poll() is None and time.time() < deadline, "the fit ended before it could be stopped"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not (out / "predictor.pt").exists()
+    kept = pd.read_csv(partial)
+    assert 3 <= len(kept) < 40
+    # Mark one checkpointed score: the resumed fit must take it as it is rather than score that subnet again.
+    kept.loc[0, "top1"] = 12.5
+    kept.to_csv(partial, index=False)
+    done = run_cli(*args, check=True)
+    assert f"resuming: {len(kept)} of 40 subnets already scored" in done.stderr
+    scored = pd.read_csv(out / "dataset.csv").set_index("genome")
+    assert len(scored) == 40 and scored.loc[kept.loc[0, "genome"], "top1"] == 12.5
+    assert scored.loc[kept["genome"][1:], "top1"].tolist() == kept["top1"][1:].tolist()
+    assert not partial.exists()
 
 def test_latency_list_and_predict():
     out = run_cli("latency", "list", check=True).stdout

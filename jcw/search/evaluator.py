@@ -14,6 +14,8 @@ import numpy as np
 
 from jcw.errors import JcwError
 
+OnScored = Callable[[int, dict], None]  # called with a genome's index and its score as soon as it is scored
+
 
 @dataclass(frozen=True)
 class DataSpec:
@@ -55,16 +57,16 @@ class SerialEvaluator:
         self.spec = data_spec
         self.data = load_dataset(data_spec.dataset, data_spec.data_dir)
 
-    def score(self, genomes: Sequence, progress: Callable[[int], None] | None = None) -> list[dict]:
+    def score(self, genomes: Sequence, on_scored: OnScored | None = None) -> list[dict]:
         from jcw.supernet.evaluate import score_genome
 
         out = []
-        for g in genomes:
+        for i, g in enumerate(genomes):
             s = score_genome(self.supernet, np.asarray(g), self.data, self.spec.split, self.spec.calibration_images,
                              self.spec.val_images)
             out.append({"top1": s.top1, "loss": s.loss})
-            if progress:
-                progress(1)
+            if on_scored:
+                on_scored(i, out[-1])
         return out
 
     def close(self) -> None:
@@ -146,7 +148,7 @@ class RayEvaluator:
     def _new_actor(self):
         return self.actor_cls.remote(self.payload_ref, self.spec, self.threads)
 
-    def score(self, genomes: Sequence, progress: Callable[[int], None] | None = None) -> list[dict]:
+    def score(self, genomes: Sequence, on_scored: OnScored | None = None) -> list[dict]:
         ray = self.ray
         genomes = [np.asarray(g) for g in genomes]
         results: list[dict | None] = [None] * len(genomes)
@@ -162,8 +164,8 @@ class RayEvaluator:
             slot, i = running.pop(ref)
             try:
                 results[i] = ray.get(ref)
-                if progress:
-                    progress(1)
+                if on_scored:
+                    on_scored(i, results[i])
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError):
                 self.actors[slot] = self._new_actor()  # the actor died: replace it and re-queue its genome
                 self.restarts += 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import pickle
 import platform
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -134,7 +135,7 @@ class _Context:
         from tqdm import tqdm
 
         with tqdm(total=len(genomes), desc=label, dynamic_ncols=True, file=sys.stderr) as bar:
-            scores = self.scorer().score(list(genomes), progress=bar.update)
+            scores = self.scorer().score(list(genomes), on_scored=lambda i, s: bar.update())
         return np.array([s["top1"] for s in scores])
 
     def close(self) -> None:
@@ -216,8 +217,12 @@ def _search(cfg: SearchConfig, ctx: _Context, out: Path, log) -> SearchResult:
             ctx.predictor = _refit(ctx, rows, cfg.seed)
     else:
         out.mkdir(parents=True, exist_ok=True)
-        for stale in ("pareto.csv", "pareto.png", "history.csv"):
+        # A forced restart leaves nothing of the earlier run beside the new config: a half-done run must not read
+        # as finished, --resume must not continue the old run, and exported subnets' ids would name other subnets.
+        for stale in ("summary.csv", "pareto.csv", "pareto.png", "pareto.html", "history.csv"):
             (out / stale).unlink(missing_ok=True)
+        for stale in ("subnets", "checkpoint"):
+            shutil.rmtree(out / stale, ignore_errors=True)
         problem, algorithm = _algorithm(ctx, cfg)
         rows = []
     write_json(out / "config.json", _config_record(cfg, ctx, out))

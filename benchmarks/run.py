@@ -1,6 +1,6 @@
 """Regenerate benchmarks/RESULTS.md: granularity, selection, baselines, fidelity, cost.
 
-    python benchmarks/run.py            # the full protocol (3 seeds, 64 x 60 searches; not yet timed on the default supernet)
+    python benchmarks/run.py            # the full protocol (3 seeds, 64 x 60 searches; 97 minutes on 2 cores)
     python benchmarks/run.py --quick    # 3 seeds, 32 x 20 searches, shorter fine-tuning (29 minutes on 2 cores)
 
 Everything goes through jcw's API (search, evaluators, export, finetune); nothing here re-implements them.

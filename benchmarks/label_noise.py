@@ -18,10 +18,10 @@ import torch
 from scipy.stats import kendalltau
 
 from jcw.data import load_dataset
-from jcw.deploy import bake_masks
-from jcw.export import subnet_from_supernet
-from jcw.predictor import load_predictor
-from jcw.supernet.evaluate import CALIBRATION_IMAGES, recalibrate_bn
+from jcw.supernet.slicing import bake_masks
+from jcw.supernet.slicing import subnet_from_supernet
+from jcw.predictor.predictor import load_predictor
+from jcw.supernet.accuracy import CALIBRATION_IMAGES, recalibrate_bn
 from jcw.supernet.supernet import load_supernet
 
 

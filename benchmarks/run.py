@@ -21,14 +21,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from jcw.data import load_dataset  # noqa: E402
-from jcw.export import export_subnet  # noqa: E402
+from jcw.supernet.subnet import export_subnet  # noqa: E402
 from jcw.finetune import FinetuneConfig, finetune  # noqa: E402
 from jcw.latency.table import load_table  # noqa: E402
-from jcw.predictor import load_predictor, rank_metrics  # noqa: E402
+from jcw.predictor.fit import rank_metrics  # noqa: E402
+from jcw.predictor.predictor import load_predictor  # noqa: E402
 from jcw.search.archive import genomes_from_column, hypervolume  # noqa: E402
-from jcw.search.evaluator import DataSpec, RayEvaluator, SerialEvaluator  # noqa: E402
+from jcw.supernet.pool import DataSpec, RayPool, SerialPool  # noqa: E402
 from jcw.errors import JcwError  # noqa: E402
-from jcw.search.plot import read_run  # noqa: E402
+from jcw.search.rundir import RunDir  # noqa: E402
 from jcw.search.run import SearchConfig, search  # noqa: E402
 from jcw.supernet.supernet import load_supernet  # noqa: E402
 
@@ -50,7 +51,7 @@ def run_search(tag: str, work: Path, net, **kw) -> tuple[pd.DataFrame, float]:
     out = work / tag
     done = out / "summary.csv"
     if done.exists():
-        _, pareto, config = read_run(out)
+        record = RunDir(out).read(); pareto, config = record.pareto, record.config
         same = all(config["options"].get(k) == v for k, v in kw.items())
         if same and config["resolved"].get("supernet_hash") == net.hash:
             REUSED.append(tag)
@@ -162,7 +163,7 @@ def baselines(net, data, joint_front: pd.DataFrame, epochs: int, limit: int, wor
 def _finetuned(net, data, genome, folder: Path, epochs: int, limit: int) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     path = export_subnet(net, genome, folder / "subnet.pt", data=data)
-    return finetune(path, data, FinetuneConfig(epochs=epochs, limit_train=limit), out=folder / "ft", progress=False)
+    return finetune(path, FinetuneConfig(epochs=epochs, limit_train=limit), out=folder / "ft", progress=False)
 
 
 def fidelity(net, joint_front: pd.DataFrame) -> str:
@@ -193,13 +194,13 @@ def cost(net, search_seconds: float, n_genomes: int) -> str:
     warmup = list(net.space.sample(2, np.random.default_rng(1)))  # actor start-up and first-call costs, untimed
     genomes = list(net.space.sample(n_genomes, np.random.default_rng(0)))
     rates = {}
-    serial = SerialEvaluator(net, spec)
+    serial = SerialPool(net, spec)
     serial.score(warmup)
     t0 = time.time()
     serial.score(genomes)
     rates[f"serial (in-process, {torch.get_num_threads()} torch threads)"] = n_genomes / (time.time() - t0)
     for workers in (1, 2):
-        pool = RayEvaluator(net, spec, workers=workers)
+        pool = RayPool(net, spec, workers=workers)
         try:
             pool.score(warmup)
             t0 = time.time()

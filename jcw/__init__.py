@@ -14,10 +14,13 @@ def __getattr__(name):  # lazy, so `jcw --help` does not import torch
         "Supernet": "jcw.supernet.supernet",
         "load_table": "jcw.latency.table",
         "LatencyTable": "jcw.latency.table",
-        "load_predictor": "jcw.predictor",
+        "load_predictor": "jcw.predictor.predictor",
         "search": "jcw.search.run",
-        "load_subnet": "jcw.export",
-        "export_subnet": "jcw.export",
+        "load_subnet": "jcw.supernet.subnet",
+        "export_subnet": "jcw.supernet.subnet",
+        "export_from_run": "jcw.export.from_run",
+        "pick": "jcw.export.from_run",
+        "SearchConfig": "jcw.search.run",
         "load_dataset": "jcw.data",
     }
     if name in exports:

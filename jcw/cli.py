@@ -21,107 +21,41 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+# Each handler imports the one API function it calls: the library pulls in torch, which `jcw --help` never needs.
 def _supernet_train(args) -> None:
-    from jcw.data import load_dataset
-    from jcw.supernet.supernet import Supernet, SupernetConfig, read_checkpoint
-    from jcw.supernet.train import TrainConfig, train_supernet
+    from jcw.supernet.supernet import SupernetConfig
+    from jcw.supernet.train import TrainConfig, train
 
-    out = Path(args.out)
-    if args.resume:
-        config = SupernetConfig.from_dict(read_checkpoint(out / "checkpoint.pt")["config"])
-        data = load_dataset(config.dataset, args.data_dir)
-    else:
-        if (out / "supernet.pt").exists() and not args.force:
-            raise JcwError(f"{out} already holds a trained supernet; pass --resume to continue or --force to retrain")
-        data = load_dataset(args.dataset, args.data_dir)
-        config = SupernetConfig(model=args.model, dataset=args.dataset, input_size=data.input_size,
-                                in_channels=data.in_channels, num_classes=data.num_classes,
-                                min_ratio=args.min_ratio, block=args.block, pretrained=args.pretrained)
-    net = Supernet(config)
-    saved = out / "train_config.json"
-    if args.resume and saved.exists():  # continue the recipe the run started with, whatever the flags say now
-        cfg = TrainConfig(**json.loads(saved.read_text())["train"])
-    else:
-        cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                          label_smoothing=args.label_smoothing, n_random=args.n_random, seed=args.seed,
-                          threads=args.threads, limit_train=args.limit_train)
-    final = train_supernet(net, data, out, cfg, resume=args.resume)
-    print(f"supernet: {final}\nlog: {out / 'train_log.csv'}")
+    config = SupernetConfig(model=args.model, dataset=args.dataset, min_ratio=args.min_ratio, block=args.block,
+                            pretrained=args.pretrained)
+    recipe = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                         label_smoothing=args.label_smoothing, n_random=args.n_random, seed=args.seed,
+                         threads=args.threads, limit_train=args.limit_train)
+    final = train(args.out, config, recipe, data_dir=args.data_dir, resume=args.resume, force=args.force)
+    print(f"supernet: {final}\nlog: {Path(args.out) / 'train_log.csv'}")
 
 
 def _supernet_eval(args) -> None:
-    import numpy as np
+    from jcw.supernet.accuracy import evaluate_genomes
 
-    from jcw.data import load_dataset
-    from jcw.supernet.evaluate import score_genome
-    from jcw.supernet.supernet import load_supernet
-
-    net = load_supernet(args.supernet)
-    data = load_dataset(net.config.dataset, args.data_dir)
-    genomes = _parse_genomes(args.genome, net.space, args.seed)
     rows = []
-    for label, g in genomes:
-        s = score_genome(net, g, data, args.split, args.calibration_images)
-        rows.append({"label": label, "genome": [int(v) for v in g], **net.space.decode(g),
-                     "top1": round(s.top1, 4), "loss": round(s.loss, 5)})
+    for row in evaluate_genomes(args.supernet, args.genome, args.split, args.calibration_images, args.seed,
+                                args.data_dir):
+        rows.append(row)
         if not args.json:
-            print(f"{label:>10}: top-1 {s.top1:.2f}%  loss {s.loss:.4f}  ({args.split})", flush=True)
+            print(f"{row['label']:>10}: top-1 {row['top1']:.2f}%  loss {row['loss']:.4f}  ({args.split})", flush=True)
     if args.json:
         print(json.dumps(rows))
 
 
-def _parse_genomes(spec: str, space, seed: int):
-    """largest, smallest, random:N, or a file (JSON list of genomes, or a CSV with a genome column)."""
-    import numpy as np
-
-    out = []
-    for part in [p.strip() for p in spec.split(",") if p.strip()]:
-        if part == "largest":
-            out.append(("largest", space.largest()))
-        elif part == "smallest":
-            out.append(("smallest", space.smallest()))
-        elif part.startswith("random:"):
-            try:
-                n = int(part.split(":", 1)[1])
-            except ValueError:
-                raise JcwError(f"--genome {part!r}: write random:N with N a whole number") from None
-            for i, g in enumerate(space.sample(n, np.random.default_rng(seed))):
-                out.append((f"random{i}", g))
-        elif Path(part).is_file():
-            text = Path(part).read_text()
-            try:
-                if part.endswith(".csv"):
-                    import pandas as pd
-
-                    items = [json.loads(g) for g in pd.read_csv(part)["genome"]]
-                else:
-                    items = json.loads(text)
-            except Exception:
-                raise JcwError(f"--genome file {part} must be a JSON list of genomes or a CSV with a genome "
-                               "column") from None
-            for i, g in enumerate(items):
-                out.append((f"{Path(part).stem}{i}", space.check(g)[0]))
-        else:
-            raise JcwError(f"--genome {part!r}: use largest, smallest, random:N or a file path")
-    if not out:
-        raise JcwError("--genome is empty; use largest, smallest, random:N or a file path")
-    return out
-
-
 def _predictor_fit(args) -> None:
-    from jcw.predictor import fit_on_supernet
-    from jcw.supernet.supernet import load_supernet
+    from jcw.predictor.train import PredictorFitConfig, fit
 
-    net = load_supernet(args.supernet)
+    pred = fit(PredictorFitConfig(supernet=args.supernet, samples=args.samples, out=args.out, seed=args.seed,
+                                  scored=args.scored, calibration_images=args.calibration_images,
+                                  val_images=args.val_images, workers=args.workers, ray_address=args.ray_address,
+                                  data_dir=args.data_dir, force=args.force))
     out = Path(args.out)
-    if (out / "predictor.pt").exists() and not args.force:
-        raise JcwError(f"{out} already holds a predictor; pass --force to refit it")
-    samples = args.samples if args.samples is not None else (0 if args.scored else 1000)
-    if samples < 0:
-        raise JcwError(f"--samples {samples}: give a count of subnets, 0 or more")
-    pred = fit_on_supernet(net, samples, out, seed=args.seed, workers=args.workers,
-                           ray_address=args.ray_address, data_dir=args.data_dir, scored=args.scored,
-                           calibration_images=args.calibration_images, val_images=args.val_images)
     for name, m in pred.report["models"].items():
         print(f"{name:>9}: RMSE {m['rmse']:.3f}  Kendall tau {m['kendall_tau']:.3f}  Spearman {m['spearman_rho']:.3f}")
     print(f"kept: {pred.report['kept']}\npredictor: {out / 'predictor.pt'}\nreport: {out / 'report.json'}, "
@@ -152,33 +86,24 @@ def _search(args) -> None:
         print(f"subnets: {out / 'subnets'}")
 
 
+def _print_paths(paths: dict) -> None:
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+
+
 def _export(args) -> None:
-    from jcw.export import export_from_run
+    from jcw.export.from_run import export_from_run
 
-    path = export_from_run(args.run, args.id, out=args.out, data_dir=args.data_dir)
-    print(f"subnet: {path}")
-    if args.onnx:
-        from jcw.deploy import export_onnx
-
-        onnx_path = export_onnx(path, Path(args.out or path).with_suffix(".onnx"))
-        print(f"onnx: {onnx_path}")
+    _print_paths(export_from_run(args.run, args.id, out=args.out, onnx=args.onnx, data_dir=args.data_dir))
 
 
 def _pick(args) -> None:
-    from jcw.export import export_from_run
+    from jcw.export.from_run import pick
     from jcw.search.budget import parse_budget
-    from jcw.search.plot import read_run
 
-    budget = parse_budget(args.latency)
-    _, pareto, _ = read_run(args.run)
-    ok = pareto[pareto["latency_ms"] <= budget]
-    if ok.empty:
-        raise JcwError(f"no front member of {args.run} is within {budget:g}ms; the fastest takes "
-                       f"{pareto['latency_ms'].min():.4g}ms")
-    best = ok.loc[ok["top1"].idxmax()]
+    best, paths = pick(args.run, parse_budget(args.latency), out=args.out, onnx=args.onnx, data_dir=args.data_dir)
     print(f"picked id {int(best['id'])}: {best['latency_ms']:.4g}ms, top-1 {best['top1']:.2f}%")
-    path = export_from_run(args.run, int(best["id"]), out=args.out, data_dir=args.data_dir)
-    print(f"subnet: {path}")
+    _print_paths(paths)
 
 
 def _plot(args) -> None:
@@ -189,87 +114,60 @@ def _plot(args) -> None:
 
 
 def _finetune(args) -> None:
-    from jcw.data import load_dataset
-    from jcw.export import load_subnet
     from jcw.finetune import FinetuneConfig, finetune
 
-    meta = load_subnet(args.subnet).jcw_arch["supernet_config"]
-    data = load_dataset(meta["dataset"], args.data_dir)
     cfg = FinetuneConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, distill_from=args.distill_from,
                          seed=args.seed, limit_train=args.limit_train)
-    res = finetune(args.subnet, data, cfg, out=args.out, resume=args.resume)
+    res = finetune(args.subnet, cfg, out=args.out, resume=args.resume, data_dir=args.data_dir)
     print(f"test top-1: {res['test_top1_before']:.2f}% before, {res['test_top1']:.2f}% after\n"
           f"subnet: {res['subnet']}\nlog: {res['log']}")
 
 
-def _latency_derive(args) -> None:
-    from jcw.latency.derive import derive_table
-    from jcw.supernet.supernet import load_supernet
+def _command() -> str:
+    return " ".join(["jcw"] + sys.argv[1:])
 
-    spaces = [load_supernet(s).space for s in (args.supernet or [None])]
-    table = derive_table(args.device, spaces, command=" ".join(["jcw"] + sys.argv[1:]))
-    csv_path, json_path = table.save(args.out_dir)
+
+def _latency_derive(args) -> None:
+    from jcw.latency.derive import derive
+
+    table, csv_path, json_path = derive(args.device, args.supernet, args.out_dir, _command())
     fit = table.meta["fit"]
     print(f"{args.device}: {len(table.entries)} entries, fit on {fit['samples']} public measurements, "
           f"leave-one-out MAPE {fit['loo_mape_pct']}%\ntable: {csv_path}\nmetadata: {json_path}")
 
 
 def _latency_predict(args) -> None:
-    import torchvision.models as tvm
+    from jcw.latency.device_model import predict_model
 
-    from jcw.latency.device_model import fit_device
-    from jcw.latency.ops import model_ops
-
-    if not args.model.startswith("torchvision:"):
-        raise JcwError("--model must look like torchvision:NAME, e.g. torchvision:mobilenet_v2")
-    name = args.model.split(":", 1)[1]
-    if not hasattr(tvm, name):
-        raise JcwError(f"torchvision has no model {name!r}")
-    try:
-        device = fit_device(args.device)
-    except KeyError:
-        raise JcwError(f"no device model for {args.device!r}; derived models exist for pixel1, pixel4, "
-                       "note10") from None
-    kwargs = {"aux_logits": False, "init_weights": False} if name == "inception_v3" else {}
-    ms = device.model_ms(model_ops(getattr(tvm, name)(weights=None, **kwargs), args.input))
-    record = {"device": args.device, "model": name, "input": args.input, "latency_ms": round(ms, 3),
-              "source": "derived", "loo_mape_pct": device.fit["loo_mape_pct"]}
+    record = predict_model(args.device, args.model, args.input)
     print(json.dumps(record) if args.json else
-          f"{name} at {args.input}px on {args.device}: {ms:.2f} ms (derived; fit leave-one-out MAPE "
-          f"{device.fit['loo_mape_pct']}%)")
+          f"{record['model']} at {args.input}px on {args.device}: {record['latency_ms']:.2f} ms (derived; fit "
+          f"leave-one-out MAPE {record['loo_mape_pct']}%)")
 
 
 def _latency_list(args) -> None:
-    from jcw.latency.table import known_devices, load_table
+    from jcw.latency.table import list_tables
 
     print(f"{'device':<10} {'source':<9} {'entries':>7}  {'error':<48} made")
-    for name in known_devices(args.dir):
-        t = load_table(name, args.dir)
-        err = t.meta.get("error", {})
-        if "mape_pct" in err:
-            text = (f"MAPE {err['mape_pct']}%, {100 * err.get('within_10pct', 0):.0f}% within 10% "
-                    f"({err.get('kind', '').split(' on ')[0]})")
-        else:
-            text = "not validated"
-        print(f"{name:<10} {t.meta.get('source', '?'):<9} {len(t.entries):>7}  {text:<48} "
-              f"{t.meta.get('made', {}).get('date', '?')}")
+    for row in list_tables(args.dir):
+        err = row["error"]
+        text = (f"MAPE {err['mape_pct']}%, {100 * err.get('within_10pct', 0):.0f}% within 10% "
+                f"({err.get('kind', '').split(' on ')[0]})") if "mape_pct" in err else "not validated"
+        print(f"{row['device']:<10} {row['source']:<9} {row['entries']:>7}  {text:<48} {row['date']}")
 
 
 def _latency_measure(args) -> None:
-    from jcw.latency.measure import measure_table
-    from jcw.supernet.supernet import load_supernet
+    from jcw.latency.measure import measure
 
-    nets = [load_supernet(s) for s in (args.supernet or [None])]
-    table = measure_table(args.device, [n.space for n in nets], threads=args.threads, repeats=args.repeats,
-                          command=" ".join(["jcw"] + sys.argv[1:]), supernet=nets[0], runtime=args.runtime)
-    csv_path, json_path = table.save(args.out_dir)
+    table, csv_path, json_path = measure(args.device, args.supernet, args.threads, args.repeats, args.runtime,
+                                         args.out_dir, _command())
     print(f"{args.device}: {len(table.entries)} entries measured\ntable: {csv_path}\nmetadata: {json_path}")
 
 
 def _latency_compare(args) -> None:
-    from jcw.latency.table import compare_tables, load_table
+    from jcw.latency.table import compare_tables
 
-    report = compare_tables(load_table(args.reference), load_table(args.other))
+    report = compare_tables(args.reference, args.other)
     if args.json:
         print(json.dumps(report))
         return
@@ -280,11 +178,9 @@ def _latency_compare(args) -> None:
 
 
 def _latency_validate(args) -> None:
-    from jcw.latency.measure import validate_table
-    from jcw.supernet.supernet import load_supernet
+    from jcw.latency.validate import validate_table
 
-    report = validate_table(args.device, load_supernet(args.supernet), args.samples, seed=args.seed,
-                            out_dir=args.out_dir)
+    report = validate_table(args.device, args.supernet, args.samples, seed=args.seed, out_dir=args.out_dir)
     if args.json:
         print(json.dumps(report))
     else:
@@ -293,18 +189,16 @@ def _latency_validate(args) -> None:
 
 
 def _latency_bundle(args) -> None:
-    from jcw.latency.bundle import write_bundle
-    from jcw.supernet.supernet import load_supernet
+    from jcw.latency.bundle import bundle
 
-    path = write_bundle(args.device, load_supernet(args.supernet).space, args.out)
+    path = bundle(args.device, args.supernet, args.out)
     print(f"bundle: {path}\nrun on a phone: {path / 'run.sh'} --adb   (or --local to time on this machine)")
 
 
 def _latency_import(args) -> None:
-    from jcw.latency.bundle import import_results
+    from jcw.latency.bundle import import_bundle
 
-    table = import_results(args.bundle, args.device)
-    csv_path, json_path = table.save(args.out_dir)
+    table, csv_path, json_path = import_bundle(args.bundle, args.device, args.out_dir)
     print(f"{table.device}: {len(table.entries)} entries imported\ntable: {csv_path}\nmetadata: {json_path}")
 
 
@@ -466,6 +360,7 @@ def build_parser() -> Parser:
     pk.add_argument("run")
     pk.add_argument("--latency", required=True)
     pk.add_argument("--out", default=None)
+    pk.add_argument("--onnx", action="store_true")
     data_opt(pk)
     pk.set_defaults(func=_pick)
 

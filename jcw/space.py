@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 
 from jcw.errors import JcwError
 
@@ -217,3 +219,38 @@ def width_choices(base: int, min_ratio: float = 0.25, step: float = 1 / 8, divis
             out.append(c)
         ratio -= step
     return tuple(out)
+
+
+def parse_genomes(spec: str, space: SearchSpace, seed: int = 0) -> list[tuple[str, np.ndarray]]:
+    """Genomes named on the command line: largest, smallest, random:N, or a file (a JSON list of genomes, or a
+    CSV with a genome column), comma-separated, each with a label."""
+    out = []
+    for part in [p.strip() for p in spec.split(",") if p.strip()]:
+        if part == "largest":
+            out.append(("largest", space.largest()))
+        elif part == "smallest":
+            out.append(("smallest", space.smallest()))
+        elif part.startswith("random:"):
+            try:
+                n = int(part.split(":", 1)[1])
+            except ValueError:
+                raise JcwError(f"--genome {part!r}: write random:N with N a whole number") from None
+            for i, g in enumerate(space.sample(n, np.random.default_rng(seed))):
+                out.append((f"random{i}", g))
+        elif Path(part).is_file():
+            text = Path(part).read_text()
+            try:
+                if part.endswith(".csv"):
+                    items = [json.loads(g) for g in pd.read_csv(part)["genome"]]
+                else:
+                    items = json.loads(text)
+            except Exception:
+                raise JcwError(f"--genome file {part} must be a JSON list of genomes or a CSV with a genome "
+                               "column") from None
+            for i, g in enumerate(items):
+                out.append((f"{Path(part).stem}{i}", space.check(g)[0]))
+        else:
+            raise JcwError(f"--genome {part!r}: use largest, smallest, random:N or a file path")
+    if not out:
+        raise JcwError("--genome is empty; use largest, smallest, random:N or a file path")
+    return out

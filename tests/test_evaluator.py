@@ -3,14 +3,14 @@ import signal
 
 import numpy as np
 
-from jcw.search.evaluator import DataSpec, RayEvaluator, SerialEvaluator
+from jcw.supernet.pool import DataSpec, RayPool, SerialPool
 
 
 def test_dead_actor_is_replaced_and_its_genome_requeued(supernet):
     spec = DataSpec(calibration_images=250, val_images=500)
     genomes = list(supernet.space.sample(4, np.random.default_rng(2)))
-    serial = SerialEvaluator(supernet, spec).score(genomes)
-    pool = RayEvaluator(supernet, spec, workers=2)
+    serial = SerialPool(supernet, spec).score(genomes)
+    pool = RayPool(supernet, spec, workers=2)
     try:
         # a local pool's actors run at the driver's priority, not Ray's default niceness of 15
         assert [os.getpriority(os.PRIO_PROCESS, pid) for pid in pool.actor_pids()] == [os.nice(0)] * 2

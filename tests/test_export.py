@@ -1,8 +1,8 @@
 import numpy as np
 import torch
 
-from jcw.export import export_subnet, load_subnet
-from jcw.supernet.evaluate import recalibrate_bn
+from jcw.supernet.subnet import export_subnet, load_subnet
+from jcw.supernet.accuracy import recalibrate_bn
 
 
 def _genome(space, seed=5):
@@ -52,7 +52,7 @@ def test_masks_hold_through_training(supernet, data, tmp_path):
 def test_onnx_matches_torch(supernet, data, tmp_path):
     import onnxruntime as ort
 
-    from jcw.deploy import export_onnx
+    from jcw.export.onnx import export_onnx
 
     path = export_subnet(supernet, _genome(supernet.space, 9), tmp_path / "s.pt", data=data, calibration_images=500)
     onnx_path = export_onnx(path, tmp_path / "s.onnx")
@@ -64,7 +64,7 @@ def test_onnx_matches_torch(supernet, data, tmp_path):
 
 
 def test_cpu_runtime_matches_and_uses_sparse_kernels(supernet, tmp_path):
-    from jcw.deploy import SparseConv1x1, cpu_runtime
+    from jcw.latency.host_runtime import SparseConv1x1, cpu_runtime
 
     genome = supernet.space.smallest()
     path = export_subnet(supernet, genome, tmp_path / "s.pt")

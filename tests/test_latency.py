@@ -100,7 +100,7 @@ def test_deriving_another_space_keeps_the_models_already_priced(tiny_supernet):
 
 
 def test_spaces_sharing_a_signature_get_one_complete_grid(tiny_supernet):
-    from jcw.latency.derive import space_entries
+    from jcw.latency.grid import space_entries
     from jcw.supernet.supernet import Supernet, SupernetConfig
 
     small = Supernet(SupernetConfig(model="mbv2_small")).space

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from jcw.errors import JcwError
-from jcw.predictor import apply_model, fit_kernel, fit_predictor, fit_ridge, load_predictor
+from jcw.predictor.fit import fit_predictor, refine
+from jcw.predictor.models import apply_model, fit_kernel, fit_ridge
+from jcw.predictor.predictor import load_predictor
 
 
 def test_spread_sample_reaches_both_ends(tiny_supernet):
@@ -54,7 +56,7 @@ def test_refined_predictor_learns_the_new_rows(tiny_supernet, tmp_path):
     # subnets the first fit overrates by 3 points, as a search finds them
     overrated = space.sample(40, np.random.default_rng(1))
     truth = _known_accuracy(space, overrated) - 3
-    refined = load_predictor(tmp_path).refined(overrated, truth)
+    refined = refine(load_predictor(tmp_path), overrated, truth)
     before = np.abs(pred.predict(overrated) - truth).mean()
     after = np.abs(refined.predict(overrated) - truth).mean()
     assert before > 2.5 and after < before - 1.0

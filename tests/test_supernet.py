@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from jcw.export import subnet_from_supernet
+from jcw.supernet.slicing import subnet_from_supernet
 from jcw.models import create_model
-from jcw.supernet.evaluate import evaluate, recalibrate_bn
+from jcw.supernet.accuracy import evaluate, recalibrate_bn
 from jcw.supernet.supernet import Supernet, SupernetConfig
 
 
@@ -84,7 +84,7 @@ def test_score_genome_on_sliced_subnet_equals_masked_supernet(supernet, data):
     """Scoring slices the subnet out; that must give the masked supernet's own score."""
     from torch.nn.utils import parametrize
 
-    from jcw.supernet.evaluate import score_genome
+    from jcw.supernet.accuracy import score_genome
 
     genome = supernet.space.sample(1, np.random.default_rng(7))[0]
     sliced = score_genome(supernet, genome, data, calibration_images=500, eval_images=1000)

@@ -15,13 +15,16 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from tqdm import tqdm
 
 from jcw import __version__
 from jcw.errors import JcwError
 from jcw.io import write_csv, write_json, write_text
-from jcw.latency.derive import space_entries
+from jcw.latency.grid import space_entries
+from jcw.latency.ops import micro_model
 from jcw.latency.table import COLUMNS, LatencyTable
 from jcw.space import Layer, SearchSpace
+from jcw.supernet.supernet import load_supernet
 
 RUN_SH = r"""#!/usr/bin/env bash
 # Time every micro-model of this bundle and write results.csv.
@@ -91,37 +94,7 @@ print("results.csv written")
 '''
 
 
-class _TwoInputAdd(torch.nn.Module):
-    def forward(self, a, b):
-        return a + b
-
-
-def micro_model(layer: Layer, c_in: int, c_out: int, density: float) -> tuple[torch.nn.Module, tuple]:
-    """The module and example inputs for one entry, as the exported ONNX model runs it."""
-    gen = torch.Generator().manual_seed(0)
-    if layer.kind == "conv":
-        groups = c_in if layer.depthwise else 1
-        conv = torch.nn.Conv2d(c_in, c_out, layer.kernel, layer.stride, (layer.kernel - 1) // 2, groups=groups)
-        if density < 1.0:
-            w = conv.weight.data
-            keep = torch.rand(w.shape, generator=gen) < density
-            conv.weight.data = w * keep
-        return torch.nn.Sequential(conv, torch.nn.ReLU6()), (torch.randn(1, c_in, layer.h, layer.w),)
-    if layer.kind == "linear":
-        return torch.nn.Linear(c_in, c_out), (torch.randn(1, c_in),)
-    if layer.kind == "add":
-        x = torch.randn(1, c_out, layer.h, layer.w)
-        return _TwoInputAdd(), (x, x.clone())
-    if layer.kind == "pool":
-        pool = (torch.nn.AdaptiveAvgPool2d(1) if layer.kernel >= layer.h
-                else torch.nn.MaxPool2d(layer.kernel, layer.stride, (layer.kernel - 1) // 2))
-        return pool, (torch.randn(1, c_out, layer.h, layer.w),)
-    raise ValueError(layer.kind)
-
-
 def write_bundle(device: str, space: SearchSpace, out: str | Path) -> Path:
-    from tqdm import tqdm
-
     out = Path(out)
     if (out / "manifest.csv").exists():
         raise JcwError(f"{out} already holds a bundle; choose another --out")
@@ -134,7 +107,7 @@ def write_bundle(device: str, space: SearchSpace, out: str | Path) -> Path:
                     depthwise=bool(e.depthwise)).signature
         model, inputs = micro_model(layers[sig], int(e.c_in), int(e.c_out), float(e.density))
         file = f"e{i:05d}.onnx"
-        torch.onnx.export(model.eval(), inputs, str(out / "models" / file), dynamo=False)
+        torch.onnx.export(model, inputs, str(out / "models" / file), dynamo=False)
         rows.append({"entry": i, "file": file, **{c: getattr(e, c) for c in COLUMNS[:9]}})
     write_csv(out / "manifest.csv", pd.DataFrame(rows))
     write_json(out / "bundle.json", {"device": device, "space": space.model, "jcw": __version__,
@@ -170,3 +143,15 @@ def import_results(bundle: str | Path, device: str | None = None) -> LatencyTabl
                      "bundle_made": info.get("made")},
             "overhead_ms": 0.0, "error": {"kind": "not validated end to end"}}
     return LatencyTable(device=device, entries=merged[COLUMNS], meta=meta)
+
+
+def bundle(device: str, supernet: str | Path | None, out: str | Path) -> Path:
+    """A phone bundle covering a supernet file's space (default: the shipped supernet)."""
+    return write_bundle(device, load_supernet(supernet).space, out)
+
+
+def import_bundle(bundle_dir: str | Path, device: str | None = None,
+                  out_dir: str | Path | None = None) -> tuple[LatencyTable, Path, Path]:
+    """A bundle's results as a measured table, saved."""
+    table = import_results(bundle_dir, device)
+    return (table, *table.save(out_dir))

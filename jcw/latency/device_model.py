@@ -15,8 +15,11 @@ import pandas as pd
 import yaml
 from scipy.optimize import nnls
 
+import torchvision.models as tvm
+
 from jcw.artifacts import artifact_dir
-from jcw.latency.ops import CATEGORIES, Op, model_ops, op_features
+from jcw.errors import JcwError
+from jcw.latency.ops import Op, model_ops, op_features
 
 COMPUTE = ("conv", "conv1x1", "dwconv", "linear")
 PARAMS = ("fixed_ms", "ms_per_mb", *(f"ms_per_mmac_{c}" for c in COMPUTE))
@@ -115,18 +118,21 @@ def load_blocks(device: str) -> list[tuple[str, list[Op], float]]:
     return out
 
 
+def torchvision_model(name: str):
+    """An untrained torchvision classifier in the form whole-model pricing traces."""
+    kwargs = {"aux_logits": False, "init_weights": False} if name == "inception_v3" else {}
+    return getattr(tvm, name)(weights=None, **kwargs)
+
+
 def load_whole_models(device: str, threads: int = 1) -> list[tuple[str, list[Op], float]]:
     """Published whole-model latencies of torchvision models on `device` at `threads`, with their ops."""
-    import torchvision.models as tvm
-
     table = pd.read_csv(reference_dir() / "published_whole_model.csv")
     rows = table[(table.device == device) & (table.threads == threads) & table.model.str.startswith("torchvision ")]
     out = []
     for row in rows.itertuples():
         name = row.model.split(" ", 1)[1]
-        kwargs = {"aux_logits": False, "init_weights": False} if name == "inception_v3" else {}
         try:
-            ops = model_ops(getattr(tvm, name)(weights=None, **kwargs), int(row.input))
+            ops = model_ops(torchvision_model(name), int(row.input))
         except Exception:  # not traceable: left out of the fit, and said so in its report
             continue
         out.append((f"torchvision {name}@{row.input}", ops, float(row.latency_ms)))
@@ -207,7 +213,7 @@ DEVICES = {
 def fit_device(device: str) -> DeviceModel:
     """Fit `device`'s op model to the public data in latency_tables/reference/."""
     if device not in DEVICES:
-        raise KeyError(device)
+        raise JcwError(f"no device model for {device!r}; derived models exist for {', '.join(DEVICES)}")
     curve = jcw_sparse_curve()
     if device in ("pixel1", "note10"):
         samples = load_blocks(device)
@@ -223,3 +229,16 @@ def fit_device(device: str) -> DeviceModel:
     report["sparse_curve_source"] = "JCW's ARM sparse conv (jcw-anonymous/JCW convinfos/resnet18/runtime.npy)"
     return DeviceModel(device=device, params=dict(zip(PARAMS, (round(float(v), 6) for v in theta))),
                        sparse_curve=curve, fit=report, **DEVICES[device])
+
+
+def predict_model(device: str, model: str, input_size: int = 224) -> dict:
+    """Whole-model latency of a torchvision CNN (`torchvision:NAME`) on `device`, from its fit device model."""
+    if not model.startswith("torchvision:"):
+        raise JcwError("--model must look like torchvision:NAME, e.g. torchvision:mobilenet_v2")
+    name = model.split(":", 1)[1]
+    if not hasattr(tvm, name):
+        raise JcwError(f"torchvision has no model {name!r}")
+    fitted = fit_device(device)
+    ms = fitted.model_ms(model_ops(torchvision_model(name), input_size))
+    return {"device": device, "model": name, "input": input_size, "latency_ms": round(ms, 3), "source": "derived",
+            "loo_mape_pct": fitted.fit["loo_mape_pct"]}

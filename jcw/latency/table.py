@@ -15,6 +15,7 @@ import pandas as pd
 
 from jcw.artifacts import artifact_dir
 from jcw.errors import JcwError
+from jcw.io import write_csv, write_json
 from jcw.space import Layer, SearchSpace
 
 COLUMNS = ["kind", "h", "w", "kernel", "stride", "depthwise", "c_in", "c_out", "density", "latency_ms", "std_ms",
@@ -42,8 +43,6 @@ class LatencyTable:
         return BoundTable(self, space)
 
     def save(self, folder: str | Path | None = None) -> tuple[Path, Path]:
-        from jcw.io import write_csv, write_json
-
         folder = Path(folder) if folder else artifact_dir("latency_tables")
         csv_path, json_path = folder / f"{self.device}.csv", folder / f"{self.device}.json"
         write_csv(csv_path, self.entries[COLUMNS].sort_values(KEY + ["c_in", "c_out", "density"]))
@@ -86,12 +85,24 @@ def load_table(device: str, folder: str | Path | None = None) -> LatencyTable:
     return LatencyTable(device=device, entries=entries, meta=meta)
 
 
-def compare_tables(reference: LatencyTable, other: LatencyTable) -> dict:
+def list_tables(folder: str | Path | None = None) -> list[dict]:
+    """Every table in `folder` with its source, size, error and date, for `jcw latency list`."""
+    rows = []
+    for name in known_devices(folder):
+        table = load_table(name, folder)
+        rows.append({"device": name, "source": table.meta.get("source", "?"), "entries": len(table.entries),
+                     "error": table.meta.get("error", {}), "date": table.meta.get("made", {}).get("date", "?")})
+    return rows
+
+
+def compare_tables(reference: LatencyTable | str, other: LatencyTable | str) -> dict:
     """How far `other` is from `reference`, over the entries both hold: per-entry error, and the reference's spread.
 
     The spread (std over repeats, relative to the median) is the noise one measurement carries; two measurements of
     the same thing should differ by about that much.
     """
+    reference = load_table(reference) if isinstance(reference, str) else reference
+    other = load_table(other) if isinstance(other, str) else other
     keys = KEY + ["c_in", "c_out", "density"]
     both = reference.entries.merge(other.entries, on=keys, suffixes=("_ref", "_other"))
     if both.empty:

@@ -19,7 +19,91 @@ from jcw.errors import JcwError
 from jcw.space import DEFAULT_DENSITIES, ChannelGroup, Layer, SearchSpace, width_choices
 
 ADD_OPS = {operator.add, operator.iadd, torch.add}
-POOL_FUNCTIONS = {F.adaptive_avg_pool2d}
+CAT_OPS = {torch.cat, "cat"}
+POOL_MODULES = (nn.AdaptiveAvgPool2d, nn.MaxPool2d, nn.AvgPool2d)
+POOL_FUNCTIONS = {F.adaptive_avg_pool2d, F.max_pool2d, F.avg_pool2d}
+
+
+@dataclass
+class TracedNode:
+    """One node of a traced network, as every consumer of the graph sees it.
+
+    kind is input | conv | linear | norm | pool | add | cat | other; `inputs` index earlier nodes of the trace;
+    shapes are NCHW (or NC) at batch 1.
+    """
+
+    name: str  # the module's qualified name, or the fx node's name for functions
+    kind: str
+    inputs: list[int]
+    in_shape: tuple[int, ...]  # of the first input; () for the image
+    out_shape: tuple[int, ...]
+    module: nn.Module | None = None
+    kernel: int = 1  # pools: window and stride (a global pool has both equal to the input size)
+    stride: int = 1
+
+
+def _pool_window(node: fx.Node, module: nn.Module | None, h: int) -> tuple[int, int]:
+    if module is None and node.target is F.adaptive_avg_pool2d or isinstance(module, nn.AdaptiveAvgPool2d):
+        return h, h
+    if module is not None:
+        k, s = module.kernel_size, module.stride
+    else:
+        k = node.args[1] if len(node.args) > 1 else node.kwargs.get("kernel_size", h)
+        s = node.args[2] if len(node.args) > 2 else node.kwargs.get("stride") or k
+    k = k if isinstance(k, int) else k[0]
+    s = s if isinstance(s, int) else s[0]
+    return int(k), int(s)
+
+
+def trace(model: nn.Module, input_size: int, in_channels: int, name: str = "the model") -> list[TracedNode]:
+    """The network's nodes in execution order with their shapes: the one walk over a network's graph.
+
+    The search space (which layers share a width) and whole-model latency pricing both read this list.
+    """
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception as exc:
+        raise JcwError(f"cannot trace {name} with torch.fx ({exc.__class__.__name__}: {exc}); use a traceable "
+                       "CNN") from None
+    was_training = model.training
+    gm.eval()  # batch norm on a single image needs running statistics
+    with torch.no_grad():
+        ShapeProp(gm).propagate(torch.zeros(1, in_channels, input_size, input_size))
+    model.train(was_training)
+    modules = dict(gm.named_modules())
+    index: dict[fx.Node, int] = {}
+    nodes: list[TracedNode] = []
+    for node in gm.graph.nodes:
+        if node.op == "output":
+            continue
+        args = [a for a in node.args if isinstance(a, fx.Node)]
+        module = modules[node.target] if node.op == "call_module" else None
+        if node.op == "placeholder":
+            kind = "input"
+        elif isinstance(module, nn.Conv2d):
+            kind = "conv"
+        elif isinstance(module, nn.Linear):
+            kind = "linear"
+        elif isinstance(module, nn.BatchNorm2d):
+            kind = "norm"
+        elif isinstance(module, POOL_MODULES) or (node.op == "call_function" and node.target in POOL_FUNCTIONS):
+            kind = "pool"
+        elif node.op == "call_function" and node.target in ADD_OPS:
+            kind = "add"
+        elif node.op in ("call_function", "call_method") and node.target in CAT_OPS:
+            kind = "cat"
+        else:
+            kind = "other"
+        meta = node.meta.get("tensor_meta")
+        out_shape = tuple(int(d) for d in meta.shape) if hasattr(meta, "shape") else ()
+        in_shape = nodes[index[args[0]]].out_shape if args else ()
+        traced = TracedNode(node.target if module is not None else node.name, kind, [index[a] for a in args],
+                            in_shape, out_shape, module)
+        if kind == "pool":
+            traced.kernel, traced.stride = _pool_window(node, module, in_shape[-2])
+        index[node] = len(nodes)
+        nodes.append(traced)
+    return nodes
 
 
 @dataclass
@@ -54,95 +138,56 @@ def analyse(model: nn.Module, model_name: str, input_size: int, in_channels: int
             min_ratio: float = 0.25, step: float = 1 / 8, divisor: int = 8,
             densities: tuple[float, ...] = DEFAULT_DENSITIES) -> GraphInfo:
     """Trace `model` and return its search space and the role of each module."""
-    try:
-        gm = fx.symbolic_trace(model)
-    except Exception as exc:
-        raise JcwError(f"cannot trace {model_name} with torch.fx ({exc}); use a traceable CNN") from None
-    was_training = model.training
-    gm.eval()  # batch norm on a single image needs running statistics
-    with torch.no_grad():
-        ShapeProp(gm).propagate(torch.zeros(1, in_channels, input_size, input_size))
-    model.train(was_training)
-    modules = dict(gm.named_modules())
+    nodes = trace(model, input_size, in_channels, model_name)
     uf = _UnionFind()
-    group_of: dict[fx.Node, int | None] = {}  # tensor -> raw group id (None: a fixed width, e.g. the image)
+    group_of: list[int | None] = []  # per traced node: raw group id (None: a fixed width, e.g. the image)
     raw_layers: list[tuple[dict, int | None, int | None]] = []
     raw_norms: list[tuple[str, int]] = []
     raw_producers: list[tuple[str, int]] = []
 
-    def src(node) -> int | None:
-        return group_of.get(node) if isinstance(node, fx.Node) else None
+    def hw(shape: tuple[int, ...]) -> tuple[int, int]:
+        return (shape[-2], shape[-1]) if len(shape) == 4 else (1, 1)
 
-    def hw(node: fx.Node) -> tuple[int, int]:
-        shape = node.meta["tensor_meta"].shape
-        return (int(shape[-2]), int(shape[-1])) if len(shape) == 4 else (1, 1)
-
-    def channels(node: fx.Node) -> int:
-        return int(node.meta["tensor_meta"].shape[1])
-
-    for node in gm.graph.nodes:
-        args = [a for a in node.args if isinstance(a, fx.Node)]
-        first = args[0] if args else None
-        if node.op == "placeholder":
-            group_of[node] = None
-        elif node.op == "call_module" and isinstance(modules[node.target], nn.Conv2d):
-            conv = modules[node.target]
-            g_in = src(first)
-            h, w = hw(first)
+    for node in nodes:
+        g_first = group_of[node.inputs[0]] if node.inputs else None
+        group = g_first  # activations, dropout, flatten, pooling: channels pass through
+        if node.kind == "conv":
+            conv = node.module
+            h, w = hw(node.in_shape)
             depthwise = conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
             if conv.groups > 1 and not depthwise:
-                raise JcwError(f"{model_name}: grouped conv {node.target} is not supported")
+                raise JcwError(f"{model_name}: grouped conv {node.name} is not supported")
             if depthwise:
-                if g_in is None:
-                    raise JcwError(f"{model_name}: depthwise conv {node.target} on a fixed-width input")
-                g_out = g_in
+                if g_first is None:
+                    raise JcwError(f"{model_name}: depthwise conv {node.name} on a fixed-width input")
             else:
-                g_out = uf.new()
-            raw_producers.append((node.target, g_out))
-            raw_layers.append((dict(name=node.target, kind="conv", h=h, w=w, kernel=conv.kernel_size[0],
-                                    stride=conv.stride[0], depthwise=depthwise, c_in=channels(first),
-                                    c_out=conv.out_channels), g_in, g_out))
-            group_of[node] = g_out
-        elif node.op == "call_module" and isinstance(modules[node.target], nn.Linear):
-            lin = modules[node.target]
-            raw_layers.append((dict(name=node.target, kind="linear", h=1, w=1, c_in=lin.in_features,
-                                    c_out=lin.out_features), src(first), None))
-            group_of[node] = None
-        elif node.op == "call_module" and isinstance(modules[node.target], nn.BatchNorm2d):
-            g = src(first)
-            if g is not None:
-                raw_norms.append((node.target, g))
-            group_of[node] = g
-        elif node.op == "call_module" and isinstance(modules[node.target], (nn.AdaptiveAvgPool2d, nn.MaxPool2d,
-                                                                            nn.AvgPool2d)):
-            h, w = hw(first)
-            k = modules[node.target].kernel_size if hasattr(modules[node.target], "kernel_size") else h
-            k = k if isinstance(k, int) else k[0]
-            s = getattr(modules[node.target], "stride", 1)
-            s = s if isinstance(s, int) else s[0]
-            raw_layers.append((dict(name=node.target, kind="pool", h=h, w=w, kernel=k, stride=s,
-                                    depthwise=True, c_in=channels(first), c_out=channels(first)), src(first), src(first)))
-            group_of[node] = src(first)
-        elif node.op == "call_function" and node.target in POOL_FUNCTIONS:
-            h, w = hw(first)
-            raw_layers.append((dict(name=node.name, kind="pool", h=h, w=w, kernel=h, stride=h, depthwise=True,
-                                    c_in=channels(first), c_out=channels(first)), src(first), src(first)))
-            group_of[node] = src(first)
-        elif node.op == "call_function" and node.target in ADD_OPS and len(args) == 2:
-            a, b = src(args[0]), src(args[1])
+                group = uf.new()
+            raw_producers.append((node.name, group))
+            raw_layers.append((dict(name=node.name, kind="conv", h=h, w=w, kernel=conv.kernel_size[0],
+                                    stride=conv.stride[0], depthwise=depthwise, c_in=node.in_shape[1],
+                                    c_out=conv.out_channels), g_first, group))
+        elif node.kind == "linear":
+            raw_layers.append((dict(name=node.name, kind="linear", h=1, w=1, c_in=node.module.in_features,
+                                    c_out=node.module.out_features), g_first, None))
+            group = None
+        elif node.kind == "norm" and g_first is not None:
+            raw_norms.append((node.name, g_first))
+        elif node.kind == "pool":
+            h, w = hw(node.in_shape)
+            raw_layers.append((dict(name=node.name, kind="pool", h=h, w=w, kernel=node.kernel, stride=node.stride,
+                                    depthwise=True, c_in=node.in_shape[1], c_out=node.in_shape[1]), g_first, g_first))
+        elif node.kind == "add" and len(node.inputs) == 2:
+            a, b = group_of[node.inputs[0]], group_of[node.inputs[1]]
             if a is None or b is None:
                 raise JcwError(f"{model_name}: residual add {node.name} mixes a fixed-width tensor")
             uf.union(a, b)
-            h, w = hw(args[0])
-            raw_layers.append((dict(name=node.name, kind="add", h=h, w=w, depthwise=True, c_in=channels(args[0]),
-                                    c_out=channels(args[0])), a, a))
-            group_of[node] = a
-        elif node.op in ("call_function", "call_method") and node.target in (torch.cat, "cat"):
+            h, w = hw(node.in_shape)
+            raw_layers.append((dict(name=node.name, kind="add", h=h, w=w, depthwise=True, c_in=node.in_shape[1],
+                                    c_out=node.in_shape[1]), a, a))
+            group = a
+        elif node.kind == "cat":
             raise JcwError(f"{model_name}: channel concatenation ({node.name}) is not supported yet")
-        elif node.op == "output":
-            continue
-        else:  # activations, dropout, flatten, pooling functions: channels pass through
-            group_of[node] = src(first)
+        group_of.append(group)
 
     # Number the merged groups in order of first appearance.
     root_index: dict[int, int] = {}

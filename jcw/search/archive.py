@@ -62,3 +62,9 @@ def hypervolume(latency: np.ndarray, top1: np.ndarray, ref_latency: float,
         return 0.0
     F = np.stack([latency[inside] / ref_latency, (100 - top1[inside]) / (100 - floor_top1)], axis=1)
     return float(HV(ref_point=np.array([1.0, 1.0]))(F))
+
+
+def best_within_budget(frame: pd.DataFrame, budget_ms: float, score: str = "top1") -> pd.Series | None:
+    """The row with the highest `score` among those within the budget (None if none is)."""
+    ok = frame[(frame["latency_ms"] <= budget_ms) & frame[score].notna()]
+    return None if ok.empty else ok.loc[ok[score].idxmax()]

@@ -6,31 +6,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from jcw.errors import JcwError
 from jcw.io import atomic_path, write_text
-
-
-def read_run(run: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    run = Path(run)
-    try:
-        history = pd.read_csv(run / "history.csv")
-        pareto = pd.read_csv(run / "pareto.csv")
-        config = json.loads((run / "config.json").read_text())
-    except FileNotFoundError as exc:
-        raise JcwError(f"{run} is not a finished search run (missing {Path(exc.filename).name})") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise JcwError(f"run files in {run} are corrupt ({exc.__class__.__name__})") from None
-    return history, pareto, config
+from jcw.search.rundir import RunDir
 
 
 def plot_run(run: str | Path, budgets_ms: list[float] | None = None, device: str | None = None) -> Path:
-    import matplotlib
+    import matplotlib  # heavy optional plotting: imported only when a plot is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    run = Path(run)
-    history, pareto, config = read_run(run)
+    record = RunDir(run).read()
+    run, history, pareto, config = Path(run), record.history, record.pareto, record.config
     budgets_ms = budgets_ms or config["options"]["budgets_ms"]
     device = device or config["options"]["device"]
     fig, ax = plt.subplots(figsize=(8, 5.5))

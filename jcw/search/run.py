@@ -9,9 +9,7 @@ pareto.csv carries true validation top-1.
 from __future__ import annotations
 
 import json
-import pickle
 import platform
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -20,12 +18,33 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pymoo
+import torch
+from pymoo.algorithms.moo.nsga2 import NSGA2
+from pymoo.core.evaluator import Evaluator
+from pymoo.core.problem import Problem
+from pymoo.operators.crossover.sbx import SBX
+from pymoo.operators.mutation.pm import PM
+from pymoo.operators.repair.rounding import RoundingRepair
+from pymoo.operators.sampling.rnd import IntegerRandomSampling
+from pymoo.problems.static import StaticProblem
+from tqdm import tqdm
 
 from jcw import __version__
+from jcw.artifacts import default_predictor_path
 from jcw.errors import JcwError
-from jcw.io import atomic_path, write_csv, write_json
-from jcw.search.archive import describe, hypervolume, pareto_mask, spread_pick
+from jcw.latency.table import load_table
+from jcw.predictor.fit import refine
+from jcw.predictor.predictor import load_predictor
+from jcw.search.archive import (best_within_budget, describe, genomes_from_column, hypervolume, pareto_mask,
+                                spread_pick)
 from jcw.search.budget import format_ms
+from jcw.search.members import export_member
+from jcw.search.plot import plot_run
+from jcw.search.rundir import RunDir
+from jcw.search.survival import MultiTargetSurvival, latency_targets
+from jcw.supernet.pool import DataSpec, check_ray_address, scoring_pool
+from jcw.supernet.supernet import load_supernet
 
 GENE_MODES = ("joint", "channels", "density")
 
@@ -75,10 +94,6 @@ class _Context:
     """Everything a search reads: supernet, bound table, predictor, evaluator; built once."""
 
     def __init__(self, cfg: SearchConfig):
-        from jcw.latency.table import load_table
-        from jcw.predictor import load_predictor
-        from jcw.supernet.supernet import load_supernet
-
         if cfg.evaluator not in ("predictor", "supernet"):
             raise JcwError(f"--evaluator must be predictor or supernet, not {cfg.evaluator!r}")
         if cfg.survival not in ("jcw", "nsga2"):
@@ -90,8 +105,6 @@ class _Context:
         if cfg.refine < 0 or cfg.refine_every < 1:
             raise JcwError("--refine must be 0 or more and --refine-every at least 1")
         if cfg.ray_address and cfg.workers != 0:
-            from jcw.search.evaluator import check_ray_address
-
             check_ray_address(cfg.ray_address)  # before any work, not after the last generation
         self.table = load_table(cfg.device)
         self.supernet = load_supernet(cfg.supernet)
@@ -99,8 +112,6 @@ class _Context:
         self.bound = self.table.bind(self.space)
         self.predictor = None
         if cfg.evaluator == "predictor":
-            from jcw.artifacts import default_predictor_path
-
             path = cfg.predictor or (default_predictor_path() if cfg.supernet is None else None)
             if path is None:
                 raise JcwError("--supernet given without --predictor: fit one with `jcw predictor fit --supernet S` "
@@ -124,16 +135,12 @@ class _Context:
 
     def scorer(self):
         if self.evaluator is None:
-            from jcw.search.evaluator import DataSpec, make_evaluator
-
             spec = DataSpec(dataset=self.supernet.config.dataset, data_dir=self.cfg.data_dir,
                             calibration_images=self.cfg.calibration_images, val_images=self.cfg.val_images)
-            self.evaluator = make_evaluator(self.supernet, spec, self.cfg.workers, self.cfg.ray_address)
+            self.evaluator = scoring_pool(self.supernet, spec, self.cfg.workers, self.cfg.ray_address)
         return self.evaluator
 
     def true_top1(self, genomes: np.ndarray, label: str) -> np.ndarray:
-        from tqdm import tqdm
-
         with tqdm(total=len(genomes), desc=label, dynamic_ncols=True, file=sys.stderr) as bar:
             scores = self.scorer().score(list(genomes), on_scored=lambda i, s: bar.update())
         return np.array([s["top1"] for s in scores])
@@ -144,15 +151,6 @@ class _Context:
 
 
 def _algorithm(ctx: _Context, cfg: SearchConfig):
-    from pymoo.algorithms.moo.nsga2 import NSGA2
-    from pymoo.core.problem import Problem
-    from pymoo.operators.crossover.sbx import SBX
-    from pymoo.operators.mutation.pm import PM
-    from pymoo.operators.repair.rounding import RoundingRepair
-    from pymoo.operators.sampling.rnd import IntegerRandomSampling
-
-    from jcw.search.survival import MultiTargetSurvival, latency_targets
-
     problem = Problem(n_var=ctx.space.n_genes, n_obj=2, n_ieq_constr=1, xl=np.zeros(ctx.space.n_genes),
                       xu=ctx.upper.astype(float), vtype=int)
     kwargs = {}
@@ -165,26 +163,22 @@ def _algorithm(ctx: _Context, cfg: SearchConfig):
     return problem, algorithm
 
 
-def _prepare_out(cfg: SearchConfig) -> Path:
-    out = Path(cfg.out) if cfg.out else Path(cfg.runs_dir) / default_run_name(cfg)
-    checkpoint = out / "checkpoint" / "search.pkl"
+def _prepare_out(cfg: SearchConfig) -> RunDir:
+    run = RunDir(Path(cfg.out) if cfg.out else Path(cfg.runs_dir) / default_run_name(cfg))
     if cfg.resume:
-        if not checkpoint.exists():
-            raise JcwError(f"--resume: {out} has no checkpoint; start it without --resume")
-    elif out.exists() and any(out.iterdir()):
-        if not cfg.force:
-            raise JcwError(f"output directory {out} already exists; pass --resume to continue it or --force to "
-                           "overwrite it")
-    return out
+        if not run.checkpoint.exists():
+            raise JcwError(f"--resume: {run} has no checkpoint; start it without --resume")
+    elif run.is_started() and not cfg.force:
+        raise JcwError(f"output directory {run} already exists; pass --resume to continue it or --force to "
+                       "overwrite it")
+    return run
 
 
-def _config_record(cfg: SearchConfig, ctx: _Context, out: Path) -> dict:
-    import pymoo
-    import ray
-    import torch
+def _config_record(cfg: SearchConfig, ctx: _Context, out: RunDir) -> dict:
+    import ray  # heavy: imported here only to record its version
 
     return {"options": asdict(cfg), "resolved": {
-        "out": str(out.resolve()), "supernet": ctx.supernet.path, "supernet_hash": ctx.supernet.hash,
+        "out": str(out.path.resolve()), "supernet": ctx.supernet.path, "supernet_hash": ctx.supernet.hash,
         "predictor": None if ctx.predictor is None else str(cfg.predictor or "default"),
         "smallest_ms": ctx.smallest_ms, "space": {"model": ctx.space.model, "genes": ctx.space.n_genes,
                                                    "subnets": str(ctx.space.num_subnets())}},
@@ -203,29 +197,18 @@ def search(cfg: SearchConfig, log=print) -> SearchResult:
         ctx.close()
 
 
-def _search(cfg: SearchConfig, ctx: _Context, out: Path, log) -> SearchResult:
-    from pymoo.core.evaluator import Evaluator
-    from pymoo.problems.static import StaticProblem
-
-    checkpoint = out / "checkpoint" / "search.pkl"
+def _search(cfg: SearchConfig, ctx: _Context, out: RunDir, log) -> SearchResult:
     if cfg.resume:
-        with open(checkpoint, "rb") as f:
-            state = pickle.load(f)
+        state = out.load_checkpoint()
         problem, algorithm, rows = state["problem"], state["algorithm"], state["rows"]
         log(f"resuming {out} after generation {algorithm.n_gen - 1 if algorithm.n_gen else 0}")
         if ctx.predictor is not None and any(not np.isnan(r["true_top1"]) for r in rows):
             ctx.predictor = _refit(ctx, rows, cfg.seed)
     else:
-        out.mkdir(parents=True, exist_ok=True)
-        # A forced restart leaves nothing of the earlier run beside the new config: a half-done run must not read
-        # as finished, --resume must not continue the old run, and exported subnets' ids would name other subnets.
-        for stale in ("summary.csv", "pareto.csv", "pareto.png", "pareto.html", "history.csv"):
-            (out / stale).unlink(missing_ok=True)
-        for stale in ("subnets", "checkpoint"):
-            shutil.rmtree(out / stale, ignore_errors=True)
+        out.clear()
         problem, algorithm = _algorithm(ctx, cfg)
         rows = []
-    write_json(out / "config.json", _config_record(cfg, ctx, out))
+    out.write_config(_config_record(cfg, ctx, out))
     budget = max(cfg.budgets_ms)
     seen = {tuple(json.loads(r["genome"])) for r in rows}
     t0 = time.time()
@@ -251,8 +234,7 @@ def _search(cfg: SearchConfig, ctx: _Context, out: Path, log) -> SearchResult:
                          "genome": json.dumps([int(v) for v in x])})
         if ctx.predictor is not None and cfg.refine and gen % cfg.refine_every == 0 and algorithm.has_next():
             _refine(cfg, ctx, problem, algorithm, rows, gen, log)
-        with atomic_path(checkpoint) as tmp, open(tmp, "wb") as f:
-            pickle.dump({"problem": problem, "algorithm": algorithm, "rows": rows}, f)
+        out.save_checkpoint({"problem": problem, "algorithm": algorithm, "rows": rows})
         _progress_line(log, gen, cfg, rows, ctx.predictor is not None, time.time() - t0)
     history = pd.DataFrame(rows)
     history = _rescore_front(cfg, ctx, history)
@@ -261,8 +243,6 @@ def _search(cfg: SearchConfig, ctx: _Context, out: Path, log) -> SearchResult:
 
 def _refine(cfg: SearchConfig, ctx: _Context, problem, algorithm, rows: list[dict], gen: int, log) -> None:
     """Score up to cfg.refine unscored members of the predicted front, refit the predictor, re-price everything."""
-    from jcw.search.archive import genomes_from_column
-
     frame = pd.DataFrame(rows)
     lat, predicted = frame["latency_ms"].to_numpy(), frame["predicted_top1"].to_numpy()
     candidates = np.flatnonzero((lat <= max(cfg.budgets_ms)) & frame["true_top1"].isna().to_numpy())
@@ -288,11 +268,9 @@ def _refine(cfg: SearchConfig, ctx: _Context, problem, algorithm, rows: list[dic
 
 def _refit(ctx: _Context, rows: list[dict], seed: int):
     """The shipped predictor refit with every subnet this run has scored so far."""
-    from jcw.search.archive import genomes_from_column
-
     scored = [r for r in rows if not np.isnan(r["true_top1"])]
     genomes = genomes_from_column(pd.Series([r["genome"] for r in scored]))
-    return ctx.shipped_predictor.refined(genomes, np.array([r["true_top1"] for r in scored]), seed)
+    return refine(ctx.shipped_predictor, genomes, np.array([r["true_top1"] for r in scored]), seed)
 
 
 def _score_column(history: pd.DataFrame, predicted: bool) -> np.ndarray:
@@ -330,8 +308,6 @@ def _rescore_front(cfg: SearchConfig, ctx: _Context, history: pd.DataFrame) -> p
 
     References the search never visited are appended with kind "reference"; `uniform` marks them all.
     """
-    from jcw.search.archive import genomes_from_column
-
     history = history.assign(kind="search")
     refs = [json.dumps([int(v) for v in g]) for g in uniform_genomes(ctx.space, ctx.upper)]
     missing = [r for r in refs if r not in set(history["genome"])]
@@ -356,10 +332,7 @@ def _rescore_front(cfg: SearchConfig, ctx: _Context, history: pd.DataFrame) -> p
     return history
 
 
-def _write_outputs(cfg: SearchConfig, ctx: _Context, out: Path, history: pd.DataFrame) -> SearchResult:
-    from jcw.search.archive import genomes_from_column
-    from jcw.search.plot import plot_run
-
+def _write_outputs(cfg: SearchConfig, ctx: _Context, out: RunDir, history: pd.DataFrame) -> SearchResult:
     scored = history[history["true_top1"].notna() & (history["kind"] == "search")
                      & (history["latency_ms"] <= max(cfg.budgets_ms))]
     keep = pareto_mask(scored["latency_ms"].to_numpy(), scored["true_top1"].to_numpy())
@@ -369,23 +342,16 @@ def _write_outputs(cfg: SearchConfig, ctx: _Context, out: Path, history: pd.Data
                            "top1": front["true_top1"].round(4).to_numpy(),
                            "predicted_top1": front["predicted_top1"].round(4).to_numpy()})
     pareto = pd.concat([pareto, details], axis=1)
-    write_csv(out / "history.csv", history.round({"latency_ms": 6, "predicted_top1": 4, "true_top1": 4}))
-    write_csv(out / "pareto.csv", pareto)
     summary_rows = []
     for b in cfg.budgets_ms:
-        ok = pareto[pareto["latency_ms"] <= b]
-        if ok.empty:
-            summary_rows.append({"budget_ms": b, "id": None, "latency_ms": None, "top1": None})
-            continue
-        best = ok.loc[ok["top1"].idxmax()]
-        summary_rows.append({"budget_ms": b, "id": int(best["id"]), "latency_ms": float(best["latency_ms"]),
+        best = best_within_budget(pareto, b)
+        summary_rows.append({"budget_ms": b, "id": None, "latency_ms": None, "top1": None} if best is None else
+                            {"budget_ms": b, "id": int(best["id"]), "latency_ms": float(best["latency_ms"]),
                              "top1": float(best["top1"])})
     summary = pd.DataFrame(summary_rows)
-    write_csv(out / "summary.csv", summary)
-    plot_run(out, cfg.budgets_ms, cfg.device)
+    out.write_tables(history, pareto, summary)
+    plot_run(out.path, cfg.budgets_ms, cfg.device)
     if cfg.export:
-        from jcw.export import export_from_run
-
         for row in summary.dropna(subset=["id"]).itertuples():
-            export_from_run(out, int(row.id), supernet=ctx.supernet, device=cfg.device)
-    return SearchResult(out=out, pareto=pareto, history=history, summary=summary)
+            export_member(out, int(row.id), supernet=ctx.supernet, device=cfg.device)
+    return SearchResult(out=out.path, pareto=pareto, history=history, summary=summary)

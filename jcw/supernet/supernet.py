@@ -13,15 +13,18 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.func import functional_call
 from torch.nn.utils import parametrize
 
 from jcw import __version__
+from jcw.artifacts import default_supernet_path, load_torch_file
 from jcw.errors import JcwError
 from jcw.io import torch_save
 from jcw.models import create_model
 from jcw.models.graph import GraphInfo, analyse
 from jcw.space import DEFAULT_DENSITIES, SearchSpace
-from jcw.supernet.masks import ActiveSubnet, ChannelMask, WeightMask
+from jcw.supernet.masks import ActiveSubnet, ChannelMask, WeightMask, magnitude_mask
+from jcw.supernet.slicing import shrink
 
 FORMAT = "jcw-supernet/1"
 
@@ -30,7 +33,7 @@ FORMAT = "jcw-supernet/1"
 class SupernetConfig:
     """Everything needed to rebuild the network and its space; saved beside the weights."""
 
-    model: str = "mbv2_tiny"
+    model: str = "mbv2_small"  # the shipped default's architecture
     dataset: str = "fashion-mnist"
     input_size: int = 28
     in_channels: int = 1
@@ -126,8 +129,6 @@ class Supernet(nn.Module):
         Built without consuming torch's random state, so sliced and masked training draw the same dropout masks.
         Cached, since the largest and smallest subnets recur every step; the cache is small and reset when full.
         """
-        from jcw.export import shrink
-
         if widths not in self._skeletons:
             if len(self._skeletons) >= 32:
                 self._skeletons.clear()
@@ -143,10 +144,6 @@ class Supernet(nn.Module):
         channel of the full network. Training uses it. Groups at full width use the shared batch-norm buffers
         themselves, so the largest subnet's passes keep the supernet's running statistics current.
         """
-        from torch.func import functional_call
-
-        from jcw.supernet.masks import magnitude_mask
-
         g = self.space.check(genome)[0]
         widths = self.space.widths(g)[0]
         densities = self.space.density_values(g)[0]
@@ -216,24 +213,12 @@ def file_hash(path: str | Path) -> str:
 
 
 def read_checkpoint(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise JcwError(f"supernet file {path} does not exist; train one with `jcw supernet train` or omit "
-                       "--supernet to use the shipped default")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise JcwError(f"supernet file {path} is corrupt or truncated ({exc.__class__.__name__}); "
-                       "re-download or retrain it") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise JcwError(f"{path} is not a jcw supernet file (expected format {FORMAT})")
-    return ckpt
+    return load_torch_file(path, "supernet file", FORMAT, "train one with `jcw supernet train` or omit --supernet to "
+                           "use the shipped default", "re-download or retrain it")
 
 
 def load_supernet(path: str | Path | None = None) -> Supernet:
     """Load a supernet file; with no path, the shipped default for Fashion-MNIST."""
-    from jcw.artifacts import default_supernet_path
-
     path = Path(path) if path else default_supernet_path()
     ckpt = read_checkpoint(path)
     try:

@@ -1,4 +1,4 @@
-"""The CPU runtime for exported subnets, and ONNX export.
+"""The CPU runtime for exported subnets: what host latency tables price.
 
 Batch norm is folded into the conv before it. A 1x1 conv or linear layer runs on torch's sparse CSR kernel where the
 host latency table found that faster than dense (only at high sparsity on x86); everything else runs dense. The host
@@ -6,13 +6,11 @@ table times each entry with these same modules, so what the table predicts is wh
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn as nn
-from torch.nn.utils import parametrize
 
 from jcw.errors import JcwError
+from jcw.supernet.slicing import bake_masks
 
 
 class SparseConv1x1(nn.Module):
@@ -50,20 +48,6 @@ def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     return fused
 
 
-def bake_masks(model: nn.Module) -> nn.Module:
-    """Turn the mask parametrizations into plain (zero-holding) weights, in place.
-
-    In place on purpose: a deepcopy shares torch's generated Parametrized* classes, so removing a parametrization
-    from the copy would strip it from the original too.
-    """
-    model.eval()
-    for module in list(model.modules()):  # removal edits the module tree: iterate over a snapshot
-        if parametrize.is_parametrized(module):
-            for name in list(module.parametrizations.keys()):
-                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
-    return model
-
-
 def cpu_runtime(model: nn.Module, sparse_layers: set[str] = frozenset()) -> nn.Module:
     """The deployable CPU form of an exported subnet (converted in place): BN folded; `sparse_layers` on CSR."""
     model = bake_masks(model)
@@ -87,29 +71,3 @@ def cpu_runtime(model: nn.Module, sparse_layers: set[str] = frozenset()) -> nn.M
         else:
             raise JcwError(f"layer {name} has no sparse CPU kernel (only 1x1 convs and linear layers)")
     return model.eval()
-
-
-def export_onnx(subnet_path: str | Path, out: str | Path) -> Path:
-    """ONNX of an exported subnet (dense weights with the zeros in place), checked against torch."""
-    import numpy as np
-
-    from jcw.export import load_subnet
-    from jcw.io import atomic_path
-
-    loaded = load_subnet(subnet_path)
-    arch = loaded.jcw_arch
-    model = bake_masks(loaded)
-    x = torch.randn(1, arch["in_channels"], arch["input_size"], arch["input_size"])
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        torch.onnx.export(model, (x,), str(tmp), input_names=["images"], output_names=["logits"],
-                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    with torch.no_grad():
-        expected = model(x).numpy()
-    got = session.run(None, {"images": x.numpy()})[0]
-    if not np.allclose(expected, got, atol=1e-3, rtol=1e-4):
-        raise JcwError(f"ONNX output differs from torch by {np.abs(expected - got).max():.2e}")
-    return out

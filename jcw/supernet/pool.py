@@ -1,18 +1,23 @@
-"""Score genomes on the supernet: true top-1 after batch-norm recalibration, serially or on Ray actors.
+"""Score many genomes on the supernet: true top-1 after batch-norm recalibration, serially or on a Ray actor pool.
 
 The supernet's weights go into Ray's object store once; every actor builds the supernet from them once and then
 scores the genomes sent to it. An actor that dies has its genome re-queued on a fresh actor, so every candidate is
-scored exactly once.
+scored exactly once; after `max_restarts` deaths the pool gives up with a clear error.
 """
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
+import torch
 
+from jcw.data import load_dataset
 from jcw.errors import JcwError
+from jcw.supernet.accuracy import CALIBRATION_IMAGES, score_genome
+from jcw.supernet.supernet import Supernet, SupernetConfig
 
 OnScored = Callable[[int, dict], None]  # called with a genome's index and its score as soon as it is scored
 
@@ -23,16 +28,12 @@ class DataSpec:
 
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
-    calibration_images: int = 2000
+    calibration_images: int = CALIBRATION_IMAGES
     split: str = "val"
     val_images: int | None = None  # cap on scored images (None: the whole split)
 
 
-def _supernet_from_payload(payload: dict):
-    import torch
-
-    from jcw.supernet.supernet import Supernet, SupernetConfig
-
+def _supernet_from_payload(payload: dict) -> Supernet:
     state = {k: torch.from_numpy(v) for k, v in payload["state_dict"].items()}
     orders = [torch.from_numpy(o) for o in payload["group_orders"]]
     net = Supernet(SupernetConfig.from_dict(payload["config"]), state, orders)
@@ -47,19 +48,15 @@ def supernet_payload(supernet) -> dict:
             "group_orders": [o.numpy() for o in ckpt["group_orders"]]}
 
 
-class SerialEvaluator:
+class SerialPool:
     """Scores in this process; for debugging (`--workers 0`) and tests."""
 
     def __init__(self, supernet, data_spec: DataSpec):
-        from jcw.data import load_dataset
-
         self.supernet = supernet
         self.spec = data_spec
         self.data = load_dataset(data_spec.dataset, data_spec.data_dir)
 
     def score(self, genomes: Sequence, on_scored: OnScored | None = None) -> list[dict]:
-        from jcw.supernet.evaluate import score_genome
-
         out = []
         for i, g in enumerate(genomes):
             s = score_genome(self.supernet, np.asarray(g), self.data, self.spec.split, self.spec.calibration_images,
@@ -75,18 +72,12 @@ class SerialEvaluator:
 
 class _ScoringActor:
     def __init__(self, payload: dict, spec: DataSpec, threads: int):
-        import torch
-
-        from jcw.data import load_dataset
-
         torch.set_num_threads(threads)
         self.supernet = _supernet_from_payload(payload)
         self.spec = spec
         self.data = load_dataset(spec.dataset, spec.data_dir)
 
     def score(self, genome) -> dict:
-        from jcw.supernet.evaluate import score_genome
-
         s = score_genome(self.supernet, np.asarray(genome), self.data, self.spec.split, self.spec.calibration_images,
                              self.spec.val_images)
         return {"top1": s.top1, "loss": s.loss}
@@ -97,8 +88,6 @@ class _ScoringActor:
 
 def check_ray_address(address: str, timeout: float = 3.0) -> None:
     """Fail fast on an address that does not answer; ray.init itself retries for minutes."""
-    import socket
-
     if address in ("auto", "local"):
         return
     hostport = address.split("://", 1)[-1]
@@ -111,11 +100,12 @@ def check_ray_address(address: str, timeout: float = 3.0) -> None:
                        "cluster with `ray start --head`, fix --ray-address, or drop it to run locally") from None
 
 
-class RayEvaluator:
+class RayPool:
     """A pool of scoring actors on a local Ray instance (sized to the machine) or an existing cluster."""
 
-    def __init__(self, supernet, data_spec: DataSpec, workers: int | None = None, address: str | None = None):
-        import ray
+    def __init__(self, supernet, data_spec: DataSpec, workers: int | None = None, address: str | None = None,
+                 max_restarts: int = 8):
+        import ray  # heavy (about a second to import): only a pool that uses it pays for it
 
         self.ray = ray
         self.owns_ray = False
@@ -144,6 +134,7 @@ class RayEvaluator:
         self.actor_cls = ray.remote(num_cpus=min(self.threads, cpus))(_ScoringActor)
         self.actors = [self._new_actor() for _ in range(self.workers)]
         self.restarts = 0
+        self.max_restarts = max_restarts
 
     def _new_actor(self):
         return self.actor_cls.remote(self.payload_ref, self.spec, self.threads)
@@ -167,8 +158,11 @@ class RayEvaluator:
                 if on_scored:
                     on_scored(i, results[i])
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError):
-                self.actors[slot] = self._new_actor()  # the actor died: replace it and re-queue its genome
                 self.restarts += 1
+                if self.restarts > self.max_restarts:
+                    raise JcwError(f"scoring actors died {self.restarts} times (the last on genome {i}); giving "
+                                   "up: check memory on the Ray nodes, or score serially with --workers 0") from None
+                self.actors[slot] = self._new_actor()  # the actor died: replace it and re-queue its genome
                 queue.insert(0, i)
             idle.append(slot)
         return results  # type: ignore[return-value]
@@ -183,8 +177,8 @@ class RayEvaluator:
             self.ray.shutdown()
 
 
-def make_evaluator(supernet, data_spec: DataSpec, workers: int | None, address: str | None = None):
+def scoring_pool(supernet, data_spec: DataSpec, workers: int | None, address: str | None = None):
     """`workers=0` scores in this process; otherwise Ray actors (None: one per CPU)."""
     if workers == 0:
-        return SerialEvaluator(supernet, data_spec)
-    return RayEvaluator(supernet, data_spec, workers, address)
+        return SerialPool(supernet, data_spec)
+    return RayPool(supernet, data_spec, workers, address)

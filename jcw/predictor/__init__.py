@@ -1,0 +1,1 @@
+"""The accuracy predictor: features, regression models, fitting on supernet scores, reports."""

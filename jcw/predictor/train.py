@@ -1,0 +1,76 @@
+"""`jcw predictor fit`: sample subnets over the size range, score them on the supernet, fit, write the folder."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from jcw.errors import JcwError
+from jcw.predictor.dataset import PARTIAL, dataset_frame, read_scored, score_subnets
+from jcw.predictor.fit import fit_predictor
+from jcw.predictor.predictor import Predictor
+from jcw.predictor.report import write_report
+from jcw.supernet.accuracy import CALIBRATION_IMAGES
+from jcw.supernet.pool import DataSpec
+from jcw.supernet.supernet import load_supernet
+
+DEFAULT_SAMPLES = 1000
+
+
+@dataclass
+class PredictorFitConfig:
+    supernet: str | None = None  # None: the shipped default
+    samples: int | None = None  # subnets to sample and score; None: 1000, or 0 on top of `scored`
+    out: str = "predictors/mine"
+    seed: int = 0
+    scored: str | None = None  # an earlier fit's dataset.csv on this supernet, reused without rescoring
+    calibration_images: int = CALIBRATION_IMAGES
+    val_images: int | None = None  # cap on validation images per scored subnet (None: the whole split)
+    workers: int | None = None  # Ray scoring actors (None: one per CPU; 0: serial, in-process)
+    ray_address: str | None = None
+    data_dir: str | None = None
+    force: bool = False
+
+
+def fit(cfg: PredictorFitConfig) -> Predictor:
+    """Fit a predictor folder as `cfg` says; refuses to overwrite one without `force`."""
+    out = Path(cfg.out)
+    if (out / "predictor.pt").exists() and not cfg.force:
+        raise JcwError(f"{out} already holds a predictor; pass --force to refit it")
+    samples = cfg.samples if cfg.samples is not None else (0 if cfg.scored else DEFAULT_SAMPLES)
+    if samples < 0:
+        raise JcwError(f"--samples {samples}: give a count of subnets, 0 or more")
+    return fit_on_supernet(load_supernet(cfg.supernet), samples, out, cfg.seed, cfg.workers, cfg.ray_address,
+                           cfg.data_dir, cfg.scored, cfg.calibration_images, cfg.val_images)
+
+
+def fit_on_supernet(supernet, samples: int, out: str | Path, seed: int = 0, workers: int | None = None,
+                    ray_address: str | None = None, data_dir: str | None = None,
+                    scored: str | Path | None = None, calibration_images: int = CALIBRATION_IMAGES,
+                    val_images: int | None = None) -> Predictor:
+    """Sample subnets over the size range, score them on the supernet, fit, and write the predictor folder.
+
+    With `scored`, a dataset.csv written by an earlier fit on this same supernet, its subnets are reused and only
+    `samples` new ones (none by default) are scored: refitting takes seconds, and growing a dataset that ranks too
+    noisily does not rescore the hour already spent. Use another seed than the earlier fit's, or its draws repeat.
+    Each subnet's score goes to `out/scoring.partial.csv` as soon as it is known, so a killed fit rerun with the
+    same options scores only what is left.
+    """
+    space, out = supernet.space, Path(out)
+    genomes, scores = (np.zeros((0, space.n_genes), np.int64), []) if scored is None else \
+        read_scored(scored, space, supernet.hash)
+    if samples > 0:
+        new = np.unique(space.sample_spread(samples, np.random.default_rng(seed)), axis=0)
+        new = new[np.random.default_rng(seed).permutation(len(new))]
+        new = new[~(new[:, None, :] == genomes[None, :, :]).all(-1).any(1)] if len(genomes) else new
+        spec = DataSpec(supernet.config.dataset, data_dir, calibration_images, "val", val_images)
+        genomes, scores = np.concatenate([genomes, new]), scores + score_subnets(supernet, new, spec, workers,
+                                                                                  ray_address, out / PARTIAL)
+    top1 = np.array([s["top1"] for s in scores])
+    predictor = fit_predictor(space, genomes, top1, supernet.hash, seed)
+    predictor.save(out)
+    dataset = dataset_frame(space, genomes, scores, supernet.hash)
+    write_report(predictor, out, dataset)
+    (out / PARTIAL).unlink(missing_ok=True)
+    return predictor

@@ -123,7 +123,7 @@ def _finetune(args) -> None:
           f"subnet: {res['subnet']}\nlog: {res['log']}")
 
 
-def _command() -> str:
+def _command() -> str:  # recorded in a table's metadata
     return " ".join(["jcw"] + sys.argv[1:])
 
 
@@ -169,8 +169,7 @@ def _latency_compare(args) -> None:
 
     report = compare_tables(args.reference, args.other)
     if args.json:
-        print(json.dumps(report))
-        return
+        return print(json.dumps(report))
     print(f"{report['other']} vs {report['reference']}: {report['common_entries']} common entries, median ratio "
           f"{report['median_ratio']:.3f}, MAPE {report['mape_pct']:.1f}%, {100 * report['within_10pct']:.0f}% within "
           f"10%, {100 * report['within_25pct']:.0f}% within 25%; {report['reference']}'s own spread over repeats "

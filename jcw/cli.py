@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from jcw import __version__
+from jcw import __version__, config
 from jcw.errors import JcwError
 
 
@@ -87,8 +87,7 @@ def _search(args) -> None:
 
 
 def _print_paths(paths: dict) -> None:
-    for kind, path in paths.items():
-        print(f"{kind}: {path}")
+    print("\n".join(f"{kind}: {path}" for kind, path in paths.items()))
 
 
 def _export(args) -> None:
@@ -123,14 +122,10 @@ def _finetune(args) -> None:
           f"subnet: {res['subnet']}\nlog: {res['log']}")
 
 
-def _command() -> str:  # recorded in a table's metadata
-    return " ".join(["jcw"] + sys.argv[1:])
-
-
 def _latency_derive(args) -> None:
     from jcw.latency.derive import derive
 
-    table, csv_path, json_path = derive(args.device, args.supernet, args.out_dir, _command())
+    table, csv_path, json_path = derive(args.device, args.supernet, args.out_dir, " ".join(["jcw"] + sys.argv[1:]))
     fit = table.meta["fit"]
     print(f"{args.device}: {len(table.entries)} entries, fit on {fit['samples']} public measurements, "
           f"leave-one-out MAPE {fit['loo_mape_pct']}%\ntable: {csv_path}\nmetadata: {json_path}")
@@ -160,7 +155,7 @@ def _latency_measure(args) -> None:
     from jcw.latency.measure import measure
 
     table, csv_path, json_path = measure(args.device, args.supernet, args.threads, args.repeats, args.runtime,
-                                         args.out_dir, _command())
+                                         args.out_dir, " ".join(["jcw"] + sys.argv[1:]))
     print(f"{args.device}: {len(table.entries)} entries measured\ntable: {csv_path}\nmetadata: {json_path}")
 
 
@@ -226,52 +221,54 @@ def build_parser() -> Parser:
     se = sub.add_parser("search", help="search the latency-accuracy Pareto front for a device")
     se.add_argument("--device", required=True, help="a latency table name (see `jcw latency list`)")
     se.add_argument("--latency", required=True, help="budget(s): 30ms, 0.03s, 250us or 10ms,20ms,30ms")
-    se.add_argument("--supernet", default=None, help="supernet file (default: the shipped Fashion-MNIST one)")
-    se.add_argument("--predictor", default=None, help="predictor folder fit on --supernet")
-    se.add_argument("--population", type=int, default=64)
-    se.add_argument("--generations", type=int, default=100)
-    se.add_argument("--seed", type=int, default=0)
-    se.add_argument("--out", default=None, help="run folder (default: runs/<time>-<device>-<budget>)")
+    se.add_argument("--supernet", help="supernet file (default: the shipped Fashion-MNIST one)")
+    se.add_argument("--predictor", help="predictor folder fit on --supernet")
+    se.add_argument("--population", type=int)
+    se.add_argument("--generations", type=int)
+    se.add_argument("--seed", type=int)
+    se.add_argument("--out", help="run folder (default: runs/<time>-<device>-<budget>)")
     ray_opts(se)
-    se.add_argument("--evaluator", default="predictor", choices=("predictor", "supernet"))
-    se.add_argument("--survival", default="jcw", choices=("jcw", "nsga2"),
+    se.add_argument("--evaluator", choices=("predictor", "supernet"))
+    se.add_argument("--survival", choices=("jcw", "nsga2"),
                     help="jcw: multi-target selection; nsga2: plain rank and crowding")
-    se.add_argument("--targets", type=int, default=4, help="latency targets for jcw selection")
-    se.add_argument("--genes", default="joint", choices=("joint", "channels", "density"),
+    se.add_argument("--targets", type=int, help="latency targets for jcw selection")
+    se.add_argument("--genes", choices=("joint", "channels", "density"),
                     help="what may shrink: both, channels only, or weight density only")
-    se.add_argument("--rescore", type=int, default=16, help="front members re-scored on the supernet")
-    se.add_argument("--refine", type=int, default=8,
+    se.add_argument("--rescore", type=int, help="front members re-scored on the supernet")
+    se.add_argument("--refine", type=int,
                     help="front members scored on the supernet to refit the predictor, per round (0: never)")
-    se.add_argument("--refine-every", type=int, default=20, help="generations between refinement rounds")
-    se.add_argument("--calibration-images", type=int, default=2000, help="BN recalibration images per scored subnet")
-    se.add_argument("--val-images", type=int, default=None, help="cap on validation images per scored subnet")
+    se.add_argument("--refine-every", type=int, help="generations between refinement rounds")
+    se.add_argument("--calibration-images", type=int, help="BN recalibration images per scored subnet")
+    se.add_argument("--val-images", type=int, help="cap on validation images per scored subnet")
     se.add_argument("--no-export", action="store_true", help="skip exporting the best subnet per budget")
     se.add_argument("--resume", action="store_true")
     se.add_argument("--force", action="store_true", help="overwrite an existing run folder")
     data_opt(se)
+    config.apply_defaults(se, config.SearchConfig)
     se.set_defaults(func=_search)
 
     sn_sub = _action_group(sub, "supernet", "train or evaluate a weight-sharing supernet")
     tr = sn_sub.add_parser("train", help="train a supernet with the sandwich rule")
-    tr.add_argument("--model", default="mbv2_small",
+    tr.add_argument("--model",
                     help="mbv2_tiny, mbv2_small, mobilenet_v2, resnet18, resnet34, resnet50")
-    tr.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, cifar10, cifar100, imagefolder")
+    tr.add_argument("--dataset", help="fashion-mnist, cifar10, cifar100, imagefolder")
     data_opt(tr)
     tr.add_argument("--out", default="supernets/mine")
-    tr.add_argument("--epochs", type=int, default=16)
-    tr.add_argument("--batch-size", type=int, default=256)
-    tr.add_argument("--lr", type=float, default=0.2)
-    tr.add_argument("--weight-decay", type=float, default=2e-4, help="on weights, not on biases or batch norm")
-    tr.add_argument("--label-smoothing", type=float, default=0.1, help="on the largest subnet's labels")
-    tr.add_argument("--n-random", type=int, default=1, help="random subnets per step besides largest and smallest")
-    tr.add_argument("--min-ratio", type=float, default=0.25, help="smallest width as a fraction of the base")
-    tr.add_argument("--block", type=int, default=1, choices=(1, 4), help="4: JCW's SIMD blocks of 4 out-channels")
+    tr.add_argument("--epochs", type=int)
+    tr.add_argument("--batch-size", type=int)
+    tr.add_argument("--lr", type=float)
+    tr.add_argument("--weight-decay", type=float, help="on weights, not on biases or batch norm")
+    tr.add_argument("--label-smoothing", type=float, help="on the largest subnet's labels")
+    tr.add_argument("--n-random", type=int, help="random subnets per step besides largest and smallest")
+    tr.add_argument("--min-ratio", type=float, help="smallest width as a fraction of the base")
+    tr.add_argument("--block", type=int, choices=(1, 4), help="4: JCW's SIMD blocks of 4 out-channels")
     tr.add_argument("--pretrained", action="store_true", help="start from torchvision's ImageNet weights")
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--threads", type=int, default=0)
-    tr.add_argument("--limit-train", type=int, default=0, help="cap training images per epoch (quick runs)")
+    tr.add_argument("--seed", type=int)
+    tr.add_argument("--threads", type=int)
+    tr.add_argument("--limit-train", type=int, help="cap training images per epoch (quick runs)")
     tr.add_argument("--resume", action="store_true", help="continue from the last checkpoint with the saved recipe")
     tr.add_argument("--force", action="store_true")
+    config.apply_defaults(tr, config.TrainConfig, config.SupernetConfig)
     tr.set_defaults(func=_supernet_train)
     ev = sn_sub.add_parser("eval", help="top-1 and loss of chosen subnets, batch norm recalibrated")
     ev.add_argument("--supernet", default=None)
@@ -285,18 +282,19 @@ def build_parser() -> Parser:
 
     pr_sub = _action_group(sub, "predictor", "fit an accuracy predictor on supernet-scored subnets")
     pf = pr_sub.add_parser("fit", help="sample, score, fit and report")
-    pf.add_argument("--supernet", default=None)
-    pf.add_argument("--samples", type=int, default=None,
+    pf.add_argument("--supernet")
+    pf.add_argument("--samples", type=int,
                     help="subnets to sample and score (default 1000; with --scored, new ones on top: default 0)")
-    pf.add_argument("--out", default="predictors/mine")
-    pf.add_argument("--seed", type=int, default=0)
+    pf.add_argument("--out")
+    pf.add_argument("--seed", type=int)
     pf.add_argument("--force", action="store_true")
-    pf.add_argument("--scored", default=None, metavar="CSV",
+    pf.add_argument("--scored", metavar="CSV",
                     help="reuse the subnets scored by an earlier fit on this supernet (its dataset.csv)")
-    pf.add_argument("--calibration-images", type=int, default=2000, help="BN recalibration images per scored subnet")
-    pf.add_argument("--val-images", type=int, default=None, help="cap on validation images per scored subnet")
+    pf.add_argument("--calibration-images", type=int, help="BN recalibration images per scored subnet")
+    pf.add_argument("--val-images", type=int, help="cap on validation images per scored subnet")
     ray_opts(pf)
     data_opt(pf)
+    config.apply_defaults(pf, config.PredictorFitConfig)
     pf.set_defaults(func=_predictor_fit)
 
     la_sub = _action_group(sub, "latency", "latency tables: derive, measure, validate, compare, list, bundle, import")
@@ -369,15 +367,16 @@ def build_parser() -> Parser:
 
     ft = sub.add_parser("finetune", help="fine-tune an exported subnet with its masks held")
     ft.add_argument("subnet")
-    ft.add_argument("--epochs", type=int, default=5)
-    ft.add_argument("--lr", type=float, default=0.02)
-    ft.add_argument("--batch-size", type=int, default=256)
-    ft.add_argument("--distill-from", default=None, help="supernet file; its largest subnet teaches")
+    ft.add_argument("--epochs", type=int)
+    ft.add_argument("--lr", type=float)
+    ft.add_argument("--batch-size", type=int)
+    ft.add_argument("--distill-from", help="supernet file; its largest subnet teaches")
     ft.add_argument("--out", default=None)
-    ft.add_argument("--seed", type=int, default=0)
-    ft.add_argument("--limit-train", type=int, default=0)
+    ft.add_argument("--seed", type=int)
+    ft.add_argument("--limit-train", type=int)
     ft.add_argument("--resume", action="store_true")
     data_opt(ft)
+    config.apply_defaults(ft, config.FinetuneConfig)
     ft.set_defaults(func=_finetune)
     return parser
 

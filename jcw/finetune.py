@@ -1,29 +1,19 @@
 """Fine-tune an exported subnet with its sparsity masks held, optionally distilling from the supernet's largest."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from jcw.config import FinetuneConfig
 from jcw.data import load_dataset
 from jcw.io import write_json
 from jcw.supernet.accuracy import evaluate, recalibrate_bn
 from jcw.supernet.loop import Schedule, train_loop
 from jcw.supernet.subnet import load_subnet, save_subnet
 from jcw.supernet.supernet import load_supernet
-
-
-@dataclass
-class FinetuneConfig:
-    epochs: int = 5
-    lr: float = 0.02
-    batch_size: int = 256
-    weight_decay: float = 4e-5
-    distill_from: str | None = None  # a supernet file; its largest subnet is the teacher
-    seed: int = 0
-    limit_train: int = 0  # cap on training images per epoch (0: all)
 
 
 class _MasksHeld:

@@ -1,11 +1,11 @@
 """`jcw predictor fit`: sample subnets over the size range, score them on the supernet, fit, write the folder."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from jcw.config import DEFAULT_SAMPLES, PredictorFitConfig
 from jcw.errors import JcwError
 from jcw.predictor.dataset import PARTIAL, dataset_frame, read_scored, score_subnets
 from jcw.predictor.fit import fit_predictor
@@ -14,24 +14,6 @@ from jcw.predictor.report import write_report
 from jcw.supernet.accuracy import CALIBRATION_IMAGES
 from jcw.supernet.pool import DataSpec
 from jcw.supernet.supernet import load_supernet
-
-DEFAULT_SAMPLES = 1000
-
-
-@dataclass
-class PredictorFitConfig:
-    supernet: str | None = None  # None: the shipped default
-    samples: int | None = None  # subnets to sample and score; None: 1000, or 0 on top of `scored`
-    out: str = "predictors/mine"
-    seed: int = 0
-    scored: str | None = None  # an earlier fit's dataset.csv on this supernet, reused without rescoring
-    calibration_images: int = CALIBRATION_IMAGES
-    val_images: int | None = None  # cap on validation images per scored subnet (None: the whole split)
-    workers: int | None = None  # Ray scoring actors (None: one per CPU; 0: serial, in-process)
-    ray_address: str | None = None
-    data_dir: str | None = None
-    force: bool = False
-
 
 def fit(cfg: PredictorFitConfig) -> Predictor:
     """Fit a predictor folder as `cfg` says; refuses to overwrite one without `force`."""

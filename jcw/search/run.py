@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from jcw import __version__
 from jcw.artifacts import default_predictor_path
+from jcw.config import GENE_MODES, SearchConfig
 from jcw.errors import JcwError
 from jcw.latency.table import load_table
 from jcw.predictor.fit import refine
@@ -45,37 +46,6 @@ from jcw.search.rundir import RunDir
 from jcw.search.survival import MultiTargetSurvival, latency_targets
 from jcw.supernet.pool import DataSpec, check_ray_address, scoring_pool
 from jcw.supernet.supernet import load_supernet
-
-GENE_MODES = ("joint", "channels", "density")
-
-
-@dataclass
-class SearchConfig:
-    device: str
-    budgets_ms: list[float]
-    supernet: str | None = None  # None: the shipped default
-    predictor: str | None = None  # None: the shipped default for the default supernet
-    population: int = 64
-    generations: int = 100
-    seed: int = 0
-    out: str | None = None
-    workers: int | None = None  # None: one Ray actor per CPU; 0: serial, in-process
-    ray_address: str | None = None
-    evaluator: str = "predictor"  # predictor | supernet
-    survival: str = "jcw"  # jcw (multi-target) | nsga2
-    targets: int = 4
-    genes: str = "joint"  # joint | channels (density fixed at 1) | density (widths fixed at full)
-    rescore: int = 16  # front members re-scored on the supernet at the end
-    refine: int = 8  # front members scored on the supernet in each refinement round (0: never refine)
-    refine_every: int = 20  # generations between refinement rounds
-    calibration_images: int = 2000  # batch-norm recalibration images per scored subnet
-    val_images: int | None = None  # cap on validation images per scored subnet (None: all 5,000)
-    export: bool = True
-    resume: bool = False
-    force: bool = False
-    data_dir: str | None = None
-    runs_dir: str = "runs"
-
 
 @dataclass
 class SearchResult:

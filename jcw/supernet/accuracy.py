@@ -19,7 +19,7 @@ from jcw.space import parse_genomes
 from jcw.supernet.slicing import bake_masks, subnet_from_supernet
 from jcw.supernet.supernet import load_supernet
 
-CALIBRATION_IMAGES = 2000
+from jcw.config import CALIBRATION_IMAGES  # noqa: E402 (re-exported: scoring's default)
 
 
 @dataclass

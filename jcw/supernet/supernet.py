@@ -18,39 +18,16 @@ from torch.nn.utils import parametrize
 
 from jcw import __version__
 from jcw.artifacts import default_supernet_path, load_torch_file
+from jcw.config import SupernetConfig
 from jcw.errors import JcwError
 from jcw.io import torch_save
 from jcw.models import create_model
 from jcw.models.graph import GraphInfo, analyse
-from jcw.space import DEFAULT_DENSITIES, SearchSpace
+from jcw.space import SearchSpace
 from jcw.supernet.masks import ActiveSubnet, ChannelMask, WeightMask, magnitude_mask
 from jcw.supernet.slicing import shrink
 
 FORMAT = "jcw-supernet/1"
-
-
-@dataclass
-class SupernetConfig:
-    """Everything needed to rebuild the network and its space; saved beside the weights."""
-
-    model: str = "mbv2_small"  # the shipped default's architecture
-    dataset: str = "fashion-mnist"
-    input_size: int = 28
-    in_channels: int = 1
-    num_classes: int = 10
-    min_ratio: float = 0.25
-    width_step: float = 0.125
-    divisor: int = 8
-    densities: tuple[float, ...] = DEFAULT_DENSITIES
-    block: int = 1  # 1: unstructured masks; 4: JCW's blocks of 4 output channels
-    pretrained: bool = False
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "SupernetConfig":
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        if "densities" in known:
-            known["densities"] = tuple(float(x) for x in known["densities"])
-        return cls(**known)
 
 
 class Supernet(nn.Module):

@@ -8,36 +8,20 @@ a fraction of the largest's.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from jcw.config import TrainConfig
 from jcw.data import load_dataset
 from jcw.errors import JcwError
 from jcw.io import write_json
 from jcw.supernet.accuracy import score_genome
 from jcw.supernet.loop import Schedule, train_loop
 from jcw.supernet.supernet import Supernet, SupernetConfig, read_checkpoint
-
-
-@dataclass
-class TrainConfig:
-    """The shipped default supernet's recipe (see supernets/mbv2_small_fmnist/COMMAND)."""
-
-    epochs: int = 16
-    batch_size: int = 256
-    lr: float = 0.2
-    momentum: float = 0.9
-    weight_decay: float = 2e-4  # on weights, not on biases or batch norm
-    label_smoothing: float = 0.1  # on the largest subnet's labels
-    n_random: int = 1  # random subnets per step besides the largest and the smallest
-    warmup_epochs: float = 0.5
-    seed: int = 0
-    threads: int = 0  # 0: torch's default
-    limit_train: int = 0  # cap on training images per epoch (0: all); for quick runs and tests
 
 
 class _Sandwich:

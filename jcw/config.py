@@ -1,0 +1,119 @@
+"""Every command's options and their defaults, in one torch-free place.
+
+The library's functions take these dataclasses and the CLI reads its defaults from them, so `jcw --help` stays
+fast and the CLI and the Python API can never train or search different things.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import MISSING, dataclass, fields
+
+from jcw.space import DEFAULT_DENSITIES
+
+CALIBRATION_IMAGES = 2000  # batch-norm recalibration images per scored subnet
+DEFAULT_SAMPLES = 1000  # subnets a predictor fit scores
+
+
+GENE_MODES = ("joint", "channels", "density")
+
+
+@dataclass
+class SearchConfig:
+    device: str
+    budgets_ms: list[float]
+    supernet: str | None = None  # None: the shipped default
+    predictor: str | None = None  # None: the shipped default for the default supernet
+    population: int = 64
+    generations: int = 100
+    seed: int = 0
+    out: str | None = None
+    workers: int | None = None  # None: one Ray actor per CPU; 0: serial, in-process
+    ray_address: str | None = None
+    evaluator: str = "predictor"  # predictor | supernet
+    survival: str = "jcw"  # jcw (multi-target) | nsga2
+    targets: int = 4
+    genes: str = "joint"  # joint | channels (density fixed at 1) | density (widths fixed at full)
+    rescore: int = 16  # front members re-scored on the supernet at the end
+    refine: int = 8  # front members scored on the supernet in each refinement round (0: never refine)
+    refine_every: int = 20  # generations between refinement rounds
+    calibration_images: int = 2000  # batch-norm recalibration images per scored subnet
+    val_images: int | None = None  # cap on validation images per scored subnet (None: all 5,000)
+    export: bool = True
+    resume: bool = False
+    force: bool = False
+    data_dir: str | None = None
+    runs_dir: str = "runs"
+
+
+@dataclass
+class SupernetConfig:
+    """Everything needed to rebuild the network and its space; saved beside the weights."""
+
+    model: str = "mbv2_small"  # the shipped default's architecture
+    dataset: str = "fashion-mnist"
+    input_size: int = 28
+    in_channels: int = 1
+    num_classes: int = 10
+    min_ratio: float = 0.25
+    width_step: float = 0.125
+    divisor: int = 8
+    densities: tuple[float, ...] = DEFAULT_DENSITIES
+    block: int = 1  # 1: unstructured masks; 4: JCW's blocks of 4 output channels
+    pretrained: bool = False
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SupernetConfig":
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        if "densities" in known:
+            known["densities"] = tuple(float(x) for x in known["densities"])
+        return cls(**known)
+
+
+@dataclass
+class TrainConfig:
+    """The shipped default supernet's recipe (see supernets/mbv2_small_fmnist/COMMAND)."""
+
+    epochs: int = 16
+    batch_size: int = 256
+    lr: float = 0.2
+    momentum: float = 0.9
+    weight_decay: float = 2e-4  # on weights, not on biases or batch norm
+    label_smoothing: float = 0.1  # on the largest subnet's labels
+    n_random: int = 1  # random subnets per step besides the largest and the smallest
+    warmup_epochs: float = 0.5
+    seed: int = 0
+    threads: int = 0  # 0: torch's default
+    limit_train: int = 0  # cap on training images per epoch (0: all); for quick runs and tests
+
+
+@dataclass
+class PredictorFitConfig:
+    supernet: str | None = None  # None: the shipped default
+    samples: int | None = None  # subnets to sample and score; None: 1000, or 0 on top of `scored`
+    out: str = "predictors/mine"
+    seed: int = 0
+    scored: str | None = None  # an earlier fit's dataset.csv on this supernet, reused without rescoring
+    calibration_images: int = CALIBRATION_IMAGES
+    val_images: int | None = None  # cap on validation images per scored subnet (None: the whole split)
+    workers: int | None = None  # Ray scoring actors (None: one per CPU; 0: serial, in-process)
+    ray_address: str | None = None
+    data_dir: str | None = None
+    force: bool = False
+
+
+@dataclass
+class FinetuneConfig:
+    epochs: int = 5
+    lr: float = 0.02
+    batch_size: int = 256
+    weight_decay: float = 4e-5
+    distill_from: str | None = None  # a supernet file; its largest subnet is the teacher
+    seed: int = 0
+    limit_train: int = 0  # cap on training images per epoch (0: all)
+
+
+def apply_defaults(parser: argparse.ArgumentParser, *configs: type) -> None:
+    """Every option of `parser` named like a field of these dataclasses takes that field's default."""
+    for cls in configs:
+        defaults = {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+        parser.set_defaults(**{a.dest: defaults[a.dest] for a in parser._actions if a.dest in defaults})

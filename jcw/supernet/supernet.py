@@ -7,7 +7,7 @@ the k most important channels. The file format is a config plus plain tensors (n
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np

@@ -7,10 +7,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from jcw import __version__, config
-from jcw.errors import JcwError
+from jcw.errors import JcwError, JcwWarning
 
 
 class Parser(argparse.ArgumentParser):
@@ -381,7 +382,19 @@ def build_parser() -> Parser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """jcw's own warnings are for users: one line, no source location. Other libraries' keep their form."""
+    if issubclass(category, JcwWarning):
+        sys.stderr.write(f"jcw: warning: {message}\n")
+    else:
+        _library_showwarning(message, category, filename, lineno, file, line)
+
+
+_library_showwarning = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.showwarning = _one_line_warning
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

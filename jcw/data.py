@@ -158,8 +158,9 @@ def _read_idx(path: Path) -> np.ndarray:
 
 
 def find_fashion_mnist(data_dir: str | os.PathLike | None = None) -> Path | None:
-    """The first folder holding the four Fashion-MNIST .gz files: --data-dir, $JCW_DATA, Debian's location."""
-    candidates = [data_dir, os.environ.get("JCW_DATA"), DEBIAN_FASHION_MNIST]
+    """The first folder holding the four Fashion-MNIST .gz files: --data-dir alone when given (a user who names a
+    folder means that one), else $JCW_DATA, then Debian's location."""
+    candidates = [data_dir] if data_dir else [os.environ.get("JCW_DATA"), DEBIAN_FASHION_MNIST]
     for cand in candidates:
         if not cand:
             continue
@@ -170,27 +171,30 @@ def find_fashion_mnist(data_dir: str | os.PathLike | None = None) -> Path | None
 
 
 def load_fashion_mnist(data_dir: str | os.PathLike | None = None, download: bool = True) -> InMemoryData:
-    folder = find_fashion_mnist(data_dir)
+    folder, why = find_fashion_mnist(data_dir), ""
     if folder is None and download:
-        folder = _torchvision_download(data_dir)
+        folder, why = _torchvision_download(data_dir)
     if folder is None:
-        raise JcwError("Fashion-MNIST not found in --data-dir, $JCW_DATA or /usr/share/datasets/fashion-mnist; "
-                       "install it with `sudo apt-get install dataset-fashion-mnist` or pass --data-dir DIR")
+        where = data_dir or "$JCW_DATA or /usr/share/datasets/fashion-mnist"
+        raise JcwError(f"Fashion-MNIST not found in {where}"
+                       f"{why}; install it with `sudo apt-get install dataset-fashion-mnist` or pass --data-dir DIR")
     arrays = {k: torch.from_numpy(_read_idx(folder / f).copy()) for k, f in FASHION_FILES.items()}
     return InMemoryData("fashion-mnist", arrays["train_x"][:, None], arrays["train_y"], arrays["test_x"][:, None],
                         arrays["test_y"], num_classes=10)
 
 
-def _torchvision_download(data_dir: str | os.PathLike | None) -> Path | None:
+def _torchvision_download(data_dir: str | os.PathLike | None) -> tuple[Path | None, str]:
+    """The folder torchvision downloaded into, or None and why the download failed (for the caller's error)."""
     from torchvision.datasets import FashionMNIST
 
     root = Path(data_dir or os.environ.get("JCW_DATA") or Path.home() / ".cache" / "jcw")
     try:
         FashionMNIST(str(root), train=True, download=True)
         FashionMNIST(str(root), train=False, download=True)
-    except Exception:  # no network: the caller reports how to get the data
-        return None
-    return find_fashion_mnist(root)
+    except (OSError, RuntimeError) as exc:  # no network, a proxy, a full disk: each is named in the error
+        reason = " ".join(str(exc).split())[:200] or exc.__class__.__name__
+        return None, f", and downloading it into {root} failed ({reason})"
+    return find_fashion_mnist(root), ""
 
 
 def load_cifar(name: str, data_dir: str | os.PathLike | None) -> InMemoryData:

@@ -6,3 +6,7 @@ The CLI turns a `JcwError` into one line on stderr and exit code 2; anything els
 
 class JcwError(Exception):
     """A problem with the user's input, stated with the fix."""
+
+
+class JcwWarning(UserWarning):
+    """Something was skipped or approximated; the CLI prints it as one line, `jcw: warning: ...`."""

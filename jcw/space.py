@@ -238,15 +238,14 @@ def parse_genomes(spec: str, space: SearchSpace, seed: int = 0) -> list[tuple[st
             for i, g in enumerate(space.sample(n, np.random.default_rng(seed))):
                 out.append((f"random{i}", g))
         elif Path(part).is_file():
-            text = Path(part).read_text()
             try:
                 if part.endswith(".csv"):
                     items = [json.loads(g) for g in pd.read_csv(part)["genome"]]
                 else:
-                    items = json.loads(text)
-            except Exception:
+                    items = json.loads(Path(part).read_text())
+            except (ValueError, KeyError, TypeError) as exc:  # bad JSON or CSV, undecodable bytes, no genome column
                 raise JcwError(f"--genome file {part} must be a JSON list of genomes or a CSV with a genome "
-                               "column") from None
+                               f"column ({exc.__class__.__name__}: {str(exc)[:80]})") from None
             for i, g in enumerate(items):
                 out.append((f"{Path(part).stem}{i}", space.check(g)[0]))
         else:

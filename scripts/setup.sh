@@ -4,7 +4,25 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 
+command -v "$PY" >/dev/null 2>&1 || { echo "setup: error: $PY not found; install Python 3.11 or set PYTHON" >&2; exit 2; }
+# Debian and Ubuntu ship venv's pip bootstrap (ensurepip) in a separate package.
+if ! "$PY" -c "import ensurepip, venv" 2>/dev/null; then
+  pkg="python$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')-venv"
+  if command -v apt-get >/dev/null 2>&1 && { [ -z "$SUDO" ] || command -v sudo >/dev/null 2>&1; }; then
+    echo "setup: installing $pkg (venv's pip bootstrap, missing from this Python)"
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "$pkg" >/dev/null
+  else
+    echo "setup: error: $PY cannot create a virtualenv (ensurepip is missing); install $pkg and rerun" >&2
+    exit 2
+  fi
+fi
+# A .venv left by an earlier failed attempt has a python but no pip: make it again.
+if [ -x .venv/bin/python ] && ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+  echo "setup: .venv has no pip (an earlier attempt failed); making it again"
+  rm -rf .venv
+fi
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   "$PY" -m venv .venv
@@ -21,7 +39,6 @@ DATA=/usr/share/datasets/fashion-mnist
 if [ -z "${JCW_DATA:-}" ] && [ ! -f "$DATA/train-images-idx3-ubyte.gz" ]; then
   if command -v apt-get >/dev/null 2>&1; then
     echo "setup: installing Fashion-MNIST (Debian package dataset-fashion-mnist)"
-    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
     $SUDO apt-get update -qq && $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
   else
     echo "setup: no apt-get; jcw will try torchvision's download, or set JCW_DATA to a folder with the four .gz files"

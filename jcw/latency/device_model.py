@@ -7,6 +7,7 @@ kernel. Every number this produces is derived, and the fit's leave-one-out error
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from scipy.optimize import nnls
 import torchvision.models as tvm
 
 from jcw.artifacts import artifact_dir
-from jcw.errors import JcwError
+from jcw.errors import JcwError, JcwWarning
 from jcw.latency.ops import Op, model_ops, op_features
 
 COMPUTE = ("conv", "conv1x1", "dwconv", "linear")
@@ -124,19 +125,24 @@ def torchvision_model(name: str):
     return getattr(tvm, name)(weights=None, **kwargs)
 
 
-def load_whole_models(device: str, threads: int = 1) -> list[tuple[str, list[Op], float]]:
-    """Published whole-model latencies of torchvision models on `device` at `threads`, with their ops."""
-    table = pd.read_csv(reference_dir() / "published_whole_model.csv")
+def load_whole_models(device: str, threads: int = 1, source: Path | None = None
+                      ) -> tuple[list[tuple[str, list[Op], float]], dict[str, str]]:
+    """Published whole-model latencies of torchvision models on `device` at `threads`, with their ops, and the
+    models left out because they cannot be built or traced (name -> reason), which the fit report lists."""
+    table = pd.read_csv(source or reference_dir() / "published_whole_model.csv")
     rows = table[(table.device == device) & (table.threads == threads) & table.model.str.startswith("torchvision ")]
-    out = []
+    out, skipped = [], {}
     for row in rows.itertuples():
         name = row.model.split(" ", 1)[1]
         try:
             ops = model_ops(torchvision_model(name), int(row.input))
-        except Exception:  # not traceable: left out of the fit, and said so in its report
+        except Exception as exc:  # torch.fx raises many kinds; each one leaves the model out, loudly
+            skipped[name] = f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+            warnings.warn(f"{device} device model: left out torchvision {name}, which cannot be built or traced "
+                          f"({skipped[name]})", JcwWarning, stacklevel=2)
             continue
         out.append((f"torchvision {name}@{row.input}", ops, float(row.latency_ms)))
-    return out
+    return out, skipped
 
 
 def jcw_sparse_curve() -> list[float]:
@@ -222,8 +228,9 @@ def fit_device(device: str) -> DeviceModel:
                           else "Once-for-All Note10 block lookup tables (blocks without SE / h-swish)")
     else:
         prior, _ = fit_linear(load_blocks("pixel1"))
-        samples = load_whole_models("pixel4", threads=1)
+        samples, skipped = load_whole_models("pixel4", threads=1)
         theta, report = fit_scaled(prior, samples)
+        report["skipped_models"] = skipped
         report["data"] = "nn-Meter's whole-model Pixel 4 CPU numbers for torchvision models; op mix from the " \
                          "Pixel 1 block fit, with its fixed, memory and compute terms rescaled"
     report["sparse_curve_source"] = "JCW's ARM sparse conv (jcw-anonymous/JCW convinfos/resnet18/runtime.npy)"

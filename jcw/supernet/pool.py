@@ -56,12 +56,15 @@ class SerialPool:
         self.spec = data_spec
         self.data = load_dataset(data_spec.dataset, data_spec.data_dir)
 
+        self.scored_by: list[dict] = []  # the last call's genomes: which process scored each, at how many threads
+
     def score(self, genomes: Sequence, on_scored: OnScored | None = None) -> list[dict]:
-        out = []
+        out, self.scored_by = [], []
         for i, g in enumerate(genomes):
             s = score_genome(self.supernet, np.asarray(g), self.data, self.spec.split, self.spec.calibration_images,
                              self.spec.val_images)
             out.append({"top1": s.top1, "loss": s.loss})
+            self.scored_by.append({"genome": i, "worker": os.getpid(), "threads": torch.get_num_threads()})
             if on_scored:
                 on_scored(i, out[-1])
         return out
@@ -79,11 +82,21 @@ class _ScoringActor:
 
     def score(self, genome) -> dict:
         s = score_genome(self.supernet, np.asarray(genome), self.data, self.spec.split, self.spec.calibration_images,
-                             self.spec.val_images)
-        return {"top1": s.top1, "loss": s.loss}
+                         self.spec.val_images)
+        # where it ran, as the worker sees it: benchmarks and tests report threads measured here, not requested
+        return {"top1": s.top1, "loss": s.loss, "worker": os.getpid(), "threads": torch.get_num_threads()}
 
     def pid(self) -> int:
         return os.getpid()
+
+
+def _init_failure(exc: Exception) -> str:
+    """The reason inside a Ray actor-creation error: a JcwError's own message, else the traceback's last line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "JcwError: " in line:
+            return line.split("JcwError: ", 1)[1]
+    return lines[-1] if lines else exc.__class__.__name__
 
 
 def check_ray_address(address: str, timeout: float = 3.0) -> None:
@@ -135,6 +148,7 @@ class RayPool:
         self.actors = [self._new_actor() for _ in range(self.workers)]
         self.restarts = 0
         self.max_restarts = max_restarts
+        self.scored_by: list[dict] = []  # the last call's genomes: which actor process scored each, at how many threads
 
     def _new_actor(self):
         return self.actor_cls.remote(self.payload_ref, self.spec, self.threads)
@@ -143,6 +157,7 @@ class RayPool:
         ray = self.ray
         genomes = [np.asarray(g) for g in genomes]
         results: list[dict | None] = [None] * len(genomes)
+        self.scored_by = []
         queue = list(range(len(genomes)))
         running: dict = {}  # ObjectRef -> (actor slot, genome index)
         idle = list(range(len(self.actors)))
@@ -154,16 +169,23 @@ class RayPool:
             ref = done[0]
             slot, i = running.pop(ref)
             try:
-                results[i] = ray.get(ref)
-                if on_scored:
-                    on_scored(i, results[i])
-            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError):
+                got = ray.get(ref)
+            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
+                if getattr(exc, "actor_init_failed", False):  # it would fail the same way on every restart
+                    raise JcwError(f"a scoring actor could not start: {_init_failure(exc)}") from None
                 self.restarts += 1
                 if self.restarts > self.max_restarts:
-                    raise JcwError(f"scoring actors died {self.restarts} times (the last on genome {i}); giving "
-                                   "up: check memory on the Ray nodes, or score serially with --workers 0") from None
+                    cause = " ".join(str(exc).split())[-200:]
+                    raise JcwError(f"scoring actors died {self.restarts} times (the last on genome {i}: ...{cause}); "
+                                   "giving up: check memory on the Ray nodes, or score serially with --workers 0"
+                                   ) from None
                 self.actors[slot] = self._new_actor()  # the actor died: replace it and re-queue its genome
                 queue.insert(0, i)
+            else:
+                self.scored_by.append({"genome": i, "worker": got.pop("worker"), "threads": got.pop("threads")})
+                results[i] = got
+                if on_scored:
+                    on_scored(i, got)
             idle.append(slot)
         return results  # type: ignore[return-value]
 

@@ -7,6 +7,7 @@ the k most important channels. The file format is a config plus plain tensors (n
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from torch.nn.utils import parametrize
 from jcw import __version__
 from jcw.artifacts import default_supernet_path, load_torch_file
 from jcw.config import SupernetConfig
-from jcw.errors import JcwError
+from jcw.errors import JcwError, JcwWarning
 from jcw.io import torch_save
 from jcw.models import create_model
 from jcw.models.graph import GraphInfo, analyse
@@ -49,6 +50,8 @@ class Supernet(nn.Module):
             self.register_buffer(f"group_order_{i}", order.clone().long())
         self.active = ActiveSubnet()
         self.active.block = config.block
+        if config.block > 1:
+            self._warn_unblockable_layers()
         for name, layer in self.info.weight_layers.items():
             module = modules[name]
             row_order = self.group_order(layer.out_group) if layer.out_group >= 0 else None
@@ -64,6 +67,21 @@ class Supernet(nn.Module):
         self.genome: np.ndarray | None = None
         self._skeletons: dict[tuple[int, ...], nn.Module] = {}
         self._by_name = modules  # looked up on every sliced pass
+
+    def _warn_unblockable_layers(self) -> None:
+        """Blocks need the kept rows to divide by the block size; other widths fall back to unstructured masks."""
+        block = self.config.block
+        odd = []
+        for name, layer in self.info.weight_layers.items():
+            if layer.sparse < 0 or layer.depthwise:
+                continue
+            widths = self.space.groups[layer.out_group].choices if layer.out_group >= 0 else (layer.c_out,)
+            bad = sorted(w for w in widths if w % block)
+            if bad:
+                odd.append(f"{name} ({'/'.join(map(str, bad))} rows)")
+        if odd:
+            warnings.warn(f"--block {block}: {len(odd)} sparse layer(s) get unstructured masks at widths that do not "
+                          f"divide by {block}: {', '.join(odd)}", JcwWarning, stacklevel=3)
 
     def group_order(self, g: int) -> torch.Tensor:
         return getattr(self, f"group_order_{g}")

@@ -8,7 +8,6 @@ Everything goes through jcw's API (search, evaluators, export, finetune); nothin
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -182,14 +181,18 @@ def fidelity(net, joint_front: pd.DataFrame) -> str:
     f = joint_front.dropna(subset=["predicted_top1"])
     if len(f) > 2:
         r = rank_metrics(f.predicted_top1.to_numpy(), f.top1.to_numpy())
-        lines.append(f"| final front, predicted vs true top-1 ({len(f)} members) | RMSE {r['rmse']:.3f}, "
+        lines.append(f"| final front, predicted vs true top-1 ({len(f)} members; not held out: refinement refit the "
+                     f"predictor on some of these members' scores) | RMSE {r['rmse']:.3f}, "
                      f"Kendall τ {r['kendall_tau']:.3f} |")
     return "\n".join(lines)
 
 
-def cost(net, search_seconds: float, n_genomes: int) -> str:
-    import torch
+def _threads(pool) -> str:
+    """Torch threads each scoring process reported for the last batch it scored."""
+    return "/".join(str(t) for t in sorted({s["threads"] for s in pool.scored_by}))
 
+
+def cost(net, search_seconds: float, n_genomes: int) -> str:
     spec = DataSpec()
     warmup = list(net.space.sample(2, np.random.default_rng(1)))  # actor start-up and first-call costs, untimed
     genomes = list(net.space.sample(n_genomes, np.random.default_rng(0)))
@@ -198,14 +201,16 @@ def cost(net, search_seconds: float, n_genomes: int) -> str:
     serial.score(warmup)
     t0 = time.time()
     serial.score(genomes)
-    rates[f"serial (in-process, {torch.get_num_threads()} torch threads)"] = n_genomes / (time.time() - t0)
+    rates[f"serial (in-process, {_threads(serial)} torch threads)"] = n_genomes / (time.time() - t0)
     for workers in (1, 2):
         pool = RayPool(net, spec, workers=workers)
         try:
             pool.score(warmup)
             t0 = time.time()
             pool.score(genomes)
-            rates[f"Ray, {workers} worker(s) of 1 thread"] = n_genomes / (time.time() - t0)
+            rate = n_genomes / (time.time() - t0)
+            used = len({s["worker"] for s in pool.scored_by})  # as the workers reported, not as asked
+            rates[f"Ray, {used} worker process(es) of {_threads(pool)} thread(s)"] = rate
         finally:
             pool.close()
     bound = load_table("pixel4").bind(net.space)

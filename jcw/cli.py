@@ -7,11 +7,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
 from pathlib import Path
 
 from jcw import __version__, config
-from jcw.errors import JcwError, JcwWarning
+from jcw.errors import JcwError, one_line_warnings
 
 
 class Parser(argparse.ArgumentParser):
@@ -117,7 +116,7 @@ def _finetune(args) -> None:
     from jcw.finetune import FinetuneConfig, finetune
 
     cfg = FinetuneConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, distill_from=args.distill_from,
-                         seed=args.seed, limit_train=args.limit_train)
+                         seed=args.seed, limit_train=args.limit_train, val_images=args.val_images)
     res = finetune(args.subnet, cfg, out=args.out, resume=args.resume, data_dir=args.data_dir)
     print(f"test top-1: {res['test_top1_before']:.2f}% before, {res['test_top1']:.2f}% after\n"
           f"subnet: {res['subnet']}\nlog: {res['log']}")
@@ -375,6 +374,7 @@ def build_parser() -> Parser:
     ft.add_argument("--out", default=None)
     ft.add_argument("--seed", type=int)
     ft.add_argument("--limit-train", type=int)
+    ft.add_argument("--val-images", type=int, help="cap on validation images scored after each epoch")
     ft.add_argument("--resume", action="store_true")
     data_opt(ft)
     config.apply_defaults(ft, config.FinetuneConfig)
@@ -382,23 +382,11 @@ def build_parser() -> Parser:
     return parser
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """jcw's own warnings are for users: one line, no source location. Other libraries' keep their form."""
-    if issubclass(category, JcwWarning):
-        sys.stderr.write(f"jcw: warning: {message}\n")
-    else:
-        _library_showwarning(message, category, filename, lineno, file, line)
-
-
-_library_showwarning = warnings.showwarning
-
-
 def main(argv: list[str] | None = None) -> int:
-    warnings.showwarning = _one_line_warning
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        with one_line_warnings():
+            args.func(args)
     except JcwError as exc:
         sys.stderr.write(f"jcw: error: {exc}\n")
         return 2

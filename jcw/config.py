@@ -110,6 +110,7 @@ class FinetuneConfig:
     distill_from: str | None = None  # a supernet file; its largest subnet is the teacher
     seed: int = 0
     limit_train: int = 0  # cap on training images per epoch (0: all)
+    val_images: int | None = None  # cap on the validation images scored after each epoch (None: all); test is whole
 
 
 def apply_defaults(parser: argparse.ArgumentParser, *configs: type) -> None:

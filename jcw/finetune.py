@@ -36,7 +36,7 @@ class _MasksHeld:
         return loss.item()
 
     def end_epoch(self, epoch: int, row: dict) -> None:
-        row["val_top1"] = round(evaluate(self.model, self.data, "val").top1, 2)
+        row["val_top1"] = round(evaluate(self.model, self.data, "val", limit=self.cfg.val_images).top1, 2)
         print(f"epoch {epoch + 1}/{self.cfg.epochs}: loss {row['train_loss']}, val top-1 {row['val_top1']}%",
               flush=True)
 
@@ -63,7 +63,8 @@ def finetune(subnet_path: str | Path, cfg: FinetuneConfig | None = None, out: st
         teacher.set_genome(teacher.space.largest())
         recalibrate_bn(teacher, data)  # shared statistics mix every subnet trained; the teacher needs its own
         teacher.eval()
-    recipe = _MasksHeld(model, data, cfg, teacher, evaluate(model, data, "test").top1)
+    before = 0.0 if resume else evaluate(model, data, "test").top1  # a resumed run restores its own
+    recipe = _MasksHeld(model, data, cfg, teacher, before)
     write_json(out / "finetune_config.json", {"subnet": str(subnet_path), **asdict(cfg)})
     schedule = Schedule(cfg.epochs, cfg.batch_size, cfg.lr, seed=cfg.seed, limit_train=cfg.limit_train)
     groups = [{"params": list(model.parameters()), "weight_decay": cfg.weight_decay}]

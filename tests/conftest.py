@@ -1,14 +1,74 @@
-"""Shared fixtures. Tests use the real shipped artifacts (supernet, predictor, tables) and real Fashion-MNIST."""
+"""Shared fixtures. Tests use the real shipped artifacts (supernet, predictor, tables) and real Fashion-MNIST.
+
+Expensive things are made once per session and shared: one small search run, one tiny block-sparse supernet.
+Most end-to-end tests call the CLI's own `main` in this process (`jcw`), which skips torch's import per call;
+those that kill a run, or need a fresh process, start the real `python -m jcw.cli` (`run_cli`).
+"""
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# The search every export, pick, plot, finetune and resume test works from (small, serial, seeded).
+SMALL = ["--device", "pixel4", "--population", "16", "--generations", "30", "--rescore", "4",
+         "--calibration-images", "250", "--val-images", "500", "--workers", "0", "--seed", "1"]
+SMALL_BUDGETS = "0.5ms,0.9ms"
+
+
+@dataclass
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def jcw(*args: str, check: bool = False) -> Ran:
+    """`jcw ARGS` through the CLI's `main`, in this process, with its stdout and stderr captured."""
+    from jcw.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse: --help, --version and usage errors
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    ran = Ran(code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"jcw {' '.join(args)} failed ({code}):\n{ran.stdout}\n{ran.stderr}")
+    return ran
+
+
+def run_cli(*args: str, cwd: Path | None = None, check: bool = False, timeout: int = 900,
+            env: dict | None = None) -> subprocess.CompletedProcess:
+    """The real `jcw` command in a fresh process, as a user runs it."""
+    proc = subprocess.run([sys.executable, "-m", "jcw.cli", *args], cwd=cwd or ROOT, capture_output=True,
+                          text=True, timeout=timeout, env=cli_env(env))
+    if check and proc.returncode != 0:
+        raise AssertionError(f"jcw {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def cli_env(extra: dict | None = None) -> dict:
+    env = dict(os.environ, **(extra or {}))
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def one_clear_line(proc, *needles: str) -> None:
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
 
 
 @pytest.fixture(scope="session")
@@ -36,13 +96,20 @@ def tiny_supernet():
     return Supernet(SupernetConfig()).eval()
 
 
-def run_cli(*args: str, cwd: Path | None = None, check: bool = False, timeout: int = 900,
-            env: dict | None = None) -> subprocess.CompletedProcess:
-    """The real `jcw` command, as a user runs it."""
-    full_env = dict(os.environ, **(env or {}))
-    full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-m", "jcw.cli", *args], cwd=cwd or ROOT, capture_output=True,
-                          text=True, timeout=timeout, env=full_env)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"jcw {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory) -> Path:
+    """One finished search (`SMALL`, budgets 0.5 and 0.9 ms), run as a user runs it; tests must not modify it."""
+    out = tmp_path_factory.mktemp("search") / "run"
+    proc = run_cli("search", "--latency", SMALL_BUDGETS, "--out", str(out), *SMALL, check=True)
+    (out.parent / "stdout.txt").write_text(proc.stdout)
+    return out
+
+
+@pytest.fixture(scope="session")
+def block_supernet(tmp_path_factory) -> Path:
+    """A tiny supernet trained briefly with 1x4 weight blocks (`supernet train --block 4`); its stderr beside it."""
+    out = tmp_path_factory.mktemp("block") / "sn"
+    ran = jcw("supernet", "train", "--model", "mbv2_tiny", "--block", "4", "--epochs", "1", "--limit-train", "256",
+              "--batch-size", "128", "--out", str(out), check=True)
+    (out / "stderr.txt").write_text(ran.stderr)
+    return out / "supernet.pt"

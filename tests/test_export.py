@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from jcw.supernet.subnet import export_subnet, load_subnet
@@ -49,18 +50,20 @@ def test_masks_hold_through_training(supernet, data, tmp_path):
             assert (m.weight[zero[n]] == 0).all(), n
 
 
-def test_onnx_matches_torch(supernet, data, tmp_path):
-    import onnxruntime as ort
+def test_distillation_loss_is_half_the_teachers_soft_labels(supernet, data, tmp_path):
+    from jcw.config import FinetuneConfig
+    from jcw.finetune import _MasksHeld
 
-    from jcw.export.onnx import export_onnx
-
-    path = export_subnet(supernet, _genome(supernet.space, 9), tmp_path / "s.pt", data=data, calibration_images=500)
-    onnx_path = export_onnx(path, tmp_path / "s.onnx")
-    model = load_subnet(path)
-    x = torch.randn(3, 1, 28, 28)
-    got = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})[0]
+    model = load_subnet(export_subnet(supernet, _genome(supernet.space, 7), tmp_path / "s.pt")).eval()  # no dropout
+    teacher = load_subnet(export_subnet(supernet, supernet.space.largest(), tmp_path / "t.pt")).eval()
+    batch = next(data.batches("train", 64))
     with torch.no_grad():
-        assert np.allclose(got, model(x).numpy(), atol=1e-3)
+        logits = model(batch.images)
+        hard = torch.nn.functional.cross_entropy(logits, batch.labels).item()
+        soft = torch.nn.functional.cross_entropy(logits, torch.softmax(teacher(batch.images), 1)).item()
+    assert _MasksHeld(model, data, FinetuneConfig(), None, 0.0).step(batch, 0) == pytest.approx(hard, rel=1e-5)
+    distilled = _MasksHeld(model, data, FinetuneConfig(), teacher, 0.0).step(batch, 0)
+    assert distilled == pytest.approx(0.5 * hard + 0.5 * soft, rel=1e-5) and abs(soft - hard) > 1e-3
 
 
 def test_cpu_runtime_matches_and_uses_sparse_kernels(supernet, tmp_path):

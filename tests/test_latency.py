@@ -1,7 +1,6 @@
 import shutil
 
 import numpy as np
-import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -76,7 +75,9 @@ def test_derived_pixel4_prices_reference_models_within_10pct():
     from jcw.latency.device_model import fit_device, load_whole_models
 
     model = fit_device("pixel4")
-    refs = {name: (ops, ms) for name, ops, ms in load_whole_models("pixel4")}
+    samples, skipped = load_whole_models("pixel4")
+    assert skipped == {}, skipped
+    refs = {name: (ops, ms) for name, ops, ms in samples}
     for name in ("torchvision mobilenet_v2@224", "torchvision resnet18@224"):
         ops, ms = refs[name]
         assert abs(model.model_ms(ops) - ms) / ms < 0.10, name
@@ -116,3 +117,4 @@ def test_lookup_rate_is_reported(tiny_supernet):
     bound = load_table("pixel4").bind(tiny_supernet.space)
     lat = bound.latency(tiny_supernet.space.sample(100_000, np.random.default_rng(0)))
     assert lat.shape == (100_000,) and np.isfinite(lat).all()
+

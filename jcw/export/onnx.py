@@ -28,6 +28,6 @@ def export_onnx(subnet_path: str | Path, out: str | Path) -> Path:
     with torch.no_grad():
         expected = model(x).numpy()
     got = session.run(None, {"images": x.numpy()})[0]
-    if not np.allclose(expected, got, atol=1e-3, rtol=1e-4):
+    if not np.allclose(expected, got, atol=1e-4, rtol=1e-4):
         raise JcwError(f"ONNX output differs from torch by {np.abs(expected - got).max():.2e}")
     return out

@@ -6,6 +6,7 @@ kernel. Every number this produces is derived, and the fit's leave-one-out error
 """
 from __future__ import annotations
 
+import functools
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -125,6 +126,12 @@ def torchvision_model(name: str):
     return getattr(tvm, name)(weights=None, **kwargs)
 
 
+@functools.cache
+def _torchvision_ops(name: str, input_size: int) -> tuple[Op, ...]:
+    """Tracing densenet161 or inception_v3 takes seconds; every fit in a process shares one trace."""
+    return tuple(model_ops(torchvision_model(name), input_size))
+
+
 def load_whole_models(device: str, threads: int = 1, source: Path | None = None
                       ) -> tuple[list[tuple[str, list[Op], float]], dict[str, str]]:
     """Published whole-model latencies of torchvision models on `device` at `threads`, with their ops, and the
@@ -135,7 +142,7 @@ def load_whole_models(device: str, threads: int = 1, source: Path | None = None
     for row in rows.itertuples():
         name = row.model.split(" ", 1)[1]
         try:
-            ops = model_ops(torchvision_model(name), int(row.input))
+            ops = list(_torchvision_ops(name, int(row.input)))
         except Exception as exc:  # torch.fx raises many kinds; each one leaves the model out, loudly
             skipped[name] = f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
             warnings.warn(f"{device} device model: left out torchvision {name}, which cannot be built or traced "
@@ -246,6 +253,6 @@ def predict_model(device: str, model: str, input_size: int = 224) -> dict:
     if not hasattr(tvm, name):
         raise JcwError(f"torchvision has no model {name!r}")
     fitted = fit_device(device)
-    ms = fitted.model_ms(model_ops(torchvision_model(name), input_size))
+    ms = fitted.model_ms(list(_torchvision_ops(name, input_size)))
     return {"device": device, "model": name, "input": input_size, "latency_ms": round(ms, 3), "source": "derived",
             "loo_mape_pct": fitted.fit["loo_mape_pct"]}

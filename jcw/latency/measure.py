@@ -25,6 +25,7 @@ from jcw.latency.grid import space_entries
 from jcw.latency.host_runtime import cpu_runtime
 from jcw.latency.ops import has_sparse_kernel, micro_model
 from jcw.latency.table import LatencyTable
+from jcw.runtime import torch_threads
 from jcw.space import Layer, SearchSpace
 from jcw.supernet.slicing import subnet_from_supernet
 from jcw.supernet.supernet import load_supernet
@@ -83,17 +84,22 @@ RUNTIMES = {"torch": "torch eager CPU (jcw.latency.host_runtime: BN folded, spar
 def measure_table(device: str, spaces: list[SearchSpace], threads: int = 1, repeats: int = 30,
                   command: str = "", calibration_subnets: int = 5, supernet=None,
                   runtime: str = "torch") -> LatencyTable:
-    """Time every entry the spaces need on this machine; calibrate the per-call overhead end to end.
+    """Time every entry the spaces need on this machine at `threads`; calibrate the per-call overhead end to end.
 
     runtime="torch" times what exported subnets run on the CPU; runtime="onnxruntime" times the bundle's micro-models
     the way `run.sh --local` does, to check a phone bundle's round trip against a direct measurement.
     """
+    with torch_threads(threads):
+        return _measure_table(device, spaces, threads, repeats, command, calibration_subnets, supernet, runtime)
+
+
+def _measure_table(device: str, spaces: list[SearchSpace], threads: int, repeats: int, command: str,
+                   calibration_subnets: int, supernet, runtime: str) -> LatencyTable:
     if device != "host" and not device.startswith("host"):
         raise JcwError(f"`jcw latency measure` times this machine; name its table host or host-SOMETHING, not "
                        f"{device!r} (for a phone use `jcw latency bundle`)")
     if runtime not in RUNTIMES:
         raise JcwError(f"unknown runtime {runtime!r}; choose {' or '.join(RUNTIMES)}")
-    torch.set_num_threads(threads)
     gen = torch.Generator().manual_seed(0)
     dense_cache: dict[tuple, tuple[float, float]] = {}
     total = len(space_entries(spaces, lambda *a: (0, 0, 0, "")))

@@ -6,7 +6,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from jcw.artifacts import artifact_dir
@@ -14,6 +13,7 @@ from jcw.errors import JcwError
 from jcw.io import write_json
 from jcw.latency.measure import TORCH_RUNTIME_PREFIX, end_to_end_ms
 from jcw.latency.table import load_table
+from jcw.runtime import torch_threads
 from jcw.supernet.supernet import load_supernet
 
 
@@ -28,15 +28,16 @@ def validate_table(device: str = "host", supernet: str | Path | None = None, sam
     if not str(table.meta.get("runtime")).startswith(TORCH_RUNTIME_PREFIX):
         raise JcwError(f"validation times exported subnets on jcw's torch CPU runtime; {device} was measured with "
                        f"{table.meta.get('runtime')}")
-    torch.set_num_threads(int(table.meta.get("threads", 1)))
     bound = table.bind(supernet.space)
     rows = []
     genomes = supernet.space.sample_spread(samples, np.random.default_rng(seed))  # smallest to largest, not mid-size
-    for g in tqdm(genomes, desc="validating", file=sys.stderr):
-        measured = end_to_end_ms(supernet, g, bound, repeats)
-        predicted = float(bound.latency(g)[0])
-        rows.append({"genome": [int(v) for v in g], "predicted_ms": round(predicted, 5),
-                     "measured_ms": round(measured, 5), "error_pct": round(100 * (predicted - measured) / measured, 2)})
+    with torch_threads(int(table.meta.get("threads", 1))):
+        for g in tqdm(genomes, desc="validating", file=sys.stderr):
+            measured = end_to_end_ms(supernet, g, bound, repeats)
+            predicted = float(bound.latency(g)[0])
+            rows.append({"genome": [int(v) for v in g], "predicted_ms": round(predicted, 5),
+                         "measured_ms": round(measured, 5),
+                         "error_pct": round(100 * (predicted - measured) / measured, 2)})
     errors = np.array([abs(r["error_pct"]) for r in rows])
     report = {"samples": len(rows), "mape": round(float(errors.mean()), 3),
               "within_10pct": round(float((errors <= 10).mean()), 3), "rows": rows}

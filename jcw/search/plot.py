@@ -11,6 +11,21 @@ from jcw.search.rundir import RunDir
 
 
 def plot_run(run: str | Path, budgets_ms: list[float] | None = None, device: str | None = None) -> Path:
+    """Write RUN/pareto.png and RUN/pareto.html; return the png's path."""
+    import matplotlib.pyplot as plt
+
+    fig = front_figure(run, budgets_ms, device)
+    png = Path(run) / "pareto.png"
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    record = RunDir(run).read()
+    _write_html(Path(run), record.pareto, device or record.config["options"]["device"])
+    return png
+
+
+def front_figure(run: str | Path, budgets_ms: list[float] | None = None, device: str | None = None):
+    """The matplotlib figure of a run's candidates, uniform baselines and front, every member labelled by id."""
     import matplotlib  # heavy optional plotting: imported only when a plot is drawn
 
     matplotlib.use("Agg")
@@ -42,12 +57,7 @@ def plot_run(run: str | Path, budgets_ms: list[float] | None = None, device: str
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    png = run / "pareto.png"
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    _write_html(run, pareto, device)
-    return png
+    return fig
 
 
 def _write_html(run: Path, pareto: pd.DataFrame, device: str) -> None:

@@ -12,13 +12,13 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 
 from jcw.config import TrainConfig
 from jcw.data import load_dataset
 from jcw.errors import JcwError
 from jcw.io import write_json
+from jcw.runtime import torch_threads
 from jcw.supernet.accuracy import score_genome
 from jcw.supernet.loop import Schedule, train_loop
 from jcw.supernet.supernet import Supernet, SupernetConfig, read_checkpoint
@@ -66,15 +66,15 @@ def train_supernet(net: Supernet, data, out_dir: str | Path, cfg: TrainConfig, r
     """Train `net` in place; write out_dir/{supernet.pt, checkpoint.pt, train_log.csv, train_config.json}."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     write_json(out / "train_config.json", {"supernet": asdict(net.config), "train": asdict(cfg)})
     params = list(net.named_parameters())
     groups = [{"params": [p for _, p in params if p.dim() > 1], "weight_decay": cfg.weight_decay},
               {"params": [p for _, p in params if p.dim() <= 1], "weight_decay": 0.0}]
     schedule = Schedule(cfg.epochs, cfg.batch_size, cfg.lr, cfg.momentum, cfg.warmup_epochs, cfg.seed,
                         cfg.limit_train)
-    train_loop(_Sandwich(net, data, cfg), groups, data, schedule, out, "train_log.csv", "epoch", resume, progress)
+    with torch_threads(cfg.threads):
+        train_loop(_Sandwich(net, data, cfg), groups, data, schedule, out, "train_log.csv", "epoch", resume,
+                   progress)
     final = out / "supernet.pt"
     net.set_genome(net.space.largest())
     net.save(final, {"training": asdict(cfg)})

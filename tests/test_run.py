@@ -1,0 +1,151 @@
+"""End to end from one search run (`small_run`, made once per session): its front, and export, ONNX, pick, plot,
+resume after a kill, and fine-tuning of what it exported."""
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+from conftest import ROOT, SMALL, SMALL_BUDGETS, cli_env, jcw, one_clear_line
+
+
+def _dominated(lat: np.ndarray, top: np.ndarray, i: int) -> bool:
+    return bool(((lat <= lat[i]) & (top >= top[i]) & ((lat < lat[i]) | (top > top[i]))).any())
+
+
+def test_front_is_true_top1_within_budget_and_non_dominated(small_run):
+    front = pd.read_csv(small_run / "pareto.csv")
+    history = pd.read_csv(small_run / "history.csv").set_index("id")
+    for col in ("id", "latency_ms", "top1", "predicted_top1", "params", "macs", "mean_density"):
+        assert pd.api.types.is_numeric_dtype(front[col]), col
+    assert (front["latency_ms"] <= 0.9).all()
+    lat, top = front["latency_ms"].to_numpy(), front["top1"].to_numpy()
+    assert not any(_dominated(lat, top, i) for i in range(len(front)))
+    # every front top-1 is a supernet score of that member recorded in the history, not a prediction
+    assert np.allclose(history.loc[front["id"], "true_top1"], front["top1"])
+    stdout = (small_run.parent / "stdout.txt").read_text()
+    assert "gen  20  refined the predictor with" in stdout  # generation 20 refit the predictor on scored members
+    summary = pd.read_csv(small_run / "summary.csv")
+    assert sorted(summary["budget_ms"]) == [0.5, 0.9]
+    assert sorted(int(p.stem) for p in (small_run / "subnets").glob("*.pt")) == sorted(summary["id"])
+
+
+def test_a_finished_run_is_not_overwritten(small_run):
+    before = (small_run / "pareto.csv").read_bytes()
+    one_clear_line(jcw("search", "--latency", "0.9ms", "--out", str(small_run), *SMALL), "already exists")
+    assert (small_run / "pareto.csv").read_bytes() == before
+
+
+def test_export_onnx_equals_the_torch_subnet_with_its_zeros(small_run, data, tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    from jcw.supernet.subnet import load_subnet
+
+    front = pd.read_csv(small_run / "pareto.csv")
+    member = front.iloc[len(front) // 2]
+    jcw("export", str(small_run), "--id", str(int(member["id"])), "--onnx", "--out", str(tmp_path / "x.pt"),
+        check=True)
+    model = load_subnet(tmp_path / "x.pt")
+    assert model.jcw_metadata["genome"] == json.loads(member["genome"])
+    x = next(data.batches("val", 16)).images
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = ort.InferenceSession(str(tmp_path / "x.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"images": x.numpy()})[0]
+    assert np.abs(got - expected).max() <= 1e-4
+    # the weight zeros travel into the ONNX file: as many zero weights as the subnet's masks hold
+    zeros = sum(int((m.weight == 0).sum()) for m in model.modules() if isinstance(m, (torch.nn.Conv2d,
+                                                                                      torch.nn.Linear)))
+    graph = onnx.load(str(tmp_path / "x.onnx")).graph
+    onnx_zeros = sum(int((onnx.numpy_helper.to_array(t) == 0).sum()) for t in graph.initializer if len(t.dims) >= 2)
+    assert zeros > 1000 and onnx_zeros == zeros
+
+
+def test_pick_exports_the_best_true_top1_within_each_budget(small_run, tmp_path):
+    front = pd.read_csv(small_run / "pareto.csv")
+    for budget in (0.9, float(front["latency_ms"].median())):
+        within = front[front["latency_ms"] <= budget]
+        best = within.loc[within["top1"].idxmax()]
+        proc = jcw("pick", str(small_run), "--latency", f"{budget}ms", "--out", str(tmp_path / "p.pt"), check=True)
+        assert re.search(r"picked id (\d+)", proc.stdout).group(1) == str(int(best["id"]))
+        meta = torch.load(tmp_path / "p.pt", weights_only=True)["metadata"]
+        assert meta["id"] == int(best["id"]) and meta["val_top1"] == best["top1"]
+    one_clear_line(jcw("pick", str(small_run), "--latency", "1us"), "no front member")
+
+
+def test_plot_and_page_carry_every_front_id(small_run, tmp_path):
+    from jcw.search.plot import front_figure
+
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run)
+    (run / "pareto.png").unlink()
+    (run / "pareto.html").unlink()
+    jcw("plot", str(run), check=True)
+    ids = sorted(pd.read_csv(run / "pareto.csv")["id"])
+    page = (run / "pareto.html").read_text()
+    points = json.loads(re.search(r"const pts = (\[.*?\]), W", page).group(1))
+    assert sorted(p["id"] for p in points) == ids
+    assert (run / "pareto.png").stat().st_size > 10_000
+    fig = front_figure(run)
+    labels = {t.get_text() for t in fig.axes[0].texts}
+    assert {str(i) for i in ids} <= labels
+
+
+def test_a_killed_search_resumes_to_the_same_bytes(small_run, tmp_path):
+    """Killed mid-generations and resumed, a run ends byte-identical to the uninterrupted one (same seed)."""
+    run = tmp_path / "c"
+    shutil.copytree(small_run, run)  # a finished run that the next one, forced, starts over
+    args = ["search", "--latency", SMALL_BUDGETS, "--out", str(run), *SMALL]
+    proc = subprocess.Popen([sys.executable, "-m", "jcw.cli", *args, "--force"], cwd=ROOT, env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    deadline = time.time() + 300
+    for line in proc.stdout:  # kill it in the middle of the generations
+        if line.startswith("gen  12") or time.time() > deadline:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not any((run / f).exists() for f in ("summary.csv", "pareto.csv", "pareto.html", "history.csv",
+                                                "subnets"))
+    resumed = jcw(*args, "--resume", check=True)
+    assert "resuming" in resumed.stdout
+    for name in ("pareto.csv", "history.csv", "summary.csv"):
+        assert (run / name).read_bytes() == (small_run / name).read_bytes(), name
+
+
+def test_finetune_resumes_to_the_same_weights(small_run, tmp_path):
+    subnet = sorted((small_run / "subnets").glob("*.pt"))[0]
+    common = [str(subnet), "--epochs", "2", "--limit-train", "256", "--batch-size", "128", "--val-images", "500"]
+    done = jcw("finetune", *common, "--out", str(tmp_path / "full"), check=True)
+    before, after = map(float, re.search(r"test top-1: ([\d.]+)% before, ([\d.]+)% after", done.stdout).groups())
+    full_log = pd.read_csv(tmp_path / "full" / "finetune_log.csv")
+    assert full_log["epoch"].tolist() == [1, 2]
+    meta = torch.load(tmp_path / "full" / "subnet.pt", weights_only=True)["metadata"]
+    assert (meta["test_top1_before_finetune"], meta["test_top1"]) == (before, after)
+    # stopped after its first epoch and resumed, it ends with the uninterrupted run's weights and log
+    out = tmp_path / "cut"
+    proc = subprocess.Popen([sys.executable, "-m", "jcw.cli", "finetune", *common, "--out", str(out)],
+                            cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:
+        if line.startswith("epoch 1/2"):
+            deadline = time.time() + 60
+            while not (out / "checkpoint.pt").exists() and time.time() < deadline:
+                time.sleep(0.1)
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    assert not (out / "subnet.pt").exists()
+    resumed = jcw("finetune", *common, "--out", str(out), "--resume", check=True)
+    assert f"{before:.2f}% before" in resumed.stdout  # the test top-1 before fine-tuning comes from the checkpoint
+    pd.testing.assert_frame_equal(pd.read_csv(out / "finetune_log.csv").drop(columns="seconds"),
+                                  full_log.drop(columns="seconds"))
+    a = torch.load(out / "subnet.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "full" / "subnet.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

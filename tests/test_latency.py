@@ -1,6 +1,7 @@
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -118,3 +119,27 @@ def test_lookup_rate_is_reported(tiny_supernet):
     lat = bound.latency(tiny_supernet.space.sample(100_000, np.random.default_rng(0)))
     assert lat.shape == (100_000,) and np.isfinite(lat).all()
 
+
+def test_sparser_genomes_never_cost_more_and_batches_price_as_singles(tiny_supernet):
+    space = tiny_supernet.space
+    bound = load_table("pixel4").bind(space)
+    genomes = space.sample(200, np.random.default_rng(3))
+    n_groups = len(space.groups)
+    sparser = genomes.copy()  # one density step down on every sparse layer (gene 0 is density 1.0)
+    sparser[:, n_groups:] = np.minimum(sparser[:, n_groups:] + 1, space.gene_sizes[n_groups:] - 1)
+    dense, sparse = bound.latency(genomes), bound.latency(sparser)
+    assert (sparse <= dense + 1e-12).all() and (sparse < dense).mean() > 0.9
+    assert np.allclose(dense[:20], [bound.latency(g)[0] for g in genomes[:20]], rtol=0, atol=1e-12)
+
+
+def test_reference_models_that_cannot_be_traced_are_named(tmp_path):
+    from jcw.errors import JcwWarning
+    from jcw.latency.device_model import load_whole_models, reference_dir
+
+    table = pd.read_csv(reference_dir() / "published_whole_model.csv")
+    rows = table[(table.device == "pixel4") & (table.threads == 1)].head(2).copy()
+    bogus = rows.iloc[:1].assign(model="torchvision not_a_model")
+    pd.concat([rows, bogus]).to_csv(tmp_path / "whole.csv", index=False)
+    with pytest.warns(JcwWarning, match="left out torchvision not_a_model"):
+        samples, skipped = load_whole_models("pixel4", source=tmp_path / "whole.csv")
+    assert list(skipped) == ["not_a_model"] and len(samples) == 2

@@ -99,3 +99,24 @@ def test_corrupt_predictor_is_a_clear_error(tmp_path):
     (tmp_path / "predictor.pt").write_bytes(b"not a predictor")
     with pytest.raises(JcwError, match="corrupt"):
         load_predictor(tmp_path)
+
+
+def test_shipped_dataset_ranks_unseen_subnets_and_shuffled_labels_do_not(supernet):
+    """On the shipped predictor's own scored subnets: fit on 80%, rank the other 20%; shuffled labels rank nothing."""
+    import pandas as pd
+    from scipy.stats import kendalltau
+
+    from jcw.artifacts import default_predictor_path
+    from jcw.predictor.fit import fit_kind
+    from jcw.search.archive import genomes_from_column
+
+    rows = pd.read_csv(default_predictor_path() / "dataset.csv")
+    genomes, top1 = genomes_from_column(rows["genome"]), rows["top1"].to_numpy()
+    order = np.random.default_rng(0).permutation(len(rows))
+    train, test = order[: int(0.8 * len(rows))], order[int(0.8 * len(rows)):]
+    kind = load_predictor().report["kept"]
+    fit = fit_kind(supernet.space, genomes[train], top1[train], kind, supernet.hash)
+    assert kendalltau(fit.predict(genomes[test]), top1[test]).statistic > 0.7
+    shuffled = fit_kind(supernet.space, genomes[train], np.random.default_rng(1).permutation(top1[train]), kind,
+                        supernet.hash)
+    assert abs(kendalltau(shuffled.predict(genomes[test]), top1[test]).statistic) < 0.15

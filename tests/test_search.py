@@ -1,6 +1,11 @@
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_cli
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -62,13 +67,36 @@ def _small(tmp_path, name, **kw):
     return SearchConfig(**cfg)
 
 
-def test_serial_and_ray_give_the_same_front(tmp_path):
-    serial = search(_small(tmp_path, "serial", workers=0), log=lambda s: None)
-    ray_run = search(_small(tmp_path, "ray", workers=1), log=lambda s: None)
-    pd.testing.assert_frame_equal(serial.pareto, ray_run.pareto)
-    front = serial.pareto
-    assert (front["latency_ms"] <= 0.9).all()
+@pytest.fixture
+def ray_cluster():
+    """A Ray head started as a user starts one (`ray start --head`), stopped afterwards."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ray = str(Path(sys.executable).with_name("ray"))
+    subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                    "--disable-usage-stats"], check=True, capture_output=True, timeout=120)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
+
+
+def test_a_search_on_a_ray_cluster_finds_the_serial_front(tmp_path, ray_cluster):
+    """`jcw search --ray-address` joins a head the user started, token authentication on, as Ray now defaults to."""
+    search(_small(tmp_path, "serial", workers=0), log=lambda s: None)
+    # one actor on the cluster's two CPUs scores at two threads, as the serial run does: the same sums, bit for bit
+    run_cli("search", "--device", "pixel4", "--latency", "0.9ms", "--population", "16", "--generations", "6",
+            "--seed", "3", "--out", str(tmp_path / "ray"), "--workers", "1", "--ray-address", ray_cluster,
+            "--rescore", "4", "--calibration-images", "250", "--val-images", "500", "--no-export", check=True,
+            env={"RAY_AUTH_MODE": "token"})
+    front = pd.read_csv(tmp_path / "serial" / "pareto.csv")
+    pd.testing.assert_frame_equal(front, pd.read_csv(tmp_path / "ray" / "pareto.csv"))
+    assert (front["latency_ms"] <= 0.9).all() and front["top1"].notna().all()
     assert pareto_mask(front["latency_ms"].to_numpy(), front["top1"].to_numpy()).all()
+
 
 
 def test_budget_below_smallest_subnet(tmp_path):

@@ -136,8 +136,13 @@ class RayPool:
                 raise
             except Exception as exc:
                 where = f"at {address}" if address else "locally"
+                # `ray start --head` turns on token authentication, but Ray sends the token to an explicit
+                # address only under RAY_AUTH_MODE=token, and the refusal reads as a plain connection failure
+                token = "" if not address or os.environ.get("RAY_AUTH_MODE") else \
+                    " (a cluster from `ray start --head` needs RAY_AUTH_MODE=token set before jcw starts)"
                 raise JcwError(f"cannot start or reach Ray {where} ({exc.__class__.__name__}: "
-                               f"{str(exc).splitlines()[0][:160]}); check --ray-address or use --workers 0") from None
+                               f"{str(exc).splitlines()[0][:160]}){token}; check --ray-address or use --workers 0"
+                               ) from None
             self.owns_ray = True
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.workers = workers or max(1, cpus)

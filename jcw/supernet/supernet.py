@@ -50,7 +50,7 @@ class Supernet(nn.Module):
             self.register_buffer(f"group_order_{i}", order.clone().long())
         self.active = ActiveSubnet()
         self.active.block = config.block
-        if config.block > 1:
+        if config.block > 1 and state_dict is None:  # said once, when the supernet is made, not on every load
             self._warn_unblockable_layers()
         for name, layer in self.info.weight_layers.items():
             module = modules[name]

@@ -12,6 +12,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 import torch.nn.functional as F
 
 from jcw.config import TrainConfig
@@ -102,4 +103,8 @@ def train(out: str | Path, config: SupernetConfig | None = None, recipe: TrainCo
         data = load_dataset(config.dataset, data_dir)
         config = replace(config, input_size=data.input_size, in_channels=data.in_channels,
                          num_classes=data.num_classes)
-    return train_supernet(Supernet(config), data, out, recipe or TrainConfig(), resume=resume)
+    recipe = recipe or TrainConfig()
+    with torch.random.fork_rng():
+        torch.manual_seed(recipe.seed)  # the same --seed starts from the same weights, so runs repeat bit for bit
+        net = Supernet(config)
+    return train_supernet(net, data, out, recipe, resume=resume)

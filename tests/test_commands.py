@@ -1,0 +1,123 @@
+"""End to end for the commands around a search: supernet training (blocks, resume, ImageFolder data), the latency
+table commands on a freshly trained supernet, and the search's gene, survival and evaluator choices."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import ROOT, cli_env, jcw, one_clear_line
+
+TINY_TRAIN = ["--model", "mbv2_tiny", "--epochs", "2", "--limit-train", "256", "--batch-size", "128"]
+
+
+def test_block_training_keeps_blocks_of_four_and_names_the_layers_that_cannot(block_supernet):
+    from jcw.supernet.supernet import load_supernet
+
+    stderr = (block_supernet.parent / "stderr.txt").read_text()
+    assert "jcw: warning: --block 4:" in stderr and "classifier.1 (10 rows)" in stderr
+    net = load_supernet(block_supernet)
+    genome = net.space.largest()
+    genome[len(net.space.groups):] = net.space.densities.index(0.5)
+    net.set_genome(genome)
+    modules, checked = dict(net.base.named_modules()), 0
+    for name, layer in net.info.weight_layers.items():
+        if layer.sparse < 0 or layer.depthwise or name == "classifier.1":
+            continue
+        w = modules[name].weight.detach()
+        rows = w[net.group_order(layer.out_group)] if layer.out_group >= 0 else w
+        blocks = (rows != 0).reshape(-1, 4, *w.shape[1:])
+        assert torch.equal(blocks.all(1), blocks.any(1)), name  # each block of 4 rows is all kept or all dropped
+        checked += 1
+    assert checked >= 5
+
+
+def test_supernet_training_killed_and_resumed_ends_with_the_same_weights(tmp_path):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    jcw("supernet", "train", *TINY_TRAIN, "--out", str(full), check=True)
+    proc = subprocess.Popen([sys.executable, "-m", "jcw.cli", "supernet", "train", *TINY_TRAIN, "--out", str(cut)],
+                            cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    deadline = time.time() + 300
+    while not (cut / "checkpoint.pt").exists() and time.time() < deadline:  # written after each epoch
+        time.sleep(0.1)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (cut / "checkpoint.pt").exists() and not (cut / "supernet.pt").exists()
+    one_clear_line(jcw("supernet", "train", *TINY_TRAIN, "--out", str(full)), "already holds", "--resume")
+    jcw("supernet", "train", "--out", str(cut), "--resume", check=True)  # the recipe comes from the folder
+    a = torch.load(cut / "supernet.pt", weights_only=True)["state_dict"]
+    b = torch.load(full / "supernet.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _write_imagefolder(root, classes=2, per_class=12):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in range(classes):
+            (root / split / f"class{c}").mkdir(parents=True)
+            for i in range(per_class if split == "train" else 3):
+                pixels = rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)
+                pixels[..., c] = 255  # each class has its own colour
+                Image.fromarray(pixels).save(root / split / f"class{c}" / f"{i}.jpg")
+
+
+def test_imagefolder_data_trains_a_supernet_at_its_input_size(tmp_path):
+    from jcw.data import load_dataset
+
+    _write_imagefolder(tmp_path / "data")
+    data = load_dataset("imagefolder", tmp_path / "data", input_size=32)
+    assert (data.size("train"), data.size("val"), data.size("test")) == (20, 4, 6)
+    batch = next(data.batches("test", 6))
+    assert tuple(batch.images.shape) == (6, 3, 32, 32) and sorted(batch.labels.tolist()) == [0, 0, 0, 1, 1, 1]
+    one_clear_line(jcw("supernet", "train", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "nothing"),
+                       "--out", str(tmp_path / "x")), "train/ and val/")
+
+
+def test_latency_commands_measure_validate_compare_and_derive(block_supernet, tmp_path):
+    sn = str(block_supernet)
+    measured = jcw("latency", "measure", "--device", "host-test", "--supernet", sn, "--repeats", "3",
+                   "--out-dir", str(tmp_path), check=True)
+    assert "entries measured" in measured.stdout
+    meta = json.loads((tmp_path / "host-test.json").read_text())
+    table = pd.read_csv(tmp_path / "host-test.csv")
+    assert meta["source"] == "measured" and "median of 3 timed calls" in meta["made"]["method"]
+    assert len(table) > 0 and (table["latency_ms"] > 0).all() and (table["n"] == 3).all()
+    report = json.loads(jcw("latency", "validate", "--device", "host-test", "--supernet", sn, "--samples", "3",
+                            "--out-dir", str(tmp_path), "--json", check=True).stdout)
+    assert report["samples"] == 3 and np.isfinite(report["mape"])
+    same = json.loads(jcw("latency", "compare", str(tmp_path / "host-test.csv"), str(tmp_path / "host-test.csv"),
+                          "--json", check=True).stdout)
+    assert same["median_ratio"] == 1.0 and same["mape_pct"] == 0.0 and same["common_entries"] == len(table)
+    derived = jcw("latency", "derive", "--device", "pixel4", "--supernet", sn, "--out-dir", str(tmp_path), check=True)
+    assert "leave-one-out MAPE" in derived.stdout
+    assert json.loads((tmp_path / "pixel4.json").read_text())["source"] == "derived"
+    one_clear_line(jcw("latency", "validate", "--device", "pixel4", "--supernet", sn, "--out-dir", str(tmp_path)),
+                   "only a table measured on this machine")
+
+
+TINY_SEARCH = ["--device", "pixel4", "--population", "8", "--generations", "3",
+               "--calibration-images", "100", "--val-images", "200", "--workers", "0", "--seed", "2", "--no-export"]
+
+
+# at full width no subnet is under 1.8 ms on pixel4
+@pytest.mark.parametrize("genes,frozen,budget", [("channels", "density", "0.9ms"), ("density", "channels", "2.5ms")])
+def test_genes_option_keeps_the_other_half_of_every_genome_full(genes, frozen, budget, supernet, tmp_path):
+    extra = ["--survival", "nsga2", "--evaluator", "supernet"] if genes == "channels" else []
+    jcw("search", *TINY_SEARCH, "--latency", budget, "--genes", genes, *extra, "--out", str(tmp_path / "r"), check=True)
+    history = pd.read_csv(tmp_path / "r" / "history.csv")
+    genomes = np.array([json.loads(g) for g in history["genome"]])
+    n_groups = len(supernet.space.groups)
+    fixed, free = (genomes[:, n_groups:], genomes[:, :n_groups])
+    if frozen == "channels":
+        fixed, free = free, fixed
+    assert (fixed == 0).all() and free.any()  # gene 0: full width, density 1.0
+    if genes == "channels":  # --evaluator supernet: every member's score is a true top-1
+        assert history["true_top1"].notna().all()

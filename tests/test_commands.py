@@ -37,6 +37,7 @@ def test_block_training_keeps_blocks_of_four_and_names_the_layers_that_cannot(bl
     assert checked >= 5
 
 
+@pytest.mark.slow
 def test_supernet_training_killed_and_resumed_ends_with_the_same_weights(tmp_path):
     full, cut = tmp_path / "full", tmp_path / "cut"
     jcw("supernet", "train", *TINY_TRAIN, "--out", str(full), check=True)
@@ -81,6 +82,7 @@ def test_imagefolder_data_trains_a_supernet_at_its_input_size(tmp_path):
                        "--out", str(tmp_path / "x")), "train/ and val/")
 
 
+@pytest.mark.slow
 def test_latency_commands_measure_validate_compare_and_derive(block_supernet, tmp_path):
     sn = str(block_supernet)
     measured = jcw("latency", "measure", "--device", "host-test", "--supernet", sn, "--repeats", "3",
@@ -108,6 +110,7 @@ TINY_SEARCH = ["--device", "pixel4", "--population", "8", "--generations", "3",
 
 
 # at full width no subnet is under 1.8 ms on pixel4
+@pytest.mark.slow
 @pytest.mark.parametrize("genes,frozen,budget", [("channels", "density", "0.9ms"), ("density", "channels", "2.5ms")])
 def test_genes_option_keeps_the_other_half_of_every_genome_full(genes, frozen, budget, supernet, tmp_path):
     extra = ["--survival", "nsga2", "--evaluator", "supernet"] if genes == "channels" else []

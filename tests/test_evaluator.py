@@ -10,8 +10,9 @@ from jcw.errors import JcwError
 from jcw.supernet.pool import DataSpec, RayPool, SerialPool
 
 
+@pytest.mark.slow
 def test_ray_pool_spreads_work_replaces_dead_actors_and_names_failures(supernet, tmp_path):
-    spec = DataSpec(calibration_images=250, val_images=500)
+    spec = DataSpec(calibration_images=100, val_images=200)
     genomes = list(supernet.space.sample(4, np.random.default_rng(2)))
     serial = SerialPool(supernet, spec).score(genomes)
     pool = RayPool(supernet, spec, workers=2)

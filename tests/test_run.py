@@ -9,6 +9,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 import pandas as pd
 import torch
 
@@ -98,6 +99,7 @@ def test_plot_and_page_carry_every_front_id(small_run, tmp_path):
     assert {str(i) for i in ids} <= labels
 
 
+@pytest.mark.slow
 def test_a_killed_search_resumes_to_the_same_bytes(small_run, tmp_path):
     """Killed mid-generations and resumed, a run ends byte-identical to the uninterrupted one (same seed)."""
     run = tmp_path / "c"
@@ -120,9 +122,10 @@ def test_a_killed_search_resumes_to_the_same_bytes(small_run, tmp_path):
         assert (run / name).read_bytes() == (small_run / name).read_bytes(), name
 
 
+@pytest.mark.slow
 def test_finetune_resumes_to_the_same_weights(small_run, tmp_path):
     subnet = sorted((small_run / "subnets").glob("*.pt"))[0]
-    common = [str(subnet), "--epochs", "2", "--limit-train", "256", "--batch-size", "128", "--val-images", "500"]
+    common = [str(subnet), "--epochs", "2", "--limit-train", "256", "--batch-size", "128", "--val-images", "200"]
     done = jcw("finetune", *common, "--out", str(tmp_path / "full"), check=True)
     before, after = map(float, re.search(r"test top-1: ([\d.]+)% before, ([\d.]+)% after", done.stdout).groups())
     full_log = pd.read_csv(tmp_path / "full" / "finetune_log.csv")

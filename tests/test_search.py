@@ -84,13 +84,14 @@ def ray_cluster():
         subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_a_search_on_a_ray_cluster_finds_the_serial_front(tmp_path, ray_cluster):
     """`jcw search --ray-address` joins a head the user started, token authentication on, as Ray now defaults to."""
-    search(_small(tmp_path, "serial", workers=0), log=lambda s: None)
+    search(_small(tmp_path, "serial", workers=0, calibration_images=100, val_images=200), log=lambda s: None)
     # one actor on the cluster's two CPUs scores at two threads, as the serial run does: the same sums, bit for bit
     run_cli("search", "--device", "pixel4", "--latency", "0.9ms", "--population", "16", "--generations", "6",
             "--seed", "3", "--out", str(tmp_path / "ray"), "--workers", "1", "--ray-address", ray_cluster,
-            "--rescore", "4", "--calibration-images", "250", "--val-images", "500", "--no-export", check=True,
+            "--rescore", "4", "--calibration-images", "100", "--val-images", "200", "--no-export", check=True,
             env={"RAY_AUTH_MODE": "token"})
     front = pd.read_csv(tmp_path / "serial" / "pareto.csv")
     pd.testing.assert_frame_equal(front, pd.read_csv(tmp_path / "ray" / "pareto.csv"))

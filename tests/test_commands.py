@@ -80,6 +80,12 @@ def test_imagefolder_data_trains_a_supernet_at_its_input_size(tmp_path):
     assert tuple(batch.images.shape) == (6, 3, 32, 32) and sorted(batch.labels.tolist()) == [0, 0, 0, 1, 1, 1]
     one_clear_line(jcw("supernet", "train", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "nothing"),
                        "--out", str(tmp_path / "x")), "train/ and val/")
+    # CIFAR goes through torchvision, which checks the real archives' md5: files a test writes are refused, so only
+    # the refusal is testable here, and it must say where it looked and how to get the data
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    (tmp_path / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"not cifar")
+    one_clear_line(jcw("supernet", "train", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--out",
+                       str(tmp_path / "y")), f"cifar10 not found under {tmp_path}", "download=True")
 
 
 @pytest.mark.slow

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 import sys
+import time
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +57,22 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = False, timeout: i
     if check and proc.returncode != 0:
         raise AssertionError(f"jcw {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def kill_cli_when(*args: str, line_starts: str, then_exists: Path | None = None, timeout: float = 300) -> None:
+    """Run `jcw ARGS` in a fresh process and SIGKILL it once it prints a line starting with `line_starts` (and, when
+    given, once `then_exists` is written): a run cut off as a dying laptop cuts it, for the resume tests."""
+    proc = subprocess.Popen([sys.executable, "-m", "jcw.cli", *args], cwd=ROOT, env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    deadline = time.time() + timeout
+    for line in proc.stdout:
+        if line.startswith(line_starts) or time.time() > deadline:
+            while then_exists is not None and not then_exists.exists() and time.time() < deadline:
+                time.sleep(0.1)
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be cut off"
 
 
 def cli_env(extra: dict | None = None) -> dict:

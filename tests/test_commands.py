@@ -1,17 +1,13 @@
 """End to end for the commands around a search: supernet training (blocks, resume, ImageFolder data), the latency
 table commands on a freshly trained supernet, and the search's gene, survival and evaluator choices."""
 import json
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from conftest import ROOT, cli_env, jcw, one_clear_line
+from conftest import jcw, kill_cli_when, one_clear_line
 
 TINY_TRAIN = ["--model", "mbv2_tiny", "--epochs", "2", "--limit-train", "256", "--batch-size", "128"]
 
@@ -41,14 +37,8 @@ def test_block_training_keeps_blocks_of_four_and_names_the_layers_that_cannot(bl
 def test_supernet_training_killed_and_resumed_ends_with_the_same_weights(tmp_path):
     full, cut = tmp_path / "full", tmp_path / "cut"
     jcw("supernet", "train", *TINY_TRAIN, "--out", str(full), check=True)
-    proc = subprocess.Popen([sys.executable, "-m", "jcw.cli", "supernet", "train", *TINY_TRAIN, "--out", str(cut)],
-                            cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    deadline = time.time() + 300
-    while not (cut / "checkpoint.pt").exists() and time.time() < deadline:  # written after each epoch
-        time.sleep(0.1)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_cli_when("supernet", "train", *TINY_TRAIN, "--out", str(cut), line_starts="epoch 1/2",
+                  then_exists=cut / "checkpoint.pt")
     assert (cut / "checkpoint.pt").exists() and not (cut / "supernet.pt").exists()
     one_clear_line(jcw("supernet", "train", *TINY_TRAIN, "--out", str(full)), "already holds", "--resume")
     jcw("supernet", "train", "--out", str(cut), "--resume", check=True)  # the recipe comes from the folder

@@ -3,17 +3,13 @@ resume after a kill, and fine-tuning of what it exported."""
 import json
 import re
 import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 import pandas as pd
 import torch
 
-from conftest import ROOT, SMALL, SMALL_BUDGETS, cli_env, jcw, one_clear_line
+from conftest import SMALL, SMALL_BUDGETS, jcw, kill_cli_when, one_clear_line
 
 
 def _dominated(lat: np.ndarray, top: np.ndarray, i: int) -> bool:
@@ -105,15 +101,7 @@ def test_a_killed_search_resumes_to_the_same_bytes(small_run, tmp_path):
     run = tmp_path / "c"
     shutil.copytree(small_run, run)  # a finished run that the next one, forced, starts over
     args = ["search", "--latency", SMALL_BUDGETS, "--out", str(run), *SMALL]
-    proc = subprocess.Popen([sys.executable, "-m", "jcw.cli", *args, "--force"], cwd=ROOT, env=cli_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    deadline = time.time() + 300
-    for line in proc.stdout:  # kill it in the middle of the generations
-        if line.startswith("gen  12") or time.time() > deadline:
-            proc.send_signal(signal.SIGKILL)
-            break
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    kill_cli_when(*args, "--force", line_starts="gen  12")  # in the middle of the generations
     assert not any((run / f).exists() for f in ("summary.csv", "pareto.csv", "pareto.html", "history.csv",
                                                 "subnets"))
     resumed = jcw(*args, "--resume", check=True)
@@ -134,16 +122,7 @@ def test_finetune_resumes_to_the_same_weights(small_run, tmp_path):
     assert (meta["test_top1_before_finetune"], meta["test_top1"]) == (before, after)
     # stopped after its first epoch and resumed, it ends with the uninterrupted run's weights and log
     out = tmp_path / "cut"
-    proc = subprocess.Popen([sys.executable, "-m", "jcw.cli", "finetune", *common, "--out", str(out)],
-                            cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    for line in proc.stdout:
-        if line.startswith("epoch 1/2"):
-            deadline = time.time() + 60
-            while not (out / "checkpoint.pt").exists() and time.time() < deadline:
-                time.sleep(0.1)
-            proc.send_signal(signal.SIGKILL)
-            break
-    proc.wait()
+    kill_cli_when("finetune", *common, "--out", str(out), line_starts="epoch 1/2", then_exists=out / "checkpoint.pt")
     assert not (out / "subnet.pt").exists()
     resumed = jcw("finetune", *common, "--out", str(out), "--resume", check=True)
     assert f"{before:.2f}% before" in resumed.stdout  # the test top-1 before fine-tuning comes from the checkpoint

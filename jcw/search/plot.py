@@ -14,24 +14,24 @@ def plot_run(run: str | Path, budgets_ms: list[float] | None = None, device: str
     """Write RUN/pareto.png and RUN/pareto.html; return the png's path."""
     import matplotlib.pyplot as plt
 
-    fig = front_figure(run, budgets_ms, device)
+    record = RunDir(run).read()  # once: history.csv holds every candidate of the run
+    fig = front_figure(run, budgets_ms, device, record)
     png = Path(run) / "pareto.png"
     with atomic_path(png) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
-    record = RunDir(run).read()
     _write_html(Path(run), record.pareto, device or record.config["options"]["device"])
     return png
 
 
-def front_figure(run: str | Path, budgets_ms: list[float] | None = None, device: str | None = None):
+def front_figure(run: str | Path, budgets_ms: list[float] | None = None, device: str | None = None, record=None):
     """The matplotlib figure of a run's candidates, uniform baselines and front, every member labelled by id."""
     import matplotlib  # heavy optional plotting: imported only when a plot is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    record = RunDir(run).read()
+    record = record or RunDir(run).read()
     run, history, pareto, config = Path(run), record.history, record.pareto, record.config
     budgets_ms = budgets_ms or config["options"]["budgets_ms"]
     device = device or config["options"]["device"]

@@ -4,21 +4,14 @@ Input problems raise `JcwError`, printed as one line on stderr with exit code 2.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 from jcw import __version__, config
+from jcw.cli.latency import add_latency_commands
+from jcw.cli.parser import Parser, action_group, data_opt, ray_opts
 from jcw.errors import JcwError, one_line_warnings
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr and exit code 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        sys.stderr.write(f"jcw: error: {message} (see `{self.prog} --help`)\n")
-        sys.exit(2)
 
 
 # Each handler imports the one API function it calls: the library pulls in torch, which `jcw --help` never needs.
@@ -122,101 +115,11 @@ def _finetune(args) -> None:
           f"subnet: {res['subnet']}\nlog: {res['log']}")
 
 
-def _latency_derive(args) -> None:
-    from jcw.latency.derive import derive
-
-    table, csv_path, json_path = derive(args.device, args.supernet, args.out_dir, " ".join(["jcw"] + sys.argv[1:]))
-    fit = table.meta["fit"]
-    print(f"{args.device}: {len(table.entries)} entries, fit on {fit['samples']} public measurements, "
-          f"leave-one-out MAPE {fit['loo_mape_pct']}%\ntable: {csv_path}\nmetadata: {json_path}")
-
-
-def _latency_predict(args) -> None:
-    from jcw.latency.device_model import predict_model
-
-    record = predict_model(args.device, args.model, args.input)
-    print(json.dumps(record) if args.json else
-          f"{record['model']} at {args.input}px on {args.device}: {record['latency_ms']:.2f} ms (derived; fit "
-          f"leave-one-out MAPE {record['loo_mape_pct']}%)")
-
-
-def _latency_list(args) -> None:
-    from jcw.latency.table import list_tables
-
-    print(f"{'device':<10} {'source':<9} {'entries':>7}  {'error':<48} made")
-    for row in list_tables(args.dir):
-        err = row["error"]
-        text = (f"MAPE {err['mape_pct']}%, {100 * err.get('within_10pct', 0):.0f}% within 10% "
-                f"({err.get('kind', '').split(' on ')[0]})") if "mape_pct" in err else "not validated"
-        print(f"{row['device']:<10} {row['source']:<9} {row['entries']:>7}  {text:<48} {row['date']}")
-
-
-def _latency_measure(args) -> None:
-    from jcw.latency.measure import measure
-
-    table, csv_path, json_path = measure(args.device, args.supernet, args.threads, args.repeats, args.runtime,
-                                         args.out_dir, " ".join(["jcw"] + sys.argv[1:]))
-    print(f"{args.device}: {len(table.entries)} entries measured\ntable: {csv_path}\nmetadata: {json_path}")
-
-
-def _latency_compare(args) -> None:
-    from jcw.latency.table import compare_tables
-
-    report = compare_tables(args.reference, args.other)
-    if args.json:
-        return print(json.dumps(report))
-    print(f"{report['other']} vs {report['reference']}: {report['common_entries']} common entries, median ratio "
-          f"{report['median_ratio']:.3f}, MAPE {report['mape_pct']:.1f}%, {100 * report['within_10pct']:.0f}% within "
-          f"10%, {100 * report['within_25pct']:.0f}% within 25%; {report['reference']}'s own spread over repeats "
-          f"{report['reference_noise_pct']:.1f}% (median)")
-
-
-def _latency_validate(args) -> None:
-    from jcw.latency.validate import validate_table
-
-    report = validate_table(args.device, args.supernet, args.samples, seed=args.seed, out_dir=args.out_dir)
-    if args.json:
-        print(json.dumps(report))
-    else:
-        print(f"{args.device}: {report['samples']} subnets, MAPE {report['mape']:.2f}%, "
-              f"{100 * report['within_10pct']:.0f}% within 10%\nreport: {report['report']}")
-
-
-def _latency_bundle(args) -> None:
-    from jcw.latency.bundle import bundle
-
-    path = bundle(args.device, args.supernet, args.out)
-    print(f"bundle: {path}\nrun on a phone: {path / 'run.sh'} --adb   (or --local to time on this machine)")
-
-
-def _latency_import(args) -> None:
-    from jcw.latency.bundle import import_bundle
-
-    table, csv_path, json_path = import_bundle(args.bundle, args.device, args.out_dir)
-    print(f"{table.device}: {len(table.entries)} entries imported\ntable: {csv_path}\nmetadata: {json_path}")
-
-
-def _action_group(sub, name: str, help_text: str):
-    """A command whose actions are subcommands (`jcw latency measure`), one of which is required."""
-    actions = sub.add_parser(name, help=help_text).add_subparsers(dest="action", metavar="ACTION",
-                                                                  parser_class=Parser)
-    actions.required = True
-    return actions
-
-
 def build_parser() -> Parser:
     parser = Parser(prog="jcw", description="Joint channel and weight-sparsity search for fast CNNs on phones.")
     parser.add_argument("--version", action="version", version=f"jcw {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-
-    def data_opt(p):
-        p.add_argument("--data-dir", default=None, help="dataset folder (default: $JCW_DATA, then Debian's)")
-
-    def ray_opts(p, default_workers=None):
-        p.add_argument("--workers", type=int, default=default_workers,
-                       help="Ray scoring actors (default: one per CPU; 0: serial, in-process)")
-        p.add_argument("--ray-address", default=None, help="join an existing Ray cluster")
 
     se = sub.add_parser("search", help="search the latency-accuracy Pareto front for a device")
     se.add_argument("--device", required=True, help="a latency table name (see `jcw latency list`)")
@@ -247,7 +150,7 @@ def build_parser() -> Parser:
     config.apply_defaults(se, config.SearchConfig)
     se.set_defaults(func=_search)
 
-    sn_sub = _action_group(sub, "supernet", "train or evaluate a weight-sharing supernet")
+    sn_sub = action_group(sub, "supernet", "train or evaluate a weight-sharing supernet")
     tr = sn_sub.add_parser("train", help="train a supernet with the sandwich rule")
     tr.add_argument("--model",
                     help="mbv2_tiny, mbv2_small, mobilenet_v2, resnet18, resnet34, resnet50")
@@ -280,7 +183,7 @@ def build_parser() -> Parser:
     data_opt(ev)
     ev.set_defaults(func=_supernet_eval)
 
-    pr_sub = _action_group(sub, "predictor", "fit an accuracy predictor on supernet-scored subnets")
+    pr_sub = action_group(sub, "predictor", "fit an accuracy predictor on supernet-scored subnets")
     pf = pr_sub.add_parser("fit", help="sample, score, fit and report")
     pf.add_argument("--supernet")
     pf.add_argument("--samples", type=int,
@@ -297,53 +200,7 @@ def build_parser() -> Parser:
     config.apply_defaults(pf, config.PredictorFitConfig)
     pf.set_defaults(func=_predictor_fit)
 
-    la_sub = _action_group(sub, "latency", "latency tables: derive, measure, validate, compare, list, bundle, import")
-    ld = la_sub.add_parser("derive", help="price a supernet's layers with a device model fit to public data")
-    ld.add_argument("--device", required=True, choices=("pixel1", "pixel4", "note10"))
-    ld.add_argument("--supernet", action="append", help="supernet file(s) to cover (default: the shipped one)")
-    ld.add_argument("--out-dir", default=None, help="where tables go (default: latency_tables/)")
-    ld.set_defaults(func=_latency_derive)
-    lm = la_sub.add_parser("measure", help="time every table entry on this machine")
-    lm.add_argument("--device", default="host")
-    lm.add_argument("--threads", type=int, default=1)
-    lm.add_argument("--repeats", type=int, default=30)
-    lm.add_argument("--supernet", action="append")
-    lm.add_argument("--runtime", default="torch", choices=("torch", "onnxruntime"),
-                    help="torch: what exported subnets run (default); onnxruntime: the bundle's micro-models")
-    lm.add_argument("--out-dir", default=None)
-    lm.set_defaults(func=_latency_measure)
-    lc = la_sub.add_parser("compare", help="entry-by-entry agreement of two tables, against the first's noise")
-    lc.add_argument("reference", help="a device name or a table .csv/.json")
-    lc.add_argument("other")
-    lc.add_argument("--json", action="store_true")
-    lc.set_defaults(func=_latency_compare)
-    lv = la_sub.add_parser("validate", help="time random exported subnets end to end against the table")
-    lv.add_argument("--device", default="host")
-    lv.add_argument("--samples", type=int, default=30)
-    lv.add_argument("--supernet", default=None)
-    lv.add_argument("--seed", type=int, default=0)
-    lv.add_argument("--json", action="store_true")
-    lv.add_argument("--out-dir", default=None)
-    lv.set_defaults(func=_latency_validate)
-    lp = la_sub.add_parser("predict", help="price a whole torchvision CNN with a device model")
-    lp.add_argument("--device", required=True)
-    lp.add_argument("--model", required=True, help="torchvision:NAME")
-    lp.add_argument("--input", type=int, default=224)
-    lp.add_argument("--json", action="store_true")
-    lp.set_defaults(func=_latency_predict)
-    ll = la_sub.add_parser("list", help="every table with its source and error")
-    ll.add_argument("--dir", default=None)
-    ll.set_defaults(func=_latency_list)
-    lb = la_sub.add_parser("bundle", help="ONNX micro-models + script to measure a phone over adb")
-    lb.add_argument("--device", required=True, help="name for the phone's table")
-    lb.add_argument("--supernet", default=None)
-    lb.add_argument("--out", required=True)
-    lb.set_defaults(func=_latency_bundle)
-    li = la_sub.add_parser("import", help="turn a bundle's results.csv into a measured table")
-    li.add_argument("bundle")
-    li.add_argument("--device", default=None)
-    li.add_argument("--out-dir", default=None)
-    li.set_defaults(func=_latency_import)
+    add_latency_commands(sub)
 
     ex = sub.add_parser("export", help="export a front member as a ready-to-fine-tune subnet")
     ex.add_argument("run")
@@ -395,6 +252,3 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from jcw.cli.main import main
+
+sys.exit(main())

@@ -110,7 +110,8 @@ class FinetuneConfig:
     distill_from: str | None = None  # a supernet file; its largest subnet is the teacher
     seed: int = 0
     limit_train: int = 0  # cap on training images per epoch (0: all)
-    val_images: int | None = None  # cap on the validation images scored after each epoch (None: all); test is whole
+    val_images: int | None = None  # cap on the validation images scored after each epoch (None: all)
+    test_images: int | None = None  # cap on the test images scored before and after (None: the whole split)
 
 
 def apply_defaults(parser: argparse.ArgumentParser, *configs: type) -> None:

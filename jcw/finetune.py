@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from jcw.config import FinetuneConfig
 from jcw.data import load_dataset
+from jcw.errors import JcwError
 from jcw.io import write_json
 from jcw.supernet.accuracy import evaluate, recalibrate_bn
 from jcw.supernet.loop import Schedule, train_loop
@@ -60,16 +61,20 @@ def finetune(subnet_path: str | Path, cfg: FinetuneConfig | None = None, out: st
     teacher = None
     if cfg.distill_from:
         teacher = load_supernet(cfg.distill_from)
+        if (teacher.config.dataset, teacher.config.num_classes) != (data.name, data.num_classes):
+            raise JcwError(f"--distill-from {cfg.distill_from} was trained on {teacher.config.dataset} "
+                           f"({teacher.config.num_classes} classes), the subnet on {data.name} ({data.num_classes} "
+                           f"classes): the teacher must know the subnet's classes")
         teacher.set_genome(teacher.space.largest())
         recalibrate_bn(teacher, data)  # shared statistics mix every subnet trained; the teacher needs its own
         teacher.eval()
-    before = 0.0 if resume else evaluate(model, data, "test").top1  # a resumed run restores its own
+    before = 0.0 if resume else evaluate(model, data, "test", limit=cfg.test_images).top1  # a resumed run restores its own
     recipe = _MasksHeld(model, data, cfg, teacher, before)
     write_json(out / "finetune_config.json", {"subnet": str(subnet_path), **asdict(cfg)})
     schedule = Schedule(cfg.epochs, cfg.batch_size, cfg.lr, seed=cfg.seed, limit_train=cfg.limit_train)
     groups = [{"params": list(model.parameters()), "weight_decay": cfg.weight_decay}]
     train_loop(recipe, groups, data, schedule, out, "finetune_log.csv", "finetune", resume, progress)
-    after = evaluate(model, data, "test").top1
+    after = evaluate(model, data, "test", limit=cfg.test_images).top1
     meta = dict(model.jcw_metadata, test_top1_before_finetune=recipe.before, test_top1=after, finetune=asdict(cfg))
     final = out / "subnet.pt"
     save_subnet(final, model, model.jcw_arch, meta)

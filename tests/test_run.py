@@ -9,6 +9,9 @@ import pytest
 import pandas as pd
 import torch
 
+from jcw.artifacts import default_supernet_path
+from jcw.supernet.supernet import Supernet, SupernetConfig
+
 from conftest import SMALL, SMALL_BUDGETS, jcw, kill_cli_when, one_clear_line
 
 
@@ -113,9 +116,10 @@ def test_a_killed_search_resumes_to_the_same_bytes(small_run, tmp_path):
 @pytest.mark.slow
 def test_finetune_resumes_to_the_same_weights(small_run, tmp_path):
     subnet = sorted((small_run / "subnets").glob("*.pt"))[0]
-    common = [str(subnet), "--epochs", "2", "--limit-train", "256", "--batch-size", "128", "--val-images", "200"]
+    common = [str(subnet), "--epochs", "2", "--limit-train", "256", "--batch-size", "128", "--val-images", "200",
+              "--test-images", "1000"]
     done = jcw("finetune", *common, "--out", str(tmp_path / "full"), check=True)
-    before, after = map(float, re.search(r"test top-1: ([\d.]+)% before, ([\d.]+)% after", done.stdout).groups())
+    before, after = map(float, re.search(r"test top-1 \(first 1000 images\): ([\d.]+)% before, ([\d.]+)% after", done.stdout).groups())
     full_log = pd.read_csv(tmp_path / "full" / "finetune_log.csv")
     assert full_log["epoch"].tolist() == [1, 2]
     meta = torch.load(tmp_path / "full" / "subnet.pt", weights_only=True)["metadata"]
@@ -131,3 +135,25 @@ def test_finetune_resumes_to_the_same_weights(small_run, tmp_path):
     a = torch.load(out / "subnet.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "full" / "subnet.pt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_finetune_distills_from_the_supernet(small_run, tmp_path):
+    """Same seed, same batches: only the teacher's soft labels can make the distilled run's loss differ."""
+    subnet = sorted((small_run / "subnets").glob("*.pt"))[0]
+    common = [str(subnet), "--epochs", "1", "--limit-train", "256", "--batch-size", "128", "--val-images", "200",
+              "--test-images", "500"]
+    jcw("finetune", *common, "--out", str(tmp_path / "plain"), check=True)
+    jcw("finetune", *common, "--out", str(tmp_path / "taught"), "--distill-from", str(default_supernet_path()),
+        check=True)
+    plain, taught = (pd.read_csv(tmp_path / name / "finetune_log.csv") for name in ("plain", "taught"))
+    assert len(plain) == len(taught) == 1
+    assert abs(plain["train_loss"][0] - taught["train_loss"][0]) > 1e-3
+    config = json.loads((tmp_path / "taught" / "finetune_config.json").read_text())
+    assert config["distill_from"] == str(default_supernet_path()) and config["test_images"] == 500
+    assert (tmp_path / "taught" / "subnet.pt").is_file()
+    missing = jcw("finetune", *common, "--out", str(tmp_path / "x"), "--distill-from", str(tmp_path / "none.pt"))
+    one_clear_line(missing, "none.pt")
+    Supernet(SupernetConfig(model="mbv2_tiny", dataset="cifar100", input_size=32, in_channels=3, num_classes=100)
+             ).save(tmp_path / "cifar.pt")
+    other = jcw("finetune", *common, "--out", str(tmp_path / "y"), "--distill-from", str(tmp_path / "cifar.pt"))
+    one_clear_line(other, "cifar100 (100 classes)", "fashion-mnist (10 classes)")

@@ -109,9 +109,11 @@ def _finetune(args) -> None:
     from jcw.finetune import FinetuneConfig, finetune
 
     cfg = FinetuneConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, distill_from=args.distill_from,
-                         seed=args.seed, limit_train=args.limit_train, val_images=args.val_images)
+                         seed=args.seed, limit_train=args.limit_train, val_images=args.val_images,
+                         test_images=args.test_images)
     res = finetune(args.subnet, cfg, out=args.out, resume=args.resume, data_dir=args.data_dir)
-    print(f"test top-1: {res['test_top1_before']:.2f}% before, {res['test_top1']:.2f}% after\n"
+    split = f" (first {args.test_images} images)" if args.test_images else ""
+    print(f"test top-1{split}: {res['test_top1_before']:.2f}% before, {res['test_top1']:.2f}% after\n"
           f"subnet: {res['subnet']}\nlog: {res['log']}")
 
 
@@ -232,6 +234,7 @@ def build_parser() -> Parser:
     ft.add_argument("--seed", type=int)
     ft.add_argument("--limit-train", type=int)
     ft.add_argument("--val-images", type=int, help="cap on validation images scored after each epoch")
+    ft.add_argument("--test-images", type=int, help="cap on test images scored before and after (default: all)")
     ft.add_argument("--resume", action="store_true")
     data_opt(ft)
     config.apply_defaults(ft, config.FinetuneConfig)

@@ -59,7 +59,8 @@ class SupernetConfig:
     divisor: int = 8
     densities: tuple[float, ...] = DEFAULT_DENSITIES
     block: int = 1  # 1: unstructured masks; 4: JCW's blocks of 4 output channels
-    pretrained: bool = False
+    pretrained: bool = False  # start from torchvision's ImageNet weights, with a fresh head for the dataset's classes
+    weights: str | None = None  # or from this local state_dict file, likewise
 
     @classmethod
     def from_dict(cls, d: dict) -> "SupernetConfig":

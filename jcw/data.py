@@ -213,15 +213,20 @@ def load_cifar(name: str, data_dir: str | os.PathLike | None) -> InMemoryData:
 
 
 def load_dataset(name: str = "fashion-mnist", data_dir: str | os.PathLike | None = None,
-                 input_size: int = 224) -> InMemoryData | ImageFolderData:
-    """Load a dataset by name; every failure is a `JcwError` that says how to get the data."""
-    if name == "fashion-mnist":
-        return load_fashion_mnist(data_dir)
-    if name in ("cifar10", "cifar100"):
-        return load_cifar(name, data_dir)
+                 input_size: int | None = None) -> InMemoryData | ImageFolderData:
+    """Load a dataset by name; every failure is a `JcwError` that says how to get the data.
+
+    `input_size` is the side images are cropped to: ImageFolder trees take any (default 224); the in-memory datasets
+    have one, and another is an error rather than a silent resize.
+    """
+    if name in ("fashion-mnist", "cifar10", "cifar100"):
+        data = load_fashion_mnist(data_dir) if name == "fashion-mnist" else load_cifar(name, data_dir)
+        if input_size not in (None, data.input_size):
+            raise JcwError(f"{name} images are {data.input_size} px; --input {input_size} applies to imagefolder only")
+        return data
     if name == "imagefolder":
         if not data_dir or not (Path(data_dir) / "train").is_dir() or not (Path(data_dir) / "val").is_dir():
             raise JcwError(f"--data-dir {data_dir!r} must hold train/ and val/ folders of class folders "
                            "(the ImageNet layout)")
-        return ImageFolderData(Path(data_dir), input_size=input_size)
+        return ImageFolderData(Path(data_dir), input_size=input_size or 224)
     raise JcwError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")

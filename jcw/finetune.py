@@ -55,7 +55,7 @@ def finetune(subnet_path: str | Path, cfg: FinetuneConfig | None = None, out: st
     cfg = cfg or FinetuneConfig()
     subnet_path = Path(subnet_path)
     model = load_subnet(subnet_path)
-    data = load_dataset(model.jcw_arch["supernet_config"]["dataset"], data_dir)
+    data = load_dataset(model.jcw_arch["supernet_config"]["dataset"], data_dir, model.jcw_arch["input_size"])
     out = Path(out) if out else subnet_path.with_name(subnet_path.stem + "-finetuned")
     out.mkdir(parents=True, exist_ok=True)
     teacher = None

@@ -89,6 +89,22 @@ def one_clear_line(proc, *needles: str) -> None:
         assert n in lines[0], lines[0]
 
 
+def write_imagefolder(root: Path, classes: int = 2, per_class: int = 12) -> Path:
+    """An ImageNet-layout tree of small JPEGs, one colour per class: train/ has `per_class`, val/ 3 per class."""
+    from PIL import Image
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in range(classes):
+            (root / split / f"class{c}").mkdir(parents=True)
+            for i in range(per_class if split == "train" else 3):
+                pixels = rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)
+                pixels[..., c] = 255  # each class has its own colour
+                Image.fromarray(pixels).save(root / split / f"class{c}" / f"{i}.jpg")
+    return root
+
+
 @pytest.fixture(scope="session")
 def data():
     from jcw.data import load_dataset

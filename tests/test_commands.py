@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import jcw, kill_cli_when, one_clear_line
+from conftest import jcw, kill_cli_when, one_clear_line, write_imagefolder
 
 TINY_TRAIN = ["--model", "mbv2_tiny", "--epochs", "2", "--limit-train", "256", "--batch-size", "128"]
 
@@ -47,23 +47,10 @@ def test_supernet_training_killed_and_resumed_ends_with_the_same_weights(tmp_pat
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def _write_imagefolder(root, classes=2, per_class=12):
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for c in range(classes):
-            (root / split / f"class{c}").mkdir(parents=True)
-            for i in range(per_class if split == "train" else 3):
-                pixels = rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)
-                pixels[..., c] = 255  # each class has its own colour
-                Image.fromarray(pixels).save(root / split / f"class{c}" / f"{i}.jpg")
-
-
 def test_imagefolder_data_trains_a_supernet_at_its_input_size(tmp_path):
     from jcw.data import load_dataset
 
-    _write_imagefolder(tmp_path / "data")
+    write_imagefolder(tmp_path / "data")
     data = load_dataset("imagefolder", tmp_path / "data", input_size=32)
     assert (data.size("train"), data.size("val"), data.size("test")) == (20, 4, 6)
     batch = next(data.batches("test", 6))

@@ -20,11 +20,12 @@ def _supernet_train(args) -> None:
     from jcw.supernet.train import TrainConfig, train
 
     config = SupernetConfig(model=args.model, dataset=args.dataset, min_ratio=args.min_ratio, block=args.block,
-                            pretrained=args.pretrained)
+                            pretrained=args.pretrained, weights=args.weights)
     recipe = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                          label_smoothing=args.label_smoothing, n_random=args.n_random, seed=args.seed,
                          threads=args.threads, limit_train=args.limit_train)
-    final = train(args.out, config, recipe, data_dir=args.data_dir, resume=args.resume, force=args.force)
+    final = train(args.out, config, recipe, data_dir=args.data_dir, resume=args.resume, force=args.force,
+                  input_size=args.input)
     print(f"supernet: {final}\nlog: {Path(args.out) / 'train_log.csv'}")
 
 
@@ -157,6 +158,7 @@ def build_parser() -> Parser:
     tr.add_argument("--model",
                     help="mbv2_tiny, mbv2_small, mobilenet_v2, resnet18, resnet34, resnet50")
     tr.add_argument("--dataset", help="fashion-mnist, cifar10, cifar100, imagefolder")
+    tr.add_argument("--input", type=int, metavar="PX", help="image side for imagefolder (default 224); recorded")
     data_opt(tr)
     tr.add_argument("--out", default="supernets/mine")
     tr.add_argument("--epochs", type=int)
@@ -167,7 +169,9 @@ def build_parser() -> Parser:
     tr.add_argument("--n-random", type=int, help="random subnets per step besides largest and smallest")
     tr.add_argument("--min-ratio", type=float, help="smallest width as a fraction of the base")
     tr.add_argument("--block", type=int, choices=(1, 4), help="4: JCW's SIMD blocks of 4 out-channels")
-    tr.add_argument("--pretrained", action="store_true", help="start from torchvision's ImageNet weights")
+    tr.add_argument("--pretrained", action="store_true",
+                    help="start from torchvision's ImageNet weights; the classifier is made for the dataset's classes")
+    tr.add_argument("--weights", metavar="FILE", help="start from a local state_dict or torchvision checkpoint")
     tr.add_argument("--seed", type=int)
     tr.add_argument("--threads", type=int)
     tr.add_argument("--limit-train", type=int, help="cap training images per epoch (quick runs)")

@@ -12,6 +12,7 @@ import torchvision.models as tvm
 from torchvision.ops.misc import Conv2dNormActivation
 
 from jcw.errors import JcwError
+from jcw.models.weights import load_backbone, pretrained_state_dict, read_weights_file
 
 # (expansion, out channels, repeats, first stride), for 28-32 px inputs: a 28 px stem, then 14 -> 7.
 # Downsampling in the first block keeps training near 600 img/s on 2 cores (about 4x a 28 px first stage).
@@ -19,14 +20,11 @@ TINY_MBV2_SETTING = [[1, 16, 1, 2], [6, 24, 2, 1], [6, 32, 3, 2], [6, 64, 2, 1]]
 SMALL_MBV2_SETTING = [[1, 16, 1, 2], [6, 32, 2, 1], [6, 64, 3, 2], [6, 96, 2, 1]]
 
 
-def _reduced_mbv2(setting: list[list[int]], head: int, name: str, num_classes: int, in_channels: int,
-                  pretrained: bool) -> nn.Module:
+def _reduced_mbv2(setting: list[list[int]], head: int, num_classes: int, in_channels: int) -> nn.Module:
     """A reduced MobileNetV2 for small images: stride-1 stem, two block resolutions, a narrow head.
 
     Built from torchvision's MobileNetV2 so that it has the same block structure as the ImageNet model.
     """
-    if pretrained:
-        raise JcwError(f"{name} has no pretrained weights; train it with `jcw supernet train`")
     model = tvm.MobileNetV2(num_classes=num_classes, inverted_residual_setting=setting)
     model.features[0] = Conv2dNormActivation(in_channels, 32, stride=1, norm_layer=nn.BatchNorm2d,
                                              activation_layer=nn.ReLU6)
@@ -37,45 +35,49 @@ def _reduced_mbv2(setting: list[list[int]], head: int, name: str, num_classes: i
     return model
 
 
-def mbv2_tiny(num_classes: int = 10, in_channels: int = 1, pretrained: bool = False) -> nn.Module:
+def mbv2_tiny(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     """Reduced MobileNetV2, 24/32/64 channels and a 256-wide head: 0.15 M parameters."""
-    return _reduced_mbv2(TINY_MBV2_SETTING, 256, "mbv2_tiny", num_classes, in_channels, pretrained)
+    return _reduced_mbv2(TINY_MBV2_SETTING, 256, num_classes, in_channels)
 
 
-def mbv2_small(num_classes: int = 10, in_channels: int = 1, pretrained: bool = False) -> nn.Module:
+def mbv2_small(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     """Reduced MobileNetV2, 32/64/96 channels and a 384-wide head: 0.35 M parameters, about 1.6x mbv2_tiny's cost."""
-    return _reduced_mbv2(SMALL_MBV2_SETTING, 384, "mbv2_small", num_classes, in_channels, pretrained)
+    return _reduced_mbv2(SMALL_MBV2_SETTING, 384, num_classes, in_channels)
 
 
-def _torchvision(name: str, weights_enum) -> Callable[..., nn.Module]:
-    def build(num_classes: int = 1000, in_channels: int = 3, pretrained: bool = False) -> nn.Module:
+def _torchvision(name: str) -> Callable[..., nn.Module]:
+    def build(num_classes: int = 1000, in_channels: int = 3) -> nn.Module:
         if in_channels != 3:
             raise JcwError(f"{name} takes 3-channel images; use an RGB dataset or the mbv2_tiny model")
-        if pretrained:
-            if num_classes != 1000:
-                raise JcwError(f"--pretrained {name} has 1000 ImageNet classes; this dataset has {num_classes}")
-            try:
-                return getattr(tvm, name)(weights=weights_enum.DEFAULT)
-            except Exception as exc:  # no network and nothing cached
-                raise JcwError(f"cannot load pretrained {name} weights ({exc.__class__.__name__}); put the file "
-                               f"in $TORCH_HOME/hub/checkpoints or drop --pretrained") from None
         return getattr(tvm, name)(weights=None, num_classes=num_classes)
 
-    build.__doc__ = f"torchvision {name} in the ImageNet layout; weights through torchvision's weights API."
+    build.__doc__ = f"torchvision {name} in the ImageNet layout."
     return build
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mbv2_tiny": mbv2_tiny,
     "mbv2_small": mbv2_small,
-    "mobilenet_v2": _torchvision("mobilenet_v2", tvm.MobileNet_V2_Weights),
-    "resnet18": _torchvision("resnet18", tvm.ResNet18_Weights),
-    "resnet34": _torchvision("resnet34", tvm.ResNet34_Weights),
-    "resnet50": _torchvision("resnet50", tvm.ResNet50_Weights),
+    **{name: _torchvision(name) for name in ("mobilenet_v2", "resnet18", "resnet34", "resnet50")},
 }
+PRETRAINED = {"mobilenet_v2": tvm.MobileNet_V2_Weights, "resnet18": tvm.ResNet18_Weights,
+              "resnet34": tvm.ResNet34_Weights, "resnet50": tvm.ResNet50_Weights}  # torchvision's weights API
 
 
-def create_model(name: str, num_classes: int, in_channels: int, pretrained: bool = False) -> nn.Module:
+def create_model(name: str, num_classes: int, in_channels: int, pretrained: bool = False,
+                 weights: str | None = None) -> nn.Module:
+    """A base network; `pretrained` starts it from ImageNet weights, `weights` from a local file, each with a head
+    of `num_classes` outputs."""
     if name not in MODELS:
         raise JcwError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
-    return MODELS[name](num_classes=num_classes, in_channels=in_channels, pretrained=pretrained)
+    if pretrained and weights:
+        raise JcwError("--pretrained and --weights both name starting weights; pass one")
+    if pretrained and name not in PRETRAINED:
+        raise JcwError(f"{name} has no pretrained weights; pretrained models: {', '.join(PRETRAINED)}; or pass "
+                       f"--weights FILE")
+    model = MODELS[name](num_classes=num_classes, in_channels=in_channels)
+    if pretrained:
+        load_backbone(model, pretrained_state_dict(name, PRETRAINED[name]), f"--pretrained {name}")
+    elif weights:
+        load_backbone(model, read_weights_file(weights), f"--weights {weights}")
+    return model

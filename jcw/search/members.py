@@ -24,7 +24,8 @@ def export_member(run: str | Path | RunDir, subnet_id: int, supernet: Supernet |
     if supernet.hash != config["resolved"]["supernet_hash"]:
         raise JcwError(f"the supernet at {supernet.path} changed since the run (hash {supernet.hash}, run used "
                        f"{config['resolved']['supernet_hash']})")
-    data = load_dataset(supernet.config.dataset, data_dir or config["options"].get("data_dir"))
+    data = load_dataset(supernet.config.dataset, data_dir or config["options"].get("data_dir"),
+                        supernet.config.input_size)
     meta = {"id": int(subnet_id), "device": device or config["options"]["device"],
             "predicted_latency_ms": float(row["latency_ms"]),
             "val_top1": None if pd.isna(row["true_top1"]) else float(row["true_top1"]),

@@ -78,7 +78,7 @@ def evaluate_genomes(supernet: str | None, genomes: str, split: str = "val",
                      data_dir: str | None = None) -> Iterator[dict]:
     """`jcw supernet eval`: each named genome's readable form, top-1 and loss, yielded as it is scored."""
     net = load_supernet(supernet)
-    data = load_dataset(net.config.dataset, data_dir)
+    data = load_dataset(net.config.dataset, data_dir, net.config.input_size)
     for label, g in parse_genomes(genomes, net.space, seed):
         s = score_genome(net, g, data, split, calibration_images)
         yield {"label": label, "genome": [int(v) for v in g], **net.space.decode(g), "top1": round(s.top1, 4),

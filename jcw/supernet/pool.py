@@ -54,7 +54,7 @@ class SerialPool:
     def __init__(self, supernet, data_spec: DataSpec):
         self.supernet = supernet
         self.spec = data_spec
-        self.data = load_dataset(data_spec.dataset, data_spec.data_dir)
+        self.data = load_dataset(data_spec.dataset, data_spec.data_dir, supernet.config.input_size)
 
         self.scored_by: list[dict] = []  # the last call's genomes: which process scored each, at how many threads
 
@@ -78,7 +78,7 @@ class _ScoringActor:
         torch.set_num_threads(threads)
         self.supernet = _supernet_from_payload(payload)
         self.spec = spec
-        self.data = load_dataset(spec.dataset, spec.data_dir)
+        self.data = load_dataset(spec.dataset, spec.data_dir, self.supernet.config.input_size)
 
     def score(self, genome) -> dict:
         s = score_genome(self.supernet, np.asarray(genome), self.data, self.spec.split, self.spec.calibration_images,

@@ -37,7 +37,8 @@ class Supernet(nn.Module):
         super().__init__()
         self.config = config
         base = create_model(config.model, config.num_classes, config.in_channels,
-                            pretrained=config.pretrained and state_dict is None)
+                            pretrained=config.pretrained and state_dict is None,
+                            weights=config.weights if state_dict is None else None)
         if state_dict is not None:
             base.load_state_dict(state_dict)
         self.info: GraphInfo = analyse(base, config.model, config.input_size, config.in_channels, config.num_classes,

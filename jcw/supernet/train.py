@@ -83,16 +83,17 @@ def train_supernet(net: Supernet, data, out_dir: str | Path, cfg: TrainConfig, r
 
 
 def train(out: str | Path, config: SupernetConfig | None = None, recipe: TrainConfig | None = None,
-          data_dir: str | None = None, resume: bool = False, force: bool = False) -> Path:
+          data_dir: str | None = None, resume: bool = False, force: bool = False,
+          input_size: int | None = None) -> Path:
     """Train a new supernet into `out`, or (resume) finish an interrupted one with the recipe it started with.
 
-    The dataset fixes the input size, channels and classes of `config`; a resumed run takes its network and recipe
-    from the folder, whatever `config` and `recipe` say now.
+    The dataset (and `input_size`, for ImageFolder trees) fixes the input size, channels and classes of `config`; a
+    resumed run takes its network and recipe from the folder, whatever `config` and `recipe` say now.
     """
     out = Path(out)
     if resume:
         config = SupernetConfig.from_dict(read_checkpoint(out / "checkpoint.pt")["config"])
-        data = load_dataset(config.dataset, data_dir)
+        data = load_dataset(config.dataset, data_dir, config.input_size)
         saved = out / "train_config.json"
         if saved.exists():
             recipe = TrainConfig(**json.loads(saved.read_text())["train"])
@@ -100,7 +101,7 @@ def train(out: str | Path, config: SupernetConfig | None = None, recipe: TrainCo
         if (out / "supernet.pt").exists() and not force:
             raise JcwError(f"{out} already holds a trained supernet; pass --resume to continue or --force to retrain")
         config = config or SupernetConfig()
-        data = load_dataset(config.dataset, data_dir)
+        data = load_dataset(config.dataset, data_dir, input_size)
         config = replace(config, input_size=data.input_size, in_channels=data.in_channels,
                          num_classes=data.num_classes)
     recipe = recipe or TrainConfig()

@@ -1,0 +1,88 @@
+"""Starting weights with the user's own head: torchvision's weights API (through its cache) and local files."""
+import pytest
+import torch
+import torchvision.models as tvm
+
+from jcw.errors import JcwError, JcwWarning
+from jcw.models.registry import PRETRAINED, create_model
+from jcw.models.weights import classifier_name
+
+from conftest import jcw, one_clear_line, write_imagefolder
+
+
+def _imagenet_file(name: str, path, wrap=lambda sd: sd):
+    torch.manual_seed(1)
+    state = getattr(tvm, name)(weights=None).state_dict()  # 1000 classes, random: what a user's file looks like
+    torch.save(wrap(state), path)
+    return state
+
+
+def _assert_backbone_from(model, state, classes: int) -> None:
+    head = classifier_name(model) + "."
+    own = model.state_dict()
+    backbone = [k for k in own if not k.startswith(head)]
+    assert backbone and all(torch.equal(own[k], state[k]) for k in backbone)
+    assert own[head + "weight"].shape[0] == classes and own[head + "bias"].shape == (classes,)
+
+
+@pytest.mark.parametrize("name", sorted(PRETRAINED))
+def test_weights_file_starts_the_backbone_and_the_head_fits_the_classes(name, tmp_path):
+    state = _imagenet_file(name, tmp_path / "w.pt")
+    with pytest.warns(JcwWarning, match=r"classifier .*replaced by a fresh one .*\(1000, \d+\) -> \(37, \d+\)"):
+        model = create_model(name, 37, 3, weights=str(tmp_path / "w.pt"))
+    _assert_backbone_from(model, state, 37)
+
+
+def test_checkpoint_wrappers_and_1000_classes_load_whole(tmp_path, recwarn):
+    # torchvision's reference scripts save {"model": ...}; DistributedDataParallel prefixes "module."
+    state = _imagenet_file("resnet18", tmp_path / "w.pt",
+                           lambda sd: {"model": {f"module.{k}": v for k, v in sd.items()}, "epoch": 3})
+    model = create_model("resnet18", 1000, 3, weights=str(tmp_path / "w.pt"))
+    own = model.state_dict()
+    assert all(torch.equal(own[k], state[k]) for k in own)  # head included: it fits
+    assert not [w for w in recwarn if issubclass(w.category, JcwWarning)]
+
+
+def test_a_file_of_another_network_is_a_clear_error(tmp_path):
+    _imagenet_file("resnet18", tmp_path / "r18.pt")
+    with pytest.raises(JcwError, match=r"does not fit MobileNetV2: missing: .*unexpected: .*"):
+        create_model("mobilenet_v2", 10, 3, weights=str(tmp_path / "r18.pt"))
+    _imagenet_file("resnet18", tmp_path / "cut.pt", lambda sd: {k: v for k, v in sd.items()
+                                                                          if k != "layer1.0.conv1.weight"})
+    with pytest.raises(JcwError, match=r"missing: layer1\.0\.conv1\.weight \(1\)"):
+        create_model("resnet18", 10, 3, weights=str(tmp_path / "cut.pt"))
+    with pytest.raises(JcwError, match="no pretrained weights"):
+        create_model("mbv2_tiny", 10, 1, pretrained=True)
+
+
+def test_pretrained_comes_through_torchvisions_weights_api_with_a_new_head(tmp_path, monkeypatch):
+    """No network here: the weights API finds the file where it caches downloads, under the name it expects."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(JcwError, match=r"cannot load pretrained resnet18 weights .*--weights FILE"):
+        create_model("resnet18", 37, 3, pretrained=True)
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True, exist_ok=True)  # the failed download made it
+    state = _imagenet_file("resnet18", cache / tvm.ResNet18_Weights.DEFAULT.url.rsplit("/", 1)[-1])
+    with pytest.warns(JcwWarning, match="--pretrained resnet18: classifier fc.weight, fc.bias replaced"):
+        model = create_model("resnet18", 37, 3, pretrained=True)
+    _assert_backbone_from(model, state, 37)
+
+
+def test_supernet_train_from_a_weights_file_through_the_cli(tmp_path):
+    data = write_imagefolder(tmp_path / "data", classes=3, per_class=6)
+    _imagenet_file("mobilenet_v2", tmp_path / "w.pt")
+    args = ["supernet", "train", "--model", "mobilenet_v2", "--dataset", "imagefolder", "--data-dir", str(data),
+            "--input", "32", "--epochs", "1", "--limit-train", "8", "--batch-size", "8", "--n-random", "0"]
+    ran = jcw(*args, "--weights", str(tmp_path / "w.pt"), "--out", str(tmp_path / "sn"), check=True)
+    warned = [l for l in ran.stderr.splitlines() if "replaced" in l]
+    assert len(warned) == 1 and "classifier.1.weight, classifier.1.bias" in warned[0] and "-> (3, 1280)" in warned[0]
+    saved = torch.load(tmp_path / "sn" / "supernet.pt", weights_only=True)
+    assert saved["config"]["weights"] == str(tmp_path / "w.pt") and saved["config"]["input_size"] == 32
+    assert saved["config"]["num_classes"] == 3
+    _imagenet_file("resnet18", tmp_path / "r18.pt")
+    one_clear_line(jcw(*args, "--weights", str(tmp_path / "r18.pt"), "--out", str(tmp_path / "x")),
+                   "does not fit MobileNetV2", "unexpected")
+    one_clear_line(jcw(*args, "--weights", str(tmp_path / "w.pt"), "--pretrained", "--out", str(tmp_path / "y")),
+                   "pass one")
+    one_clear_line(jcw("supernet", "train", "--input", "32", "--out", str(tmp_path / "z")),
+                   "fashion-mnist images are 28 px")

@@ -23,6 +23,7 @@ def test_help_and_version():
     (["search", "--device", "pixel4", "--latency", "30 parsecs"], ["latency budget"]),
     (["search", "--device", "pixel4", "--latency", ""], ["empty latency budget"]),
     (["search", "--device", "pixel4", "--latency", "1us"], ["least achievable"]),
+    (["search", "--device", "pixel4", "--latency", "0.1ms,30ms"], ["budget 0.1ms is below", "least achievable"]),
     (["supernet", "train", "--dataset", "imagefolder", "--data-dir", "/nonexistent", "--out", "/tmp/jcw-x"],
      ["train/ and val/"]),
     (["search", "--device", "pixel4", "--latency", "1ms", "--ray-address", "127.0.0.1:1"], ["does not answer"]),
@@ -76,3 +77,21 @@ def test_latency_list_and_predict():
                          "--json", check=True).stdout)
     # the fit's own estimate of this model (latency_tables/pixel4.json), against nn-Meter's 43.96 ms
     assert rec["latency_ms"] == pytest.approx(44.8, abs=0.05) and rec["source"] == "derived"
+
+
+def test_a_budget_the_largest_subnet_meets_is_said_before_the_search_and_kept_in_the_summary(tmp_path):
+    import pandas as pd
+
+    ran = jcw("search", "--device", "pixel4", "--latency", "1ms,30ms", "--population", "4", "--generations", "1",
+              "--rescore", "0", "--calibration-images", "100", "--val-images", "200", "--workers", "0",
+              "--no-export", "--out", str(tmp_path / "r"), check=True)
+    lines = ran.stdout.splitlines()
+    note = [i for i, l in enumerate(lines) if l.startswith("note: budget 30ms constrains nothing")]
+    first_gen = next(i for i, l in enumerate(lines) if l.startswith("gen "))
+    assert len(note) == 1 and note[0] < first_gen and "ImageNet-size networks" in lines[note[0]]
+    largest = float(lines[note[0]].split("takes ")[1].split("ms")[0])
+    assert 1 < largest < 30  # the shipped supernet's largest subnet on a Pixel 4
+    summary = pd.read_csv(tmp_path / "r" / "summary.csv")
+    assert summary["largest_fits"].tolist() == [False, True]
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["resolved"]["largest_ms"] == pytest.approx(largest, rel=1e-3)

@@ -97,9 +97,11 @@ class _Context:
             self.upper[:n_groups] = 0
         smallest = self.upper.copy()
         self.smallest_ms = float(self.bound.latency(smallest)[0])
-        if self.smallest_ms > max(cfg.budgets_ms):
-            raise JcwError(f"budget {format_ms(max(cfg.budgets_ms))} is below the smallest subnet's latency on "
+        if self.smallest_ms > min(cfg.budgets_ms):
+            raise JcwError(f"budget {format_ms(min(cfg.budgets_ms))} is below the smallest subnet's latency on "
                            f"{cfg.device}: {self.smallest_ms:.4g}ms is the least achievable")
+        self.largest_ms = float(self.bound.latency(np.zeros_like(self.upper))[0])
+        self.unconstrained = [b for b in cfg.budgets_ms if b >= self.largest_ms]
         self.evaluator = None
         self.cfg = cfg
 
@@ -150,7 +152,7 @@ def _config_record(cfg: SearchConfig, ctx: _Context, out: RunDir) -> dict:
     return {"options": asdict(cfg), "resolved": {
         "out": str(out.path.resolve()), "supernet": ctx.supernet.path, "supernet_hash": ctx.supernet.hash,
         "predictor": None if ctx.predictor is None else str(cfg.predictor or "default"),
-        "smallest_ms": ctx.smallest_ms, "space": {"model": ctx.space.model, "genes": ctx.space.n_genes,
+        "smallest_ms": ctx.smallest_ms, "largest_ms": ctx.largest_ms, "space": {"model": ctx.space.model, "genes": ctx.space.n_genes,
                                                    "subnets": str(ctx.space.num_subnets())}},
         "versions": {"jcw": __version__, "python": platform.python_version(), "torch": torch.__version__,
                      "pymoo": pymoo.__version__, "ray": ray.__version__, "numpy": np.__version__},
@@ -179,6 +181,10 @@ def _search(cfg: SearchConfig, ctx: _Context, out: RunDir, log) -> SearchResult:
         problem, algorithm = _algorithm(ctx, cfg)
         rows = []
     out.write_config(_config_record(cfg, ctx, out))
+    if ctx.unconstrained:
+        log(f"note: budget {', '.join(map(format_ms, ctx.unconstrained))} constrains nothing: the largest subnet of "
+            f"this space takes {ctx.largest_ms:.4g}ms on {cfg.device}; for ImageNet-size networks, whose subnets "
+            f"do meet tens of ms, see the README's \"ImageNet-size networks\"")
     budget = max(cfg.budgets_ms)
     seen = {tuple(json.loads(r["genome"])) for r in rows}
     t0 = time.time()
@@ -315,9 +321,10 @@ def _write_outputs(cfg: SearchConfig, ctx: _Context, out: RunDir, history: pd.Da
     summary_rows = []
     for b in cfg.budgets_ms:
         best = best_within_budget(pareto, b)
-        summary_rows.append({"budget_ms": b, "id": None, "latency_ms": None, "top1": None} if best is None else
-                            {"budget_ms": b, "id": int(best["id"]), "latency_ms": float(best["latency_ms"]),
-                             "top1": float(best["top1"])})
+        row = ({"id": None, "latency_ms": None, "top1": None} if best is None else
+               {"id": int(best["id"]), "latency_ms": float(best["latency_ms"]), "top1": float(best["top1"])})
+        # a budget the largest subnet meets says nothing about the space: the summary keeps that beside the pick
+        summary_rows.append({"budget_ms": b, **row, "largest_fits": b >= ctx.largest_ms})
     summary = pd.DataFrame(summary_rows)
     out.write_tables(history, pareto, summary)
     plot_run(out.path, cfg.budgets_ms, cfg.device)

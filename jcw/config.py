@@ -85,6 +85,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0  # 0: torch's default
     limit_train: int = 0  # cap on training images per epoch (0: all); for quick runs and tests
+    val_images: int | None = None  # cap on the validation images scored after each epoch (None: all)
 
 
 @dataclass

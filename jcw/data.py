@@ -144,7 +144,10 @@ class ImageFolderData:
             idx = idx[:limit]
         source = self.sources[split]
         view = datasets.ImageFolder(source.root, transform=self.train_tf if augment else self.eval_tf)
-        loader = DataLoader(Subset(view, idx), batch_size=batch_size, num_workers=self.workers)
+        # worker processes decode JPEGs in parallel, but starting them costs more than decoding one batch
+        workers = self.workers if len(idx) > batch_size else 0
+        loader = DataLoader(Subset(view, idx), batch_size=batch_size, num_workers=workers,
+                            pin_memory=torch.cuda.is_available())
         for images, labels in loader:
             yield Batch(images, labels)
 

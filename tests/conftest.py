@@ -144,6 +144,6 @@ def block_supernet(tmp_path_factory) -> Path:
     """A tiny supernet trained briefly with 1x4 weight blocks (`supernet train --block 4`); its stderr beside it."""
     out = tmp_path_factory.mktemp("block") / "sn"
     ran = jcw("supernet", "train", "--model", "mbv2_tiny", "--block", "4", "--epochs", "1", "--limit-train", "256",
-              "--batch-size", "128", "--out", str(out), check=True)
+              "--batch-size", "128", "--val-images", "500", "--out", str(out), check=True)
     (out / "stderr.txt").write_text(ran.stderr)
     return out / "supernet.pt"

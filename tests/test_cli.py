@@ -23,6 +23,7 @@ def test_help_and_version():
     (["search", "--device", "pixel4", "--latency", "30 parsecs"], ["latency budget"]),
     (["search", "--device", "pixel4", "--latency", ""], ["empty latency budget"]),
     (["search", "--device", "pixel4", "--latency", "1us"], ["least achievable"]),
+    (["supernet", "train", "--input", "32", "--out", "/tmp/jcw-x"], ["fashion-mnist images are 28 px"]),
     (["search", "--device", "pixel4", "--latency", "0.1ms,30ms"], ["budget 0.1ms is below", "least achievable"]),
     (["supernet", "train", "--dataset", "imagefolder", "--data-dir", "/nonexistent", "--out", "/tmp/jcw-x"],
      ["train/ and val/"]),

@@ -9,7 +9,8 @@ import torch
 
 from conftest import jcw, kill_cli_when, one_clear_line, write_imagefolder
 
-TINY_TRAIN = ["--model", "mbv2_tiny", "--epochs", "2", "--limit-train", "256", "--batch-size", "128"]
+TINY_TRAIN = ["--model", "mbv2_tiny", "--epochs", "2", "--limit-train", "256", "--batch-size", "128",
+              "--val-images", "500"]
 
 
 def test_block_training_keeps_blocks_of_four_and_names_the_layers_that_cannot(block_supernet):

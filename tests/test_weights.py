@@ -1,4 +1,6 @@
-"""Starting weights with the user's own head: torchvision's weights API (through its cache) and local files."""
+"""Starting weights with the user's own head: torchvision's weights API (through its cache) and local files.
+
+The CLI side (`supernet train --weights`) runs in test_imagenet's end-to-end test."""
 import pytest
 import torch
 import torchvision.models as tvm
@@ -7,7 +9,6 @@ from jcw.errors import JcwError, JcwWarning
 from jcw.models.registry import PRETRAINED, create_model
 from jcw.models.weights import classifier_name
 
-from conftest import jcw, one_clear_line, write_imagefolder
 
 
 def _imagenet_file(name: str, path, wrap=lambda sd: sd):
@@ -67,22 +68,3 @@ def test_pretrained_comes_through_torchvisions_weights_api_with_a_new_head(tmp_p
         model = create_model("resnet18", 37, 3, pretrained=True)
     _assert_backbone_from(model, state, 37)
 
-
-def test_supernet_train_from_a_weights_file_through_the_cli(tmp_path):
-    data = write_imagefolder(tmp_path / "data", classes=3, per_class=6)
-    _imagenet_file("mobilenet_v2", tmp_path / "w.pt")
-    args = ["supernet", "train", "--model", "mobilenet_v2", "--dataset", "imagefolder", "--data-dir", str(data),
-            "--input", "32", "--epochs", "1", "--limit-train", "8", "--batch-size", "8", "--n-random", "0"]
-    ran = jcw(*args, "--weights", str(tmp_path / "w.pt"), "--out", str(tmp_path / "sn"), check=True)
-    warned = [l for l in ran.stderr.splitlines() if "replaced" in l]
-    assert len(warned) == 1 and "classifier.1.weight, classifier.1.bias" in warned[0] and "-> (3, 1280)" in warned[0]
-    saved = torch.load(tmp_path / "sn" / "supernet.pt", weights_only=True)
-    assert saved["config"]["weights"] == str(tmp_path / "w.pt") and saved["config"]["input_size"] == 32
-    assert saved["config"]["num_classes"] == 3
-    _imagenet_file("resnet18", tmp_path / "r18.pt")
-    one_clear_line(jcw(*args, "--weights", str(tmp_path / "r18.pt"), "--out", str(tmp_path / "x")),
-                   "does not fit MobileNetV2", "unexpected")
-    one_clear_line(jcw(*args, "--weights", str(tmp_path / "w.pt"), "--pretrained", "--out", str(tmp_path / "y")),
-                   "pass one")
-    one_clear_line(jcw("supernet", "train", "--input", "32", "--out", str(tmp_path / "z")),
-                   "fashion-mnist images are 28 px")

@@ -23,7 +23,7 @@ def _supernet_train(args) -> None:
                             pretrained=args.pretrained, weights=args.weights)
     recipe = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                          label_smoothing=args.label_smoothing, n_random=args.n_random, seed=args.seed,
-                         threads=args.threads, limit_train=args.limit_train)
+                         threads=args.threads, limit_train=args.limit_train, val_images=args.val_images)
     final = train(args.out, config, recipe, data_dir=args.data_dir, resume=args.resume, force=args.force,
                   input_size=args.input)
     print(f"supernet: {final}\nlog: {Path(args.out) / 'train_log.csv'}")
@@ -175,6 +175,7 @@ def build_parser() -> Parser:
     tr.add_argument("--seed", type=int)
     tr.add_argument("--threads", type=int)
     tr.add_argument("--limit-train", type=int, help="cap training images per epoch (quick runs)")
+    tr.add_argument("--val-images", type=int, help="cap on validation images scored after each epoch")
     tr.add_argument("--resume", action="store_true", help="continue from the last checkpoint with the saved recipe")
     tr.add_argument("--force", action="store_true")
     config.apply_defaults(tr, config.TrainConfig, config.SupernetConfig)

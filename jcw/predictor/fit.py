@@ -17,8 +17,11 @@ from jcw.space import SearchSpace
 
 
 def rank_metrics(pred: np.ndarray, true: np.ndarray) -> dict:
-    return {"rmse": round(float(np.sqrt(np.mean((pred - true) ** 2))), 4),
-            "kendall_tau": round(float(kendalltau(pred, true).statistic), 4),
+    """RMSE and rank agreement; a constant side has no ranking, so its tau and rho are NaN (fit says why)."""
+    rmse = round(float(np.sqrt(np.mean((pred - true) ** 2))), 4)
+    if np.ptp(pred) == 0 or np.ptp(true) == 0:
+        return {"rmse": rmse, "kendall_tau": float("nan"), "spearman_rho": float("nan")}
+    return {"rmse": rmse, "kendall_tau": round(float(kendalltau(pred, true).statistic), 4),
             "spearman_rho": round(float(spearmanr(pred, true).statistic), 4)}
 
 

@@ -1,12 +1,13 @@
 """`jcw predictor fit`: sample subnets over the size range, score them on the supernet, fit, write the folder."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from jcw.config import DEFAULT_SAMPLES, PredictorFitConfig
-from jcw.errors import JcwError
+from jcw.errors import JcwError, JcwWarning
 from jcw.predictor.dataset import PARTIAL, dataset_frame, read_scored, score_subnets
 from jcw.predictor.fit import fit_predictor
 from jcw.predictor.predictor import Predictor
@@ -50,6 +51,10 @@ def fit_on_supernet(supernet, samples: int, out: str | Path, seed: int = 0, work
         genomes, scores = np.concatenate([genomes, new]), scores + score_subnets(supernet, new, spec, workers,
                                                                                   ray_address, out / PARTIAL)
     top1 = np.array([s["top1"] for s in scores])
+    if len(top1) and np.ptp(top1) == 0:
+        warnings.warn(f"predictor fit: all {len(top1)} scored subnets have top-1 {top1[0]:.2f}%, so there is nothing "
+                      f"to rank (Kendall tau undefined); score more validation images (--val-images) or train the "
+                      f"supernet longer", JcwWarning, stacklevel=2)
     predictor = fit_predictor(space, genomes, top1, supernet.hash, seed)
     predictor.save(out)
     dataset = dataset_frame(space, genomes, scores, supernet.hash)

@@ -49,7 +49,8 @@ class _Sandwich:
 
     def end_epoch(self, epoch: int, row: dict) -> None:
         for label, genome in (("largest", self.largest), ("smallest", self.smallest)):
-            row[f"val_top1_{label}"] = round(score_genome(self.net, genome, self.data).top1, 2)
+            score = score_genome(self.net, genome, self.data, eval_images=self.cfg.val_images)
+            row[f"val_top1_{label}"] = round(score.top1, 2)
         print(f"epoch {epoch + 1}/{self.cfg.epochs}: loss {row['train_loss']}, val top-1 largest "
               f"{row['val_top1_largest']}%, smallest {row['val_top1_smallest']}%, {row['seconds']:.0f}s", flush=True)
 

@@ -35,8 +35,8 @@ class SearchConfig:
     genes: str = "joint"  # joint | channels (density fixed at 1) | density (widths fixed at full)
     rescore: int = 16  # front members re-scored on the supernet at the end
     refine: int = 8  # front members scored on the supernet in each refinement round (0: never refine)
-    refine_every: int = 20  # generations between refinement rounds
-    calibration_images: int = 2000  # batch-norm recalibration images per scored subnet
+    refine_every: int = 25  # generations between refinement rounds
+    calibration_images: int = 1000  # BN recalibration images per scored subnet (benchmarks/scoring_fidelity.py)
     val_images: int | None = None  # cap on validation images per scored subnet (None: all 5,000)
     export: bool = True
     resume: bool = False

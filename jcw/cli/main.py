@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from jcw import __version__, config
+from jcw.allocator import keep_freed_memory
 from jcw.cli.latency import add_latency_commands
 from jcw.cli.parser import Parser, action_group, data_opt, ray_opts
 from jcw.errors import JcwError, one_line_warnings
@@ -249,6 +250,7 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     try:
         with one_line_warnings():
             args.func(args)

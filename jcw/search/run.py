@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import platform
+from collections import defaultdict
+from contextlib import contextmanager
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -64,6 +66,7 @@ class _Context:
     """Everything a search reads: supernet, bound table, predictor, evaluator; built once."""
 
     def __init__(self, cfg: SearchConfig):
+        self.timings: dict[str, float] = defaultdict(float)  # seconds per phase, for config.json and the last line
         if cfg.evaluator not in ("predictor", "supernet"):
             raise JcwError(f"--evaluator must be predictor or supernet, not {cfg.evaluator!r}")
         if cfg.survival not in ("jcw", "nsga2"):
@@ -105,16 +108,26 @@ class _Context:
         self.evaluator = None
         self.cfg = cfg
 
+    @contextmanager
+    def timed(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[phase] += time.perf_counter() - start
+
     def scorer(self):
         if self.evaluator is None:
             spec = DataSpec(dataset=self.supernet.config.dataset, data_dir=self.cfg.data_dir,
                             calibration_images=self.cfg.calibration_images, val_images=self.cfg.val_images)
-            self.evaluator = scoring_pool(self.supernet, spec, self.cfg.workers, self.cfg.ray_address)
+            with self.timed("scorer start"):
+                self.evaluator = scoring_pool(self.supernet, spec, self.cfg.workers, self.cfg.ray_address)
         return self.evaluator
 
-    def true_top1(self, genomes: np.ndarray, label: str) -> np.ndarray:
-        with tqdm(total=len(genomes), desc=label, dynamic_ncols=True, file=sys.stderr) as bar:
-            scores = self.scorer().score(list(genomes), on_scored=lambda i, s: bar.update())
+    def true_top1(self, genomes: np.ndarray, label: str, phase: str) -> np.ndarray:
+        scorer = self.scorer()
+        with self.timed(phase), tqdm(total=len(genomes), desc=label, dynamic_ncols=True, file=sys.stderr) as bar:
+            scores = scorer.score(list(genomes), on_scored=lambda i, s: bar.update())
         return np.array([s["top1"] for s in scores])
 
     def close(self) -> None:
@@ -162,11 +175,18 @@ def _config_record(cfg: SearchConfig, ctx: _Context, out: RunDir) -> dict:
 def search(cfg: SearchConfig, log=print) -> SearchResult:
     """Run (or resume) a search; return the true-scored Pareto front and where everything went."""
     out = _prepare_out(cfg)
+    start = time.perf_counter()
     ctx = _Context(cfg)
+    ctx.timings["load"] = time.perf_counter() - start
     try:
-        return _search(cfg, ctx, out, log)
+        result = _search(cfg, ctx, out, log)
     finally:
         ctx.close()
+    ctx.timings["total"] = time.perf_counter() - start
+    timings = {k: round(v, 2) for k, v in ctx.timings.items()}
+    out.write_config({**_config_record(cfg, ctx, out), "timings_s": timings})
+    log("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
+    return result
 
 
 def _search(cfg: SearchConfig, ctx: _Context, out: RunDir, log) -> SearchResult:
@@ -193,9 +213,10 @@ def _search(cfg: SearchConfig, ctx: _Context, out: RunDir, log) -> SearchResult:
         X = np.rint(pop.get("X")).astype(np.int64)
         lat = ctx.bound.latency(X)
         if ctx.predictor is not None:
-            top1 = ctx.predictor.predict(X)
+            with ctx.timed("predictor"):
+                top1 = ctx.predictor.predict(X)
         else:
-            top1 = ctx.true_top1(X, f"gen {algorithm.n_gen} scoring")
+            top1 = ctx.true_top1(X, f"gen {algorithm.n_gen} scoring", "generation scoring")
         Evaluator().eval(StaticProblem(problem, F=np.stack([lat, 100 - top1], axis=1),
                                        G=(lat - budget)[:, None]), pop)
         algorithm.tell(infills=pop)
@@ -210,11 +231,13 @@ def _search(cfg: SearchConfig, ctx: _Context, out: RunDir, log) -> SearchResult:
                          "genome": json.dumps([int(v) for v in x])})
         if ctx.predictor is not None and cfg.refine and gen % cfg.refine_every == 0 and algorithm.has_next():
             _refine(cfg, ctx, problem, algorithm, rows, gen, log)
-        out.save_checkpoint({"problem": problem, "algorithm": algorithm, "rows": rows})
+        with ctx.timed("checkpoints"):
+            out.save_checkpoint({"problem": problem, "algorithm": algorithm, "rows": rows})
         _progress_line(log, gen, cfg, rows, ctx.predictor is not None, time.time() - t0)
-    history = pd.DataFrame(rows)
-    history = _rescore_front(cfg, ctx, history)
-    return _write_outputs(cfg, ctx, out, history)
+    ctx.timings["generations"] = time.time() - t0
+    history = _rescore_front(cfg, ctx, pd.DataFrame(rows))
+    with ctx.timed("outputs"):
+        return _write_outputs(cfg, ctx, out, history)
 
 
 def _refine(cfg: SearchConfig, ctx: _Context, problem, algorithm, rows: list[dict], gen: int, log) -> None:
@@ -226,10 +249,12 @@ def _refine(cfg: SearchConfig, ctx: _Context, problem, algorithm, rows: list[dic
         return
     front = candidates[pareto_mask(lat[candidates], predicted[candidates])]
     picks = front[spread_pick(lat[front], cfg.refine)]
-    true = ctx.true_top1(genomes_from_column(frame["genome"].iloc[picks]), f"gen {gen} refining the predictor")
+    true = ctx.true_top1(genomes_from_column(frame["genome"].iloc[picks]), f"gen {gen} refining the predictor",
+                         "refinement scoring")
     for i, t in zip(picks, true):
         rows[i]["true_top1"] = float(t)
-    ctx.predictor = _refit(ctx, rows, cfg.seed)
+    with ctx.timed("refinement refits"):
+        ctx.predictor = _refit(ctx, rows, cfg.seed)
     repriced = ctx.predictor.predict(genomes_from_column(frame["genome"]))
     for row, p in zip(rows, repriced):
         row["predicted_top1"] = float(p)
@@ -282,10 +307,17 @@ def uniform_genomes(space, upper: np.ndarray) -> np.ndarray:
 def _rescore_front(cfg: SearchConfig, ctx: _Context, history: pd.DataFrame) -> pd.DataFrame:
     """True top-1 for the predicted front (spread picks, at most cfg.rescore) and the uniform-width references.
 
-    References the search never visited are appended with kind "reference"; `uniform` marks them all.
+    References the search never visited are appended with kind "reference"; `uniform` marks them all. Of those over
+    the largest budget only the cheapest is kept, to show where uniform width crosses it: the rest would cost
+    scoring time and say nothing about the budget.
     """
     history = history.assign(kind="search")
-    refs = [json.dumps([int(v) for v in g]) for g in uniform_genomes(ctx.space, ctx.upper)]
+    uniform = uniform_genomes(ctx.space, ctx.upper)
+    lat = ctx.bound.latency(uniform)
+    keep = lat <= max(cfg.budgets_ms)
+    if not keep.all():
+        keep[np.flatnonzero(~keep)[np.argmin(lat[~keep])]] = True
+    refs = [json.dumps([int(v) for v in g]) for g in uniform[keep]]
     missing = [r for r in refs if r not in set(history["genome"])]
     if missing:
         genomes = genomes_from_column(pd.Series(missing))
@@ -304,7 +336,8 @@ def _rescore_front(cfg: SearchConfig, ctx: _Context, history: pd.DataFrame) -> p
             if np.isnan(history.at[i, "true_top1"])]
     if todo:
         genomes = genomes_from_column(history.loc[todo, "genome"])
-        history.loc[todo, "true_top1"] = ctx.true_top1(genomes, "re-scoring the front on the supernet")
+        history.loc[todo, "true_top1"] = ctx.true_top1(genomes, "re-scoring the front on the supernet",
+                                                       "final re-scoring")
     return history
 
 

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from jcw.allocator import keep_freed_memory
 from jcw.data import load_dataset
 from jcw.errors import JcwError
 from jcw.supernet.accuracy import CALIBRATION_IMAGES, score_genome
@@ -52,6 +53,7 @@ class SerialPool:
     """Scores in this process; for debugging (`--workers 0`) and tests."""
 
     def __init__(self, supernet, data_spec: DataSpec):
+        keep_freed_memory()
         self.supernet = supernet
         self.spec = data_spec
         self.data = load_dataset(data_spec.dataset, data_spec.data_dir, supernet.config.input_size)
@@ -75,16 +77,18 @@ class SerialPool:
 
 class _ScoringActor:
     def __init__(self, payload: dict, spec: DataSpec, threads: int):
+        keep_freed_memory()
         torch.set_num_threads(threads)
         self.supernet = _supernet_from_payload(payload)
         self.spec = spec
         self.data = load_dataset(spec.dataset, spec.data_dir, self.supernet.config.input_size)
 
-    def score(self, genome) -> dict:
+    def score(self, genome, index: int) -> dict:
         s = score_genome(self.supernet, np.asarray(genome), self.data, self.spec.split, self.spec.calibration_images,
                          self.spec.val_images)
         # where it ran, as the worker sees it: benchmarks and tests report threads measured here, not requested
-        return {"top1": s.top1, "loss": s.loss, "worker": os.getpid(), "threads": torch.get_num_threads()}
+        return {"top1": s.top1, "loss": s.loss, "index": index, "worker": os.getpid(),
+                "threads": torch.get_num_threads()}
 
     def pid(self) -> int:
         return os.getpid()
@@ -114,10 +118,15 @@ def check_ray_address(address: str, timeout: float = 3.0) -> None:
 
 
 class RayPool:
-    """A pool of scoring actors on a local Ray instance (sized to the machine) or an existing cluster."""
+    """Scoring actors on a local Ray instance (sized to the machine) or an existing cluster.
+
+    Ray does the pool's bookkeeping: `ray.util.ActorPool` hands genomes to idle actors, and an actor that dies (a
+    lost node, an OOM kill) is restarted by Ray, up to `max_restarts` times, with its running genome retried on it.
+    The supernet goes into the object store once; every actor, and every restart, reads it from there.
+    """
 
     def __init__(self, supernet, data_spec: DataSpec, workers: int | None = None, address: str | None = None,
-                 max_restarts: int = 8):
+                 max_restarts: int = 8, threads: int | None = None, start_timeout: float = 300.0):
         import ray  # heavy (about a second to import): only a pool that uses it pays for it
 
         self.ray = ray
@@ -146,53 +155,72 @@ class RayPool:
             self.owns_ray = True
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.workers = workers or max(1, cpus)
-        self.threads = max(1, cpus // self.workers)
+        self.threads = threads or max(1, cpus // self.workers)  # default: the CPUs split between the actors
         self.spec = data_spec
-        self.payload_ref = ray.put(supernet_payload(supernet))
-        self.actor_cls = ray.remote(num_cpus=min(self.threads, cpus))(_ScoringActor)
-        self.actors = [self._new_actor() for _ in range(self.workers)]
-        self.restarts = 0
+        self.space = supernet.space
         self.max_restarts = max_restarts
+        self.payload_ref = ray.put(supernet_payload(supernet))
+        actor_cls = ray.remote(num_cpus=min(self.threads, cpus), max_restarts=max_restarts,
+                               max_task_retries=max_restarts)(_ScoringActor)
+        self.actors = [actor_cls.remote(self.payload_ref, data_spec, self.threads) for _ in range(self.workers)]
+        self._wait_until_started(start_timeout, cpus)
         self.scored_by: list[dict] = []  # the last call's genomes: which actor process scored each, at how many threads
 
-    def _new_actor(self):
-        return self.actor_cls.remote(self.payload_ref, self.spec, self.threads)
+    def _wait_until_started(self, timeout: float, cpus: int) -> None:
+        """An actor the cluster cannot place would otherwise leave the first score() waiting forever."""
+        ready, _ = self.ray.wait([a.pid.remote() for a in self.actors], num_returns=len(self.actors),
+                                 timeout=timeout)
+        for ref in ready:
+            try:
+                self.ray.get(ref)
+            except self._actor_errors as exc:  # a constructor that failed says why here
+                raise self._failure(exc) from None
+        if len(ready) < len(self.actors):
+            self.close()
+            raise JcwError(f"only {len(ready)} of {self.workers} scoring actors started within {timeout:g}s: each "
+                           f"asks for {min(self.threads, cpus)} CPU(s) and the cluster has {cpus}; see `ray status`, "
+                           f"or ask for fewer with --workers")
+
+    @property
+    def _actor_errors(self) -> tuple:
+        return self.ray.exceptions.RayActorError, self.ray.exceptions.WorkerCrashedError
+
+    def _failure(self, exc: Exception) -> JcwError:
+        if getattr(exc, "actor_init_failed", False):  # it would fail the same way on every restart
+            return JcwError(f"a scoring actor could not start: {_init_failure(exc)}")
+        cause = " ".join(str(exc).split())[-200:]
+        return JcwError(f"a scoring actor died after Ray restarted it {self.max_restarts} times (...{cause}); giving "
+                        "up: check memory on the Ray nodes, or score serially with --workers 0")
 
     def score(self, genomes: Sequence, on_scored: OnScored | None = None) -> list[dict]:
-        ray = self.ray
+        from ray.util import ActorPool
+
         genomes = [np.asarray(g) for g in genomes]
         results: list[dict | None] = [None] * len(genomes)
         self.scored_by = []
-        queue = list(range(len(genomes)))
-        running: dict = {}  # ObjectRef -> (actor slot, genome index)
-        idle = list(range(len(self.actors)))
-        while queue or running:
-            while queue and idle:
-                slot, i = idle.pop(), queue.pop(0)
-                running[self.actors[slot].score.remote(genomes[i])] = (slot, i)
-            done, _ = ray.wait(list(running), num_returns=1)
-            ref = done[0]
-            slot, i = running.pop(ref)
+        pool = ActorPool(self.actors)
+        for i in self._largest_first(genomes):
+            pool.submit(lambda actor, i: actor.score.remote(genomes[i], i), i)
+        while pool.has_next():
             try:
-                got = ray.get(ref)
-            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
-                if getattr(exc, "actor_init_failed", False):  # it would fail the same way on every restart
-                    raise JcwError(f"a scoring actor could not start: {_init_failure(exc)}") from None
-                self.restarts += 1
-                if self.restarts > self.max_restarts:
-                    cause = " ".join(str(exc).split())[-200:]
-                    raise JcwError(f"scoring actors died {self.restarts} times (the last on genome {i}: ...{cause}); "
-                                   "giving up: check memory on the Ray nodes, or score serially with --workers 0"
-                                   ) from None
-                self.actors[slot] = self._new_actor()  # the actor died: replace it and re-queue its genome
-                queue.insert(0, i)
-            else:
-                self.scored_by.append({"genome": i, "worker": got.pop("worker"), "threads": got.pop("threads")})
-                results[i] = got
-                if on_scored:
-                    on_scored(i, got)
-            idle.append(slot)
+                got = pool.get_next_unordered()
+            except self._actor_errors as exc:
+                raise self._failure(exc) from None
+            i = got.pop("index")
+            self.scored_by.append({"genome": i, "worker": got.pop("worker"), "threads": got.pop("threads")})
+            results[i] = got
+            if on_scored:
+                on_scored(i, got)
         return results  # type: ignore[return-value]
+
+    def _largest_first(self, genomes: list[np.ndarray]) -> list[int]:
+        """Genome indices by falling dense MACs (a sliced subnet computes its zeros too): costs vary 4x with size,
+        and the costliest handed out last would leave every other worker idle while one finishes."""
+        if not genomes:
+            return []
+        dense = np.array(genomes)
+        dense[:, len(self.space.groups):] = 0
+        return [int(i) for i in np.argsort(-self.space.cost(dense)["macs"], kind="stable")]
 
     def actor_pids(self) -> list[int]:
         return self.ray.get([a.pid.remote() for a in self.actors])
@@ -200,6 +228,7 @@ class RayPool:
     def close(self) -> None:
         for a in self.actors:
             self.ray.kill(a)
+        self.actors = []
         if self.owns_ray:
             self.ray.shutdown()
 

@@ -1,0 +1,141 @@
+"""Where a search's time goes, how fast subnets are scored, and how Ray scales, on this machine, in one run.
+
+    python benchmarks/speed.py [--old-tree DIR] [--genomes 12] [--seeds 0 1 2]
+
+- The README's search (`jcw search --device pixel4 --latency 1ms`) once per seed: wall time with the CLI's start-up,
+  and the phases the search records in its config.json (`timings_s`).
+- Scoring rate with the search's default settings on the default Ray pool, for this tree and, with --old-tree, for
+  an older checkout of jcw (each in its own process, one after the other).
+- Ray scaling at 1 torch thread per worker: 1 worker against 2, threads as each worker reports them.
+
+Writes its section of benchmarks/RESULTS.md between the `speed` markers (benchmarks/run.py keeps that section).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+BEGIN, END = "<!-- speed: written by benchmarks/speed.py -->", "<!-- /speed -->"
+
+# Runs in a fresh process with the tree under test first on sys.path; prints one JSON line.
+RATE = """
+import json, sys, time
+import numpy as np
+from jcw.supernet.supernet import load_supernet
+try:  # this layout
+    from jcw.allocator import keep_freed_memory
+    from jcw.config import SearchConfig
+    from jcw.supernet.pool import DataSpec, RayPool
+    keep_freed_memory()  # as the CLI does first
+    calibration = SearchConfig(device="pixel4", budgets_ms=[1.0]).calibration_images
+except ImportError:  # the layout before jcw/supernet/pool.py, whose search recalibrated on 2,000 images
+    from jcw.search.evaluator import DataSpec, RayEvaluator as RayPool
+    calibration = 2000
+workers, threads, n = (int(a) for a in sys.argv[1:4])
+net = load_supernet()
+genomes = list(net.space.sample(n, np.random.default_rng(0)))
+kwargs = {"threads": threads} if threads else {}
+pool = RayPool(net, DataSpec(calibration_images=calibration), workers=workers or None, **kwargs)
+pool.score(genomes[:len(pool.actors)])  # actors started and warm
+start = time.perf_counter()
+pool.score(genomes)
+seconds = time.perf_counter() - start
+by = getattr(pool, "scored_by", [])
+print(json.dumps({"rate": n / seconds, "workers": len({s["worker"] for s in by}) or len(pool.actors),
+                  "threads": sorted({s["threads"] for s in by}) or f"{pool.threads} (the pool's rule)",
+                  "calibration_images": calibration}))
+pool.close()
+"""
+
+
+def scoring_rate(tree: Path, workers: int, genomes: int, threads: int = 0) -> dict:
+    """Genomes/s of a RayPool with `workers` actors (0: the pool's default) of `threads` threads (0: its rule)."""
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    out = subprocess.run([sys.executable, "-c", RATE, str(workers), str(threads), str(genomes)], cwd=tree, env=env,
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def readme_search(seed: int) -> dict:
+    out = Path(tempfile.mkdtemp()) / "run"
+    start = time.perf_counter()
+    subprocess.run([str(Path(sys.executable).with_name("jcw")), "search", "--device", "pixel4", "--latency", "1ms",
+                    "--seed", str(seed), "--out", str(out)], cwd=ROOT, check=True, capture_output=True)
+    wall = time.perf_counter() - start
+    timings = json.loads((out / "config.json").read_text())["timings_s"]
+    summary = json.loads(json.dumps(__import__("pandas").read_csv(out / "summary.csv").iloc[0].to_dict()))
+    return {"seed": seed, "wall": wall, "timings": timings, "top1": summary["top1"], "id": summary["id"]}
+
+
+def section(searches: list[dict], rates: dict, scaling: dict, genomes: int) -> str:
+    lines = [BEGIN, "## 6. Speed (benchmarks/speed.py)", "",
+             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node()} "
+             f"({os.cpu_count()} CPUs), one measurement after another, nothing else running.", "",
+             "README search (`jcw search --device pixel4 --latency 1ms`), wall time with the CLI's start-up:", "",
+             "| seed | wall s | picked id | top-1 (val) |", "| --- | --- | --- | --- |"]
+    lines += [f"| {s['seed']} | {s['wall']:.1f} | {int(s['id'])} | {s['top1']:.2f}% |" for s in searches]
+    lines += ["", f"Median {np.median([s['wall'] for s in searches]):.1f} s. Where the time goes (median over the "
+              "seeds, seconds; `generations` includes refinement scoring, refits, predictor calls and checkpoints):",
+              "", "| phase | s | share of the search |", "| --- | --- | --- |"]
+    phases = searches[0]["timings"].keys()
+    total = np.median([s["timings"]["total"] for s in searches])
+    for phase in phases:
+        v = float(np.median([s["timings"].get(phase, 0.0) for s in searches]))
+        lines.append(f"| {phase} | {v:.1f} | {100 * v / total:.0f}% |")
+    lines += ["", f"Scoring with the search's default settings on the default Ray pool ({genomes} sampled subnets, "
+              "after the actors are warm):", "", "| code | workers x threads (reported by the workers) | "
+              "calibration images | genomes/s |", "| --- | --- | --- | --- |"]
+    for name, r in rates.items():
+        lines.append(f"| {name} | {r['workers']} x {r['threads']} | {r['calibration_images']} | {r['rate']:.3f} |")
+    if len(rates) == 2:
+        a, b = rates.values()
+        lines.append(f"\nThis tree scores {a['rate'] / b['rate']:.2f}x as fast as the older one.")
+    one, two = scaling[1], scaling[2]
+    lines += ["", f"Ray scaling at 1 thread per worker: 1 worker {one['rate']:.3f} genomes/s "
+              f"(threads {one['threads']}), 2 workers {two['rate']:.3f} genomes/s (threads {two['threads']}): "
+              f"{two['rate'] / one['rate']:.2f}x.", END]
+    return "\n".join(lines)
+
+
+def write_section(text: str) -> None:
+    current = RESULTS.read_text()
+    if BEGIN in current:
+        head, rest = current.split(BEGIN, 1)
+        current = head.rstrip() + "\n\n" + text + rest.split(END, 1)[1]
+    else:
+        current = current.rstrip() + "\n\n" + text + "\n"
+    tmp = RESULTS.with_suffix(".tmp")
+    tmp.write_text(current)
+    tmp.replace(RESULTS)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--old-tree", type=Path, help="a checkout of an older jcw to compare scoring with")
+    ap.add_argument("--genomes", type=int, default=12)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = ap.parse_args()
+    searches = [readme_search(s) for s in args.seeds]
+    print(f"searches: {[round(s['wall'], 1) for s in searches]}", flush=True)
+    rates = {"this tree": scoring_rate(ROOT, 0, args.genomes)}
+    if args.old_tree:
+        rates[f"older tree ({args.old_tree.name})"] = scoring_rate(args.old_tree, 0, args.genomes)
+    print(f"rates: {rates}", flush=True)
+    scaling = {w: scoring_rate(ROOT, w, args.genomes, threads=1) for w in (1, 2)}
+    write_section(section(searches, rates, scaling, args.genomes))
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -30,7 +30,7 @@ def test_front_is_true_top1_within_budget_and_non_dominated(small_run):
     # every front top-1 is a supernet score of that member recorded in the history, not a prediction
     assert np.allclose(history.loc[front["id"], "true_top1"], front["top1"])
     stdout = (small_run.parent / "stdout.txt").read_text()
-    assert "gen  20  refined the predictor with" in stdout  # generation 20 refit the predictor on scored members
+    assert "gen  25  refined the predictor with" in stdout  # generation 25 refit the predictor on scored members
     summary = pd.read_csv(small_run / "summary.csv")
     assert sorted(summary["budget_ms"]) == [0.5, 0.9]
     assert sorted(int(p.stem) for p in (small_run / "subnets").glob("*.pt")) == sorted(summary["id"])

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Idempotent setup: a virtualenv in .venv, jcw and its dependencies, and the Fashion-MNIST dataset.
+# Idempotent setup: a virtualenv in .venv, jcw and its dependencies, and the Fashion-MNIST dataset; with --tests,
+# also the headless browser the page test drives (Debian's chromium and chromium-driver).
 # A rerun skips every step that is already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,6 +43,14 @@ if [ -z "${JCW_DATA:-}" ] && [ ! -f "$DATA/train-images-idx3-ubyte.gz" ]; then
     $SUDO apt-get update -qq && $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
   else
     echo "setup: no apt-get; jcw will try torchvision's download, or set JCW_DATA to a folder with the four .gz files"
+  fi
+fi
+if [ "${1:-}" = "--tests" ] && ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing chromium and chromium-driver (the browser tests/test_page.py drives)"
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "setup: no apt-get; install chromium and its chromedriver for tests/test_page.py, or it is skipped"
   fi
 fi
 echo "setup: done"

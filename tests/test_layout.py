@@ -127,3 +127,12 @@ def test_every_cli_default_equals_the_librarys(argv, config, renamed):
     shared = {k for k in fields if k in args and k not in renamed}
     assert len(shared) >= 3
     assert {k: args[k] for k in shared} == {k: fields[k] for k in shared}
+
+
+def test_every_subpackage_is_installed():
+    """pyproject lists its packages one by one: a new folder left out works in a clone and breaks once installed."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in PACKAGE.rglob("__init__.py")}
+    assert found - listed == set()

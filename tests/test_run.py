@@ -80,7 +80,8 @@ def test_pick_exports_the_best_true_top1_within_each_budget(small_run, tmp_path)
     one_clear_line(jcw("pick", str(small_run), "--latency", "1us"), "no front member")
 
 
-def test_plot_and_page_carry_every_front_id(small_run, tmp_path):
+def test_plot_and_page_carry_every_front_id(small_run, supernet, tmp_path):
+    from jcw.search.page import FRONT_TRUE, front_page
     from jcw.search.plot import front_figure
 
     run = tmp_path / "run"
@@ -90,12 +91,36 @@ def test_plot_and_page_carry_every_front_id(small_run, tmp_path):
     jcw("plot", str(run), check=True)
     ids = sorted(pd.read_csv(run / "pareto.csv")["id"])
     page = (run / "pareto.html").read_text()
-    points = json.loads(re.search(r"const pts = (\[.*?\]), W", page).group(1))
-    assert sorted(p["id"] for p in points) == ids
+    assert "<script src=" not in page and len(page) > 3_000_000  # plotly.js is inside: no network needed
+    fig = front_page(run, supernet.space)
+    front = next(t for t in fig.data if t.name == FRONT_TRUE)
+    assert sorted(int(t) for t in front.text) == ids
+    assert [int(c[0]) for c in front.customdata] == [int(t) for t in front.text]  # each hover names its own point
     assert (run / "pareto.png").stat().st_size > 10_000
+    # the png: a readable subset of ids, always the per-budget picks, no two labels overlapping, nothing clipped
     fig = front_figure(run)
-    labels = {t.get_text() for t in fig.axes[0].texts}
-    assert {str(i) for i in ids} <= labels
+    ax = fig.axes[0]
+    labels = [t for t in ax.texts if t.get_text().isdigit()]
+    picks = set(pd.read_csv(run / "summary.csv")["id"].astype(int))
+    written = {int(t.get_text()) for t in labels}
+    assert picks <= written <= set(ids) and len(written) <= 12
+    fig.canvas.draw()
+    boxes = [t.get_window_extent() for t in labels]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    history = pd.read_csv(run / "history.csv")
+    points = pd.concat([pd.read_csv(run / "pareto.csv")[["latency_ms", "top1"]],
+                        history[history["uniform"]][["latency_ms", "true_top1"]].set_axis(["latency_ms", "top1"],
+                                                                                          axis=1)])
+    assert points["latency_ms"].between(x0, x1).all() and points["top1"].between(y0, y1).all()
+    # one subnet's layers, and two runs compared
+    member = ids[len(ids) // 2]
+    drawn = jcw("plot", str(run), "--id", str(member), check=True)
+    assert (run / f"layers-{member}.png").stat().st_size > 10_000 and f"layers-{member}.png" in drawn.stdout
+    jcw("plot", str(run), str(small_run), "--out", str(tmp_path / "both"), check=True)
+    assert (tmp_path / "both.png").stat().st_size > 10_000
+    both = (tmp_path / "both.html").read_text().replace("\\u002f", "/")  # plotly escapes slashes in its JSON
+    assert f'"name":"{run} (joint, pixel4)"' in both and f'"name":"{small_run} (joint, pixel4)"' in both
 
 
 @pytest.mark.slow

@@ -101,9 +101,14 @@ def _pick(args) -> None:
 
 
 def _plot(args) -> None:
-    from jcw.search.plot import plot_run
+    from jcw.search.plot import plot_compare, plot_member, plot_run
 
-    png = plot_run(args.run)
+    if len(args.run) > 1:
+        png, html = plot_compare(args.run, args.out or Path(args.run[0]) / "compare")
+        return print(f"plot: {png}\npage: {html}")
+    if args.id is not None:
+        return print(f"layers: {plot_member(args.run[0], args.id)}")
+    png = plot_run(args.run[0])
     print(f"plot: {png}\npage: {png.with_suffix('.html')}")
 
 
@@ -226,8 +231,10 @@ def build_parser() -> Parser:
     data_opt(pk)
     pk.set_defaults(func=_pick)
 
-    pl = sub.add_parser("plot", help="redraw a run's pareto.png and pareto.html")
-    pl.add_argument("run")
+    pl = sub.add_parser("plot", help="redraw a run's pareto.png and pareto.html, or compare several runs")
+    pl.add_argument("run", nargs="+", help="one run, or several to overlay their fronts")
+    pl.add_argument("--id", type=int, help="draw this subnet's layers (RUN/layers-ID.png)")
+    pl.add_argument("--out", help="with several runs: file stem of the png and html (default: RUN1/compare)")
     pl.set_defaults(func=_plot)
 
     ft = sub.add_parser("finetune", help="fine-tune an exported subnet with its masks held")

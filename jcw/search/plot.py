@@ -1,88 +1,160 @@
-"""pareto.png (and pareto.html) from a run folder's CSVs, so `jcw plot RUN` can redraw them any time."""
+"""pareto.png and pareto.html from a run folder's CSVs, so `jcw plot RUN` can redraw them any time; several runs'
+fronts on one chart; one subnet's layers as bars."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 
+from jcw.errors import JcwError
 from jcw.io import atomic_path, write_text
-from jcw.search.rundir import RunDir
+from jcw.search.archive import spread_pick
+from jcw.search.page import write_page
+from jcw.search.rundir import RunDir, RunRecord
+from jcw.space import SearchSpace
+from jcw.supernet.supernet import load_supernet
+
+MAX_LABELS = 12  # ids written on the png; the page labels every member
 
 
-def plot_run(run: str | Path, budgets_ms: list[float] | None = None, device: str | None = None) -> Path:
-    """Write RUN/pareto.png and RUN/pareto.html; return the png's path."""
-    import matplotlib.pyplot as plt
-
-    record = RunDir(run).read()  # once: history.csv holds every candidate of the run
-    fig = front_figure(run, budgets_ms, device, record)
-    png = Path(run) / "pareto.png"
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    _write_html(Path(run), record.pareto, device or record.config["options"]["device"])
-    return png
-
-
-def front_figure(run: str | Path, budgets_ms: list[float] | None = None, device: str | None = None, record=None):
-    """The matplotlib figure of a run's candidates, uniform baselines and front, every member labelled by id."""
+def _pyplot():
     import matplotlib  # heavy optional plotting: imported only when a plot is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    _pyplot().close(fig)
+    return path
+
+
+def run_space(record: RunRecord) -> SearchSpace:
+    """The search space of the supernet a run searched (its path is in config.json)."""
+    return load_supernet(record.config["resolved"]["supernet"]).space
+
+
+def plot_run(run: str | Path, space: SearchSpace | None = None) -> Path:
+    """Write RUN/pareto.png and RUN/pareto.html; return the png's path."""
+    record = RunDir(run).read()  # once: history.csv holds every candidate of the run
+    space = space or run_space(record)
+    png = _save(front_figure(run, record), Path(run) / "pareto.png")
+    write_page(run, space, record)
+    return png
+
+
+def labelled_ids(pareto: pd.DataFrame, picks: list[int]) -> list[int]:
+    """Front ids written on the png: spread over the latency range, and every per-budget pick."""
+    spread = pareto["id"].to_numpy()[spread_pick(pareto["latency_ms"].to_numpy(), MAX_LABELS)]
+    return sorted(set(int(i) for i in spread) | set(picks))
+
+
+def front_figure(run: str | Path, record: RunRecord | None = None):
+    """The matplotlib figure of a run: candidates, uniform baselines, the front (a readable subset of ids written),
+    the budgets; every plotted point inside the axes."""
+    plt = _pyplot()
     record = record or RunDir(run).read()
     run, history, pareto, config = Path(run), record.history, record.pareto, record.config
-    budgets_ms = budgets_ms or config["options"]["budgets_ms"]
-    device = device or config["options"]["device"]
+    summary = run / "summary.csv"
+    picks = [int(i) for i in pd.read_csv(summary)["id"].dropna()] if summary.exists() else []
     fig, ax = plt.subplots(figsize=(8, 5.5))
     search = history[history["kind"] == "search"]
     y = search["predicted_top1"].where(search["predicted_top1"].notna(), search["true_top1"])
     ax.scatter(search["latency_ms"], y, s=5, color="tab:blue", alpha=0.12, label="candidates (predicted top-1)")
-    uniform = history[history["uniform"]].sort_values("latency_ms")
-    if not uniform.empty:
-        ax.plot(uniform["latency_ms"], uniform["true_top1"], "s--", color="tab:gray", ms=4,
-                label="uniform width, dense (true top-1)")
+    uniform = history[history["uniform"] & history["true_top1"].notna()].sort_values("latency_ms")
+    ax.plot(uniform["latency_ms"], uniform["true_top1"], "s--", color="tab:gray", ms=4,
+            label="uniform width, dense (true top-1)")
     ax.plot(pareto["latency_ms"], pareto["top1"], "o-", color="tab:red", ms=5, label="Pareto front (true top-1)")
-    for row in pareto.itertuples():
-        ax.annotate(str(row.id), (row.latency_ms, row.top1), textcoords="offset points", xytext=(3, 4), fontsize=7)
-    for b in budgets_ms:
+    shown = pareto[pareto["id"].isin(labelled_ids(pareto, picks))]
+    for k, row in enumerate(shown.itertuples()):  # alternate above and below: neighbours never share a side
+        ax.annotate(str(row.id), (row.latency_ms, row.top1), textcoords="offset points", fontsize=7,
+                    xytext=(0, 6 if k % 2 == 0 else -11), ha="center")
+    xs = pd.concat([pareto["latency_ms"], uniform["latency_ms"]])
+    ys = pd.concat([pareto["top1"], uniform["true_top1"]])
+    budgets = config["options"]["budgets_ms"]
+    ax.set_xlim(min(xs.min(), min(budgets)) * 0.9, max(xs.max(), max(budgets)) * 1.05)
+    ax.set_ylim(ys.min() - 1.5, min(100.0, max(ys.max(), y.max()) + 1))
+    for b in budgets:  # labelled at the top: the legend sits at the bottom right
         ax.axvline(b, color="black", lw=0.8, ls=":")
-        ax.text(b, ax.get_ylim()[0], f" {b:g} ms", rotation=90, va="bottom", fontsize=8)
-    lo = min(pareto["top1"].min(), uniform["true_top1"].min() if not uniform.empty else 100)
-    ax.set_ylim(max(0, lo - 3), min(100, max(pareto["top1"].max(), y.max()) + 1))
-    ax.set_xlabel(f"latency on {device} (ms, from its {config['table'].get('source', '?')} table)")
+        ax.text(b, ax.get_ylim()[1], f" {b:g} ms budget", rotation=90, va="top", fontsize=8)
+    device = config["options"]["device"]
+    ax.set_xlabel(f"latency on {device} (ms)")
     ax.set_ylabel("validation top-1 (%)")
-    ax.set_title(f"{run.name}: {len(pareto)} front members")
+    ax.set_title(f"{run.name}: {len(pareto)} front members on {device} "
+                 f"({config['table'].get('source', '?')} latency table)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     return fig
 
 
-def _write_html(run: Path, pareto: pd.DataFrame, device: str) -> None:
-    """A dependency-free page: hover a point to see its id, latency, top-1 and layer widths."""
-    points = pareto[["id", "latency_ms", "top1", "channels", "densities"]].to_dict("records")
-    page = _HTML.replace("__DATA__", json.dumps(points)).replace("__TITLE__", f"{run.name} on {device}")
-    write_text(run / "pareto.html", page)
+def compare_figure(runs: list[str | Path]):
+    """Several runs' true fronts on one chart (joint against channels only, or one network on two devices)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    devices = set()
+    for run in runs:
+        record = RunDir(run).read()
+        options = record.config["options"]
+        devices.add(options["device"])
+        front = record.pareto.sort_values("latency_ms")
+        ax.plot(front["latency_ms"], front["top1"], "o-", ms=4,
+                label=f"{run}: {options.get('genes', 'joint')}, {options['device']} ({len(front)})")
+    ax.set_xlabel(f"latency on {', '.join(sorted(devices))} (ms)")
+    ax.set_ylabel("validation top-1 (%)")
+    ax.set_title(f"{len(runs)} runs' true fronts", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
-_HTML = """<!doctype html><meta charset="utf-8"><title>__TITLE__</title>
-<style>body{font:14px sans-serif;margin:20px}#tip{position:absolute;background:#fff;border:1px solid #999;
-padding:6px;display:none;max-width:520px;word-break:break-all}</style>
-<h3>__TITLE__</h3><svg id="plot" width="800" height="480"></svg><div id="tip"></div>
-<script>
-const pts = __DATA__, W = 800, H = 480, M = 50, svg = document.getElementById('plot'), tip = document.getElementById('tip');
-const xs = pts.map(p => p.latency_ms), ys = pts.map(p => p.top1);
-const x0 = Math.min(...xs), x1 = Math.max(...xs), y0 = Math.min(...ys), y1 = Math.max(...ys);
-const sx = v => M + (v - x0) / ((x1 - x0) || 1) * (W - 2 * M), sy = v => H - M - (v - y0) / ((y1 - y0) || 1) * (H - 2 * M);
-let s = `<text x="${W/2}" y="${H-10}">latency (ms)</text><text x="5" y="20">top-1 (%)</text>`;
-s += `<polyline fill="none" stroke="#c33" points="${pts.map(p => sx(p.latency_ms)+','+sy(p.top1)).join(' ')}"/>`;
-pts.forEach((p, i) => s += `<circle data-i="${i}" cx="${sx(p.latency_ms)}" cy="${sy(p.top1)}" r="6" fill="#c33"/>`);
-s += `<text x="${M}" y="${H-M+20}">${x0.toFixed(3)}</text><text x="${W-M-40}" y="${H-M+20}">${x1.toFixed(3)}</text>`;
-s += `<text x="5" y="${H-M}">${y0.toFixed(2)}</text><text x="5" y="${M}">${y1.toFixed(2)}</text>`;
-svg.innerHTML = s;
-svg.addEventListener('mousemove', e => { const i = e.target.dataset.i; if (i === undefined) { tip.style.display = 'none'; return; }
-  const p = pts[i]; tip.style.display = 'block'; tip.style.left = (e.pageX + 12) + 'px'; tip.style.top = (e.pageY + 12) + 'px';
-  tip.innerHTML = `<b>id ${p.id}</b><br>${p.latency_ms.toFixed(4)} ms, top-1 ${p.top1.toFixed(2)}%<br>channels ${p.channels}<br>densities ${p.densities}`; });
-</script>"""
+def plot_compare(runs: list[str | Path], out: str | Path) -> tuple[Path, Path]:
+    """OUT.png and OUT.html: several runs' fronts, one legend entry each."""
+    out = Path(out)
+    png = _save(compare_figure(runs), out.with_suffix(".png"))
+    page = go.Figure()
+    for run in runs:
+        record = RunDir(run).read()
+        front = record.pareto.sort_values("latency_ms")
+        page.add_scatter(x=front["latency_ms"], y=front["top1"], mode="lines+markers", text=front["id"],
+                         name=f"{run} ({record.config['options'].get('genes', 'joint')}, "
+                              f"{record.config['options']['device']})",
+                         hovertemplate="id %{text}<br>%{x:.4f} ms<br>top-1 %{y:.2f}%")
+    page.update_layout(template="plotly_white", xaxis_title="latency (ms)", yaxis_title="validation top-1 (%)")
+    html = out.with_suffix(".html")
+    write_text(html, page.to_html(include_plotlyjs=True))
+    return png, html
+
+
+def plot_member(run: str | Path, subnet_id: int, space: SearchSpace | None = None) -> Path:
+    """RUN/layers-ID.png: one subnet's kept channels per group against the full network, and its densities."""
+    plt = _pyplot()
+    rundir = RunDir(run)
+    record = rundir.read()
+    space = space or run_space(record)
+    _, genome = rundir.member(record.history, subnet_id)
+    kept, full = space.widths(genome[None])[0], space.widths(space.largest()[None])[0]
+    dens = space.density_values(genome[None])[0]
+    if len(kept) == 0:
+        raise JcwError(f"subnet {subnet_id} has no channel groups to draw")
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    idx = np.arange(len(kept))
+    a.bar(idx, full, color="lightgray", label="full network")
+    a.bar(idx, kept, color="tab:red", label="kept")
+    a.set_xlabel("channel group")
+    a.set_ylabel("channels")
+    a.legend(fontsize=8)
+    b.bar(np.arange(len(dens)), dens, color="tab:blue")
+    b.set_ylim(0, 1)
+    b.set_xlabel("sparse layer")
+    b.set_ylabel("weight density")
+    fig.suptitle(f"{Path(run).name}: subnet {subnet_id}", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, Path(run) / f"layers-{subnet_id}.png")

@@ -360,7 +360,7 @@ def _write_outputs(cfg: SearchConfig, ctx: _Context, out: RunDir, history: pd.Da
         summary_rows.append({"budget_ms": b, **row, "largest_fits": b >= ctx.largest_ms})
     summary = pd.DataFrame(summary_rows)
     out.write_tables(history, pareto, summary)
-    plot_run(out.path, cfg.budgets_ms, cfg.device)
+    plot_run(out.path, ctx.space)
     if cfg.export:
         for row in summary.dropna(subset=["id"]).itertuples():
             export_member(out, int(row.id), supernet=ctx.supernet, device=cfg.device)

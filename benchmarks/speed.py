@@ -122,7 +122,8 @@ def section(searches: dict[str, list[dict]], rates: dict, scaling: dict, genomes
     one, two = scaling[1], scaling[2]
     lines += ["", f"Ray scaling at 1 thread per worker: 1 worker {one['rate']:.3f} genomes/s "
               f"(threads {one['threads']}), 2 workers {two['rate']:.3f} genomes/s (threads {two['threads']}): "
-              f"{two['rate'] / one['rate']:.2f}x.", END]
+              f"{two['rate'] / one['rate']:.2f}x. One worker of 2 threads: {scaling['1x2']['rate']:.3f} genomes/s "
+              f"(threads {scaling['1x2']['threads']}).", END]
     return "\n".join(lines)
 
 
@@ -153,6 +154,7 @@ def main() -> None:
         rates[f"older tree ({args.old_tree.name})"] = scoring_rate(args.old_tree, 0, args.genomes)
     print(f"rates: {rates}", flush=True)
     scaling = {w: scoring_rate(ROOT, w, args.genomes, threads=1) for w in (1, 2)}
+    scaling["1x2"] = scoring_rate(ROOT, 1, args.genomes, threads=2)
     write_section(section(searches, rates, scaling, args.genomes))
     print(f"wrote {RESULTS}")
 

@@ -28,6 +28,7 @@ from jcw.predictor.predictor import load_predictor  # noqa: E402
 from jcw.search.archive import genomes_from_column, hypervolume  # noqa: E402
 from jcw.supernet.pool import DataSpec, RayPool, SerialPool  # noqa: E402
 from jcw.errors import JcwError  # noqa: E402
+from sections import kept_sections  # noqa: E402  (benchmarks/ is this script's folder)
 from jcw.search.rundir import RunDir  # noqa: E402
 from jcw.search.run import SearchConfig, search  # noqa: E402
 from jcw.supernet.supernet import load_supernet  # noqa: E402
@@ -288,9 +289,7 @@ members); accuracies are true validation top-1 unless marked test. Hypervolume: 
 {cost_md}
 """
     previous = (OUT / "RESULTS.md").read_text() if (OUT / "RESULTS.md").exists() else ""
-    marker = "<!-- speed: written by benchmarks/speed.py -->"
-    if marker in previous:  # speed.py's section is measured by another script: keep it
-        text = text.rstrip() + "\n\n" + marker + previous.split(marker, 1)[1]
+    text = text.rstrip() + "\n\n" + kept_sections(previous)  # sections other scripts measure stay
     (OUT / "RESULTS.md").write_text(text)
     print(f"results: {OUT / 'RESULTS.md'}")
 

@@ -8,7 +8,7 @@
   an older checkout of jcw (each in its own process, one after the other).
 - Ray scaling at 1 torch thread per worker: 1 worker against 2, threads as each worker reports them.
 
-Writes its section of benchmarks/RESULTS.md between the `speed` markers (benchmarks/run.py keeps that section).
+Writes its section of benchmarks/RESULTS.md between its markers (benchmarks/run.py keeps that section).
 """
 from __future__ import annotations
 
@@ -23,10 +23,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from sections import RESULTS, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
-BEGIN, END = "<!-- speed: written by benchmarks/speed.py -->", "<!-- /speed -->"
 
 # Runs in a fresh process with the tree under test first on sys.path; prints one JSON line.
 RATE = """
@@ -87,7 +86,7 @@ def readme_search(tree: Path, seed: int) -> dict:
 
 
 def section(searches: dict[str, list[dict]], rates: dict, scaling: dict, genomes: int) -> str:
-    lines = [BEGIN, "## 6. Speed (benchmarks/speed.py)", "",
+    lines = ["## 6. Speed (benchmarks/speed.py)", "",
              f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node()} "
              f"({os.cpu_count()} CPUs), one measurement after another, nothing else running.", "",
              "README search (`jcw search --device pixel4 --latency 1ms`), wall time with the CLI's start-up; "
@@ -123,20 +122,8 @@ def section(searches: dict[str, list[dict]], rates: dict, scaling: dict, genomes
     lines += ["", f"Ray scaling at 1 thread per worker: 1 worker {one['rate']:.3f} genomes/s "
               f"(threads {one['threads']}), 2 workers {two['rate']:.3f} genomes/s (threads {two['threads']}): "
               f"{two['rate'] / one['rate']:.2f}x. One worker of 2 threads: {scaling['1x2']['rate']:.3f} genomes/s "
-              f"(threads {scaling['1x2']['threads']}).", END]
+              f"(threads {scaling['1x2']['threads']})."]
     return "\n".join(lines)
-
-
-def write_section(text: str) -> None:
-    current = RESULTS.read_text()
-    if BEGIN in current:
-        head, rest = current.split(BEGIN, 1)
-        current = head.rstrip() + "\n\n" + text + rest.split(END, 1)[1]
-    else:
-        current = current.rstrip() + "\n\n" + text + "\n"
-    tmp = RESULTS.with_suffix(".tmp")
-    tmp.write_text(current)
-    tmp.replace(RESULTS)
 
 
 def main() -> None:
@@ -155,7 +142,7 @@ def main() -> None:
     print(f"rates: {rates}", flush=True)
     scaling = {w: scoring_rate(ROOT, w, args.genomes, threads=1) for w in (1, 2)}
     scaling["1x2"] = scoring_rate(ROOT, 1, args.genomes, threads=2)
-    write_section(section(searches, rates, scaling, args.genomes))
+    write_section("speed.py", section(searches, rates, scaling, args.genomes))
     print(f"wrote {RESULTS}")
 
 

@@ -1,5 +1,9 @@
+import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -67,9 +71,31 @@ def _small(tmp_path, name, **kw):
     return SearchConfig(**cfg)
 
 
+def _processes(prefix: bytes) -> set[int]:
+    """Pids whose command line starts with `prefix` (Ray titles a busy actor `ray::_ScoringActor.score`)."""
+    found = set()
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(prefix):
+                found.add(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def _raylets() -> set[int]:
+    return {pid for pid in _processes(b"/") if b"/raylet" in (Path("/proc") / str(pid) / "cmdline").read_bytes()
+            .split(b"\0")[0]}
+
+
+def _parent(pid: int) -> int:
+    return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 @pytest.fixture
 def ray_cluster():
-    """A Ray head started as a user starts one (`ray start --head`), stopped afterwards."""
+    """A 2-node Ray cluster started as a user starts one: `ray start --head` (2 CPUs), then a second node
+    (`ray start --address`, 1 CPU). Yields the address and the second node's raylet pid; stopped afterwards."""
     import socket
 
     with socket.socket() as sock:
@@ -79,25 +105,48 @@ def ray_cluster():
     subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
                     "--disable-usage-stats"], check=True, capture_output=True, timeout=120)
     try:
-        yield f"127.0.0.1:{port}"
+        before = _raylets()
+        subprocess.run([ray, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1", "--disable-usage-stats"],
+                       check=True, capture_output=True, timeout=120, env={**os.environ, "RAY_AUTH_MODE": "token"})
+        (second,) = _raylets() - before
+        yield f"127.0.0.1:{port}", second
     finally:
         subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
 
 
 @pytest.mark.slow
-def test_a_search_on_a_ray_cluster_finds_the_serial_front(tmp_path, ray_cluster):
-    """`jcw search --ray-address` joins a head the user started, token authentication on, as Ray now defaults to."""
-    search(_small(tmp_path, "serial", workers=0, calibration_images=100, val_images=200), log=lambda s: None)
-    # one actor on the cluster's two CPUs scores at two threads, as the serial run does: the same sums, bit for bit
+def test_a_search_on_a_ray_cluster_survives_losing_a_node_mid_scoring(tmp_path, ray_cluster):
+    """`jcw search --ray-address` joins a 2-node cluster the user started (token authentication on, as Ray now
+    defaults to), scores on both nodes, and loses the second node while both actors are scoring: Ray restarts that
+    actor on the head and retries its genome, and the search finishes with every genome scored once."""
+    address, second = ray_cluster
+    head = next(iter(_raylets() - {second}))
+    busy_on: set[str] = set()
+
+    def kill_second_node_when_both_score():
+        deadline = time.time() + 120
+        while time.time() < deadline and busy_on != {"head", "second"}:
+            for pid in _processes(b"ray::_ScoringActor.score"):
+                busy_on.add({head: "head", second: "second"}.get(_parent(pid), "?"))
+            time.sleep(0.05)
+        if busy_on == {"head", "second"}:  # the node goes: its raylet and every process it started
+            for pid in [p for p in _processes(b"") if _parent(p) == second] + [second]:
+                os.kill(pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_second_node_when_both_score, daemon=True)
+    killer.start()
     run_cli("search", "--device", "pixel4", "--latency", "0.9ms", "--population", "16", "--generations", "6",
-            "--seed", "3", "--out", str(tmp_path / "ray"), "--workers", "1", "--ray-address", ray_cluster,
+            "--seed", "3", "--out", str(tmp_path / "ray"), "--workers", "2", "--ray-address", address,
             "--rescore", "4", "--calibration-images", "100", "--val-images", "200", "--no-export", check=True,
             env={"RAY_AUTH_MODE": "token"})
-    front = pd.read_csv(tmp_path / "serial" / "pareto.csv")
-    pd.testing.assert_frame_equal(front, pd.read_csv(tmp_path / "ray" / "pareto.csv"))
-    assert (front["latency_ms"] <= 0.9).all() and front["top1"].notna().all()
+    killer.join(5)
+    assert busy_on == {"head", "second"}  # both nodes scored before the second one went
+    assert not any(pid == second for pid in _raylets())
+    history = pd.read_csv(tmp_path / "ray" / "history.csv")
+    assert not history["genome"].duplicated().any()
+    front = pd.read_csv(tmp_path / "ray" / "pareto.csv")
+    assert len(front) and front["top1"].notna().all() and (front["latency_ms"] <= 0.9).all()
     assert pareto_mask(front["latency_ms"].to_numpy(), front["top1"].to_numpy()).all()
-
 
 
 def test_budget_below_smallest_subnet(tmp_path):

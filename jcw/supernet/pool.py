@@ -160,8 +160,9 @@ class RayPool:
         self.space = supernet.space
         self.max_restarts = max_restarts
         self.payload_ref = ray.put(supernet_payload(supernet))
+        # SPREAD: one actor per node before doubling up, so losing a node loses as few actors as it can
         actor_cls = ray.remote(num_cpus=min(self.threads, cpus), max_restarts=max_restarts,
-                               max_task_retries=max_restarts)(_ScoringActor)
+                               max_task_retries=max_restarts, scheduling_strategy="SPREAD")(_ScoringActor)
         self.actors = [actor_cls.remote(self.payload_ref, data_spec, self.threads) for _ in range(self.workers)]
         self._wait_until_started(start_timeout, cpus)
         self.scored_by: list[dict] = []  # the last call's genomes: which actor process scored each, at how many threads

@@ -30,7 +30,7 @@ class SearchConfig:
     workers: int | None = None  # None: one Ray actor per CPU; 0: serial, in-process
     ray_address: str | None = None
     evaluator: str = "predictor"  # predictor | supernet
-    survival: str = "jcw"  # jcw (multi-target) | nsga2
+    survival: str = "nsga2"  # nsga2 (rank and crowding) | jcw (multi-target); benchmarks/selection.py
     targets: int = 4
     genes: str = "joint"  # joint | channels (density fixed at 1) | density (widths fixed at full)
     rescore: int = 16  # front members re-scored on the supernet at the end

@@ -68,7 +68,8 @@ def finetune(subnet_path: str | Path, cfg: FinetuneConfig | None = None, out: st
         teacher.set_genome(teacher.space.largest())
         recalibrate_bn(teacher, data)  # shared statistics mix every subnet trained; the teacher needs its own
         teacher.eval()
-    before = 0.0 if resume else evaluate(model, data, "test", limit=cfg.test_images).top1  # a resumed run restores its own
+    # a resumed run restores its own
+    before = 0.0 if resume else evaluate(model, data, "test", limit=cfg.test_images).top1
     recipe = _MasksHeld(model, data, cfg, teacher, before)
     write_json(out / "finetune_config.json", {"subnet": str(subnet_path), **asdict(cfg)})
     schedule = Schedule(cfg.epochs, cfg.batch_size, cfg.lr, seed=cfg.seed, limit_train=cfg.limit_train)

@@ -26,7 +26,8 @@ def test_mobilenet_v2_at_224px_from_a_weights_file_to_a_finetuned_30ms_subnet(tm
              "--batch-size", "8", "--n-random", "0"]
     ran = jcw(*train, "--weights", str(tmp_path / "imagenet.pt"), "--out", str(sn), check=True)
     replaced = [line for line in ran.stderr.splitlines() if "replaced" in line]
-    assert len(replaced) == 1 and "classifier.1.weight, classifier.1.bias" in replaced[0] and "-> (3, 1280)" in replaced[0]
+    assert len(replaced) == 1 and "classifier.1.weight, classifier.1.bias" in replaced[0]
+    assert "-> (3, 1280)" in replaced[0]
     config = torch.load(sn / "supernet.pt", weights_only=True)["config"]
     assert (config["input_size"], config["num_classes"], config["weights"]) == (224, 3, str(tmp_path / "imagenet.pt"))
 

@@ -144,7 +144,8 @@ def test_finetune_resumes_to_the_same_weights(small_run, tmp_path):
     common = [str(subnet), "--epochs", "2", "--limit-train", "256", "--batch-size", "128", "--val-images", "200",
               "--test-images", "1000"]
     done = jcw("finetune", *common, "--out", str(tmp_path / "full"), check=True)
-    before, after = map(float, re.search(r"test top-1 \(first 1000 images\): ([\d.]+)% before, ([\d.]+)% after", done.stdout).groups())
+    reported = re.search(r"test top-1 \(first 1000 images\): ([\d.]+)% before, ([\d.]+)% after", done.stdout)
+    before, after = map(float, reported.groups())
     full_log = pd.read_csv(tmp_path / "full" / "finetune_log.csv")
     assert full_log["epoch"].tolist() == [1, 2]
     meta = torch.load(tmp_path / "full" / "subnet.pt", weights_only=True)["metadata"]

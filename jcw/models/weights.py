@@ -39,8 +39,8 @@ def pretrained_state_dict(name: str, weights_enum) -> dict[str, torch.Tensor]:
         return weights_enum.DEFAULT.get_state_dict(progress=False)
     except Exception as exc:  # no network and nothing cached; the reason is the first line of the library's message
         reason = " ".join(str(exc).split())[:160] or exc.__class__.__name__
-        raise JcwError(f"cannot load pretrained {name} weights ({reason}); put the file in $TORCH_HOME/hub/checkpoints, "
-                       f"pass --weights FILE, or drop --pretrained") from None
+        raise JcwError(f"cannot load pretrained {name} weights ({reason}); put the file in "
+                       f"$TORCH_HOME/hub/checkpoints, pass --weights FILE, or drop --pretrained") from None
 
 
 def classifier_name(model: nn.Module) -> str:

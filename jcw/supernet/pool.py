@@ -156,7 +156,6 @@ class RayPool:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.workers = workers or max(1, cpus)
         self.threads = threads or max(1, cpus // self.workers)  # default: the CPUs split between the actors
-        self.spec = data_spec
         self.space = supernet.space
         self.max_restarts = max_restarts
         self.payload_ref = ray.put(supernet_payload(supernet))
@@ -175,6 +174,7 @@ class RayPool:
             try:
                 self.ray.get(ref)
             except self._actor_errors as exc:  # a constructor that failed says why here
+                self.close()  # the caller never gets this pool to close
                 raise self._failure(exc) from None
         if len(ready) < len(self.actors):
             self.close()

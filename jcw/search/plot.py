@@ -94,21 +94,27 @@ def front_figure(run: str | Path, record: RunRecord | None = None):
     return fig
 
 
-def compare_figure(runs: list[str | Path]):
-    """Several runs' true fronts on one chart (joint against channels only, or one network on two devices)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    devices = set()
+def _fronts(runs: list[str | Path]) -> list[tuple[str, str, pd.DataFrame]]:
+    """Each run's legend label, device and true front, read once for both the png and the page."""
+    out = []
     for run in runs:
         record = RunDir(run).read()
         options = record.config["options"]
-        devices.add(options["device"])
-        front = record.pareto.sort_values("latency_ms")
-        ax.plot(front["latency_ms"], front["top1"], "o-", ms=4,
-                label=f"{run}: {options.get('genes', 'joint')}, {options['device']} ({len(front)})")
-    ax.set_xlabel(f"latency on {', '.join(sorted(devices))} (ms)")
+        out.append((f"{run} ({options.get('genes', 'joint')}, {options['device']})", options["device"],
+                    record.pareto.sort_values("latency_ms")))
+    return out
+
+
+def compare_figure(runs: list[str | Path], fronts: list | None = None):
+    """Several runs' true fronts on one chart (joint against channels only, or one network on two devices)."""
+    plt = _pyplot()
+    fronts = fronts or _fronts(runs)
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for label, _, front in fronts:
+        ax.plot(front["latency_ms"], front["top1"], "o-", ms=4, label=f"{label}: {len(front)} members")
+    ax.set_xlabel(f"latency on {', '.join(sorted({device for _, device, _ in fronts}))} (ms)")
     ax.set_ylabel("validation top-1 (%)")
-    ax.set_title(f"{len(runs)} runs' true fronts", fontsize=10)
+    ax.set_title(f"{len(fronts)} runs' true fronts", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -117,16 +123,12 @@ def compare_figure(runs: list[str | Path]):
 
 def plot_compare(runs: list[str | Path], out: str | Path) -> tuple[Path, Path]:
     """OUT.png and OUT.html: several runs' fronts, one legend entry each."""
-    out = Path(out)
-    png = _save(compare_figure(runs), out.with_suffix(".png"))
+    out, fronts = Path(out), _fronts(runs)
+    png = _save(compare_figure(runs, fronts), out.with_suffix(".png"))
     page = go.Figure()
-    for run in runs:
-        record = RunDir(run).read()
-        front = record.pareto.sort_values("latency_ms")
+    for label, _, front in fronts:
         page.add_scatter(x=front["latency_ms"], y=front["top1"], mode="lines+markers", text=front["id"],
-                         name=f"{run} ({record.config['options'].get('genes', 'joint')}, "
-                              f"{record.config['options']['device']})",
-                         hovertemplate="id %{text}<br>%{x:.4f} ms<br>top-1 %{y:.2f}%")
+                         name=label, hovertemplate="id %{text}<br>%{x:.4f} ms<br>top-1 %{y:.2f}%")
     page.update_layout(template="plotly_white", xaxis_title="latency (ms)", yaxis_title="validation top-1 (%)")
     html = out.with_suffix(".html")
     write_text(html, page.to_html(include_plotlyjs=True))

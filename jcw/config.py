@@ -43,6 +43,7 @@ class SearchConfig:
     force: bool = False
     data_dir: str | None = None
     runs_dir: str = "runs"
+    accelerator: str = "auto"  # auto (CUDA when torch sees a GPU) | cpu | cuda; jcw/accelerator.py
 
 
 @dataclass
@@ -86,6 +87,7 @@ class TrainConfig:
     threads: int = 0  # 0: torch's default
     limit_train: int = 0  # cap on training images per epoch (0: all); for quick runs and tests
     val_images: int | None = None  # cap on the validation images scored after each epoch (None: all)
+    accelerator: str = "auto"  # auto (CUDA when torch sees a GPU) | cpu | cuda; jcw/accelerator.py
 
 
 @dataclass
@@ -101,6 +103,7 @@ class PredictorFitConfig:
     ray_address: str | None = None
     data_dir: str | None = None
     force: bool = False
+    accelerator: str = "auto"  # auto (CUDA when torch sees a GPU) | cpu | cuda; jcw/accelerator.py
 
 
 @dataclass
@@ -114,6 +117,7 @@ class FinetuneConfig:
     limit_train: int = 0  # cap on training images per epoch (0: all)
     val_images: int | None = None  # cap on the validation images scored after each epoch (None: all)
     test_images: int | None = None  # cap on the test images scored before and after (None: the whole split)
+    accelerator: str = "auto"  # auto (CUDA when torch sees a GPU) | cpu | cuda; jcw/accelerator.py
 
 
 def apply_defaults(parser: argparse.ArgumentParser, *configs: type) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from jcw.accelerator import Accelerator
 from jcw.config import FinetuneConfig
 from jcw.data import load_dataset
 from jcw.errors import JcwError
@@ -26,14 +27,14 @@ class _MasksHeld:
     def begin_epoch(self, epoch: int) -> None:
         self.model.train()
 
-    def step(self, batch, epoch: int) -> float:
+    def step(self, batch, epoch: int, backward) -> float:
         logits = self.model(batch.images)
         loss = F.cross_entropy(logits, batch.labels)
         if self.teacher is not None:
             with torch.no_grad():
-                soft = F.softmax(self.teacher(batch.images), dim=1)
+                soft = F.softmax(self.teacher(batch.images).float(), dim=1)
             loss = 0.5 * loss + 0.5 * F.cross_entropy(logits, soft)
-        loss.backward()
+        backward(loss)
         return loss.item()
 
     def end_epoch(self, epoch: int, row: dict) -> None:
@@ -54,13 +55,14 @@ def finetune(subnet_path: str | Path, cfg: FinetuneConfig | None = None, out: st
     """Train the subnet with its masks held; write OUT/subnet.pt and return its test top-1 before and after."""
     cfg = cfg or FinetuneConfig()
     subnet_path = Path(subnet_path)
-    model = load_subnet(subnet_path)
+    accel = Accelerator.choose(cfg.accelerator)
+    model = accel.module(load_subnet(subnet_path))
     data = load_dataset(model.jcw_arch["supernet_config"]["dataset"], data_dir, model.jcw_arch["input_size"])
     out = Path(out) if out else subnet_path.with_name(subnet_path.stem + "-finetuned")
     out.mkdir(parents=True, exist_ok=True)
     teacher = None
     if cfg.distill_from:
-        teacher = load_supernet(cfg.distill_from)
+        teacher = accel.module(load_supernet(cfg.distill_from))
         if (teacher.config.dataset, teacher.config.num_classes) != (data.name, data.num_classes):
             raise JcwError(f"--distill-from {cfg.distill_from} was trained on {teacher.config.dataset} "
                            f"({teacher.config.num_classes} classes), the subnet on {data.name} ({data.num_classes} "
@@ -74,10 +76,10 @@ def finetune(subnet_path: str | Path, cfg: FinetuneConfig | None = None, out: st
     write_json(out / "finetune_config.json", {"subnet": str(subnet_path), **asdict(cfg)})
     schedule = Schedule(cfg.epochs, cfg.batch_size, cfg.lr, seed=cfg.seed, limit_train=cfg.limit_train)
     groups = [{"params": list(model.parameters()), "weight_decay": cfg.weight_decay}]
-    train_loop(recipe, groups, data, schedule, out, "finetune_log.csv", "finetune", resume, progress)
+    train_loop(recipe, groups, data, schedule, out, "finetune_log.csv", "finetune", resume, progress, accel)
     after = evaluate(model, data, "test", limit=cfg.test_images).top1
     meta = dict(model.jcw_metadata, test_top1_before_finetune=recipe.before, test_top1=after, finetune=asdict(cfg))
     final = out / "subnet.pt"
-    save_subnet(final, model, model.jcw_arch, meta)
+    save_subnet(final, model.cpu(), model.jcw_arch, meta)
     return {"subnet": str(final), "test_top1_before": recipe.before, "test_top1": after,
             "log": str(out / "finetune_log.csv")}

@@ -96,3 +96,18 @@ def test_a_budget_the_largest_subnet_meets_is_said_before_the_search_and_kept_in
     assert summary["largest_fits"].tolist() == [False, True]
     config = json.loads((tmp_path / "r" / "config.json").read_text())
     assert config["resolved"]["largest_ms"] == pytest.approx(largest, rel=1e-3)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="torch sees a GPU here: --accelerator cuda is valid")
+@pytest.mark.parametrize("args", [
+    ["supernet", "eval", "--genome", "smallest"],
+    ["supernet", "train", "--out", "{tmp}/sn", "--epochs", "1"],
+    ["predictor", "fit", "--samples", "10", "--out", "{tmp}/p", "--workers", "0"],
+    ["search", "--device", "pixel4", "--latency", "1ms", "--workers", "0", "--out", "{tmp}/run"],
+    ["finetune", "{tmp}/subnet.pt"],
+])
+def test_cuda_without_a_gpu_is_one_clear_line_before_any_work(args, tmp_path):
+    """Asking for CUDA where torch sees none stops at once: no silent CPU run, nothing written."""
+    proc = jcw(*[a.format(tmp=tmp_path) for a in args], "--accelerator", "cuda")
+    one_clear_line(proc, "--accelerator cuda", "no CUDA device")
+    assert list(tmp_path.iterdir()) == []

@@ -11,7 +11,7 @@ from pathlib import Path
 from jcw import __version__, config
 from jcw.allocator import keep_freed_memory
 from jcw.cli.latency import add_latency_commands
-from jcw.cli.parser import Parser, action_group, data_opt, ray_opts
+from jcw.cli.parser import Parser, accelerator_opt, action_group, data_opt, ray_opts
 from jcw.errors import JcwError, one_line_warnings
 
 
@@ -24,7 +24,8 @@ def _supernet_train(args) -> None:
                             pretrained=args.pretrained, weights=args.weights)
     recipe = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                          label_smoothing=args.label_smoothing, n_random=args.n_random, seed=args.seed,
-                         threads=args.threads, limit_train=args.limit_train, val_images=args.val_images)
+                         threads=args.threads, limit_train=args.limit_train, val_images=args.val_images,
+                         accelerator=args.accelerator)
     final = train(args.out, config, recipe, data_dir=args.data_dir, resume=args.resume, force=args.force,
                   input_size=args.input)
     print(f"supernet: {final}\nlog: {Path(args.out) / 'train_log.csv'}")
@@ -35,7 +36,7 @@ def _supernet_eval(args) -> None:
 
     rows = []
     for row in evaluate_genomes(args.supernet, args.genome, args.split, args.calibration_images, args.seed,
-                                args.data_dir):
+                                args.data_dir, args.accelerator):
         rows.append(row)
         if not args.json:
             print(f"{row['label']:>10}: top-1 {row['top1']:.2f}%  loss {row['loss']:.4f}  ({args.split})", flush=True)
@@ -49,7 +50,7 @@ def _predictor_fit(args) -> None:
     pred = fit(PredictorFitConfig(supernet=args.supernet, samples=args.samples, out=args.out, seed=args.seed,
                                   scored=args.scored, calibration_images=args.calibration_images,
                                   val_images=args.val_images, workers=args.workers, ray_address=args.ray_address,
-                                  data_dir=args.data_dir, force=args.force))
+                                  data_dir=args.data_dir, force=args.force, accelerator=args.accelerator))
     out = Path(args.out)
     for name, m in pred.report["models"].items():
         print(f"{name:>9}: RMSE {m['rmse']:.3f}  Kendall tau {m['kendall_tau']:.3f}  Spearman {m['spearman_rho']:.3f}")
@@ -67,7 +68,8 @@ def _search(args) -> None:
                        evaluator=args.evaluator, survival=args.survival, targets=args.targets, genes=args.genes,
                        rescore=args.rescore, refine=args.refine, refine_every=args.refine_every,
                        calibration_images=args.calibration_images, val_images=args.val_images,
-                       export=not args.no_export, resume=args.resume, force=args.force, data_dir=args.data_dir)
+                       export=not args.no_export, resume=args.resume, force=args.force, data_dir=args.data_dir,
+                       accelerator=args.accelerator)
     result = search(cfg, log=lambda line: print(line, flush=True))
     print("\nbudget      id   latency_ms   top-1 (val)")
     for row in result.summary.itertuples():
@@ -117,7 +119,7 @@ def _finetune(args) -> None:
 
     cfg = FinetuneConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, distill_from=args.distill_from,
                          seed=args.seed, limit_train=args.limit_train, val_images=args.val_images,
-                         test_images=args.test_images)
+                         test_images=args.test_images, accelerator=args.accelerator)
     res = finetune(args.subnet, cfg, out=args.out, resume=args.resume, data_dir=args.data_dir)
     split = f" (first {args.test_images} images)" if args.test_images else ""
     print(f"test top-1{split}: {res['test_top1_before']:.2f}% before, {res['test_top1']:.2f}% after\n"
@@ -155,6 +157,7 @@ def build_parser() -> Parser:
     se.add_argument("--no-export", action="store_true", help="skip exporting the best subnet per budget")
     se.add_argument("--resume", action="store_true")
     se.add_argument("--force", action="store_true", help="overwrite an existing run folder")
+    accelerator_opt(se)
     data_opt(se)
     config.apply_defaults(se, config.SearchConfig)
     se.set_defaults(func=_search)
@@ -184,6 +187,7 @@ def build_parser() -> Parser:
     tr.add_argument("--val-images", type=int, help="cap on validation images scored after each epoch")
     tr.add_argument("--resume", action="store_true", help="continue from the last checkpoint with the saved recipe")
     tr.add_argument("--force", action="store_true")
+    accelerator_opt(tr)
     config.apply_defaults(tr, config.TrainConfig, config.SupernetConfig)
     tr.set_defaults(func=_supernet_train)
     ev = sn_sub.add_parser("eval", help="top-1 and loss of chosen subnets, batch norm recalibrated")
@@ -193,6 +197,7 @@ def build_parser() -> Parser:
     ev.add_argument("--calibration-images", type=int, default=2000)
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--json", action="store_true")
+    accelerator_opt(ev)
     data_opt(ev)
     ev.set_defaults(func=_supernet_eval)
 
@@ -208,6 +213,7 @@ def build_parser() -> Parser:
                     help="reuse the subnets scored by an earlier fit on this supernet (its dataset.csv)")
     pf.add_argument("--calibration-images", type=int, help="BN recalibration images per scored subnet")
     pf.add_argument("--val-images", type=int, help="cap on validation images per scored subnet")
+    accelerator_opt(pf)
     ray_opts(pf)
     data_opt(pf)
     config.apply_defaults(pf, config.PredictorFitConfig)
@@ -250,6 +256,7 @@ def build_parser() -> Parser:
     ft.add_argument("--test-images", type=int, help="cap on test images scored before and after (default: all)")
     ft.add_argument("--resume", action="store_true")
     data_opt(ft)
+    accelerator_opt(ft)
     config.apply_defaults(ft, config.FinetuneConfig)
     ft.set_defaults(func=_finetune)
     return parser

@@ -25,6 +25,11 @@ def data_opt(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="dataset folder (default: $JCW_DATA, then Debian's)")
 
 
+def accelerator_opt(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--accelerator", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where training and scoring run (default auto: CUDA when torch sees a GPU, with autocast)")
+
+
 def ray_opts(p: argparse.ArgumentParser, default_workers: int | None = None) -> None:
     p.add_argument("--workers", type=int, default=default_workers,
                    help="Ray scoring actors (default: one per CPU; 0: serial, in-process)")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jcw.accelerator import Accelerator
 from jcw.config import DEFAULT_SAMPLES, PredictorFitConfig
 from jcw.errors import JcwError, JcwWarning
 from jcw.predictor.dataset import PARTIAL, dataset_frame, read_scored, score_subnets
@@ -24,14 +25,16 @@ def fit(cfg: PredictorFitConfig) -> Predictor:
     samples = cfg.samples if cfg.samples is not None else (0 if cfg.scored else DEFAULT_SAMPLES)
     if samples < 0:
         raise JcwError(f"--samples {samples}: give a count of subnets, 0 or more")
+    if not cfg.ray_address and samples:
+        Accelerator.choose(cfg.accelerator)  # before any scoring starts
     return fit_on_supernet(load_supernet(cfg.supernet), samples, out, cfg.seed, cfg.workers, cfg.ray_address,
-                           cfg.data_dir, cfg.scored, cfg.calibration_images, cfg.val_images)
+                           cfg.data_dir, cfg.scored, cfg.calibration_images, cfg.val_images, cfg.accelerator)
 
 
 def fit_on_supernet(supernet, samples: int, out: str | Path, seed: int = 0, workers: int | None = None,
                     ray_address: str | None = None, data_dir: str | None = None,
                     scored: str | Path | None = None, calibration_images: int = CALIBRATION_IMAGES,
-                    val_images: int | None = None) -> Predictor:
+                    val_images: int | None = None, accelerator: str = "auto") -> Predictor:
     """Sample subnets over the size range, score them on the supernet, fit, and write the predictor folder.
 
     With `scored`, a dataset.csv written by an earlier fit on this same supernet, its subnets are reused and only
@@ -47,7 +50,7 @@ def fit_on_supernet(supernet, samples: int, out: str | Path, seed: int = 0, work
         new = np.unique(space.sample_spread(samples, np.random.default_rng(seed)), axis=0)
         new = new[np.random.default_rng(seed).permutation(len(new))]
         new = new[~(new[:, None, :] == genomes[None, :, :]).all(-1).any(1)] if len(genomes) else new
-        spec = DataSpec(supernet.config.dataset, data_dir, calibration_images, "val", val_images)
+        spec = DataSpec(supernet.config.dataset, data_dir, calibration_images, "val", val_images, accelerator)
         genomes, scores = np.concatenate([genomes, new]), scores + score_subnets(supernet, new, spec, workers,
                                                                                   ray_address, out / PARTIAL)
     top1 = np.array([s["top1"] for s in scores])

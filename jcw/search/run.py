@@ -35,6 +35,7 @@ from tqdm import tqdm
 from jcw import __version__
 from jcw.artifacts import default_predictor_path
 from jcw.config import GENE_MODES, SearchConfig
+from jcw.accelerator import Accelerator
 from jcw.errors import JcwError
 from jcw.latency.table import load_table
 from jcw.predictor.fit import refine
@@ -77,6 +78,8 @@ class _Context:
             raise JcwError("--population must be at least 4 and --generations at least 1")
         if cfg.refine < 0 or cfg.refine_every < 1:
             raise JcwError("--refine must be 0 or more and --refine-every at least 1")
+        if not cfg.ray_address:  # a cluster's GPUs are checked when its actors start
+            Accelerator.choose(cfg.accelerator)
         if cfg.ray_address and cfg.workers != 0:
             check_ray_address(cfg.ray_address)  # before any work, not after the last generation
         self.table = load_table(cfg.device)
@@ -119,7 +122,8 @@ class _Context:
     def scorer(self):
         if self.evaluator is None:
             spec = DataSpec(dataset=self.supernet.config.dataset, data_dir=self.cfg.data_dir,
-                            calibration_images=self.cfg.calibration_images, val_images=self.cfg.val_images)
+                            calibration_images=self.cfg.calibration_images, val_images=self.cfg.val_images,
+                            accelerator=self.cfg.accelerator)
             with self.timed("scorer start"):
                 self.evaluator = scoring_pool(self.supernet, spec, self.cfg.workers, self.cfg.ray_address)
         return self.evaluator

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.experimental.optimization import fuse
 
+from jcw.accelerator import Accelerator, device_of
 from jcw.data import load_dataset
 from jcw.space import parse_genomes
 from jcw.supernet.slicing import bake_masks, subnet_from_supernet
@@ -39,8 +40,10 @@ def recalibrate_bn(net: nn.Module, data, images: int = CALIBRATION_IMAGES, batch
         m.momentum = None  # cumulative average over the calibration batches
     was_training = net.training
     net.train()
-    for batch in data.batches("train", batch_size, shuffle=True, seed=1234, limit=images):
-        net(batch.images)
+    accel = device_of(net)
+    with accel.autocast():
+        for batch in data.batches("train", batch_size, shuffle=True, seed=1234, limit=images):
+            net(accel.tensors(batch.images, batch.labels)[0])
     for m, momentum in zip(norms, saved):
         m.momentum = momentum
     net.train(was_training)
@@ -53,11 +56,14 @@ def evaluate(net: nn.Module, data, split: str = "val", batch_size: int = 100, li
     was_training = net.training
     net.eval()
     correct, total, loss = 0, 0, 0.0
+    accel = device_of(net)
     for batch in data.batches(split, batch_size, limit=limit):
-        logits = net(batch.images)
-        loss += F.cross_entropy(logits, batch.labels, reduction="sum").item()
-        correct += (logits.argmax(1) == batch.labels).sum().item()
-        total += len(batch.labels)
+        images, labels = accel.tensors(batch.images, batch.labels)
+        with accel.autocast():
+            logits = net(images)
+        loss += F.cross_entropy(logits.float(), labels, reduction="sum").item()
+        correct += (logits.argmax(1) == labels).sum().item()
+        total += len(labels)
     net.train(was_training)
     return Score(top1=100.0 * correct / max(total, 1), loss=loss / max(total, 1))
 
@@ -79,9 +85,9 @@ def score_genome(supernet, genome, data, split: str = "val", calibration_images:
 
 def evaluate_genomes(supernet: str | None, genomes: str, split: str = "val",
                      calibration_images: int = CALIBRATION_IMAGES, seed: int = 0,
-                     data_dir: str | None = None) -> Iterator[dict]:
+                     data_dir: str | None = None, accelerator: str = "auto") -> Iterator[dict]:
     """`jcw supernet eval`: each named genome's readable form, top-1 and loss, yielded as it is scored."""
-    net = load_supernet(supernet)
+    net = Accelerator.choose(accelerator).module(load_supernet(supernet))
     data = load_dataset(net.config.dataset, data_dir, net.config.input_size)
     for label, g in parse_genomes(genomes, net.space, seed):
         s = score_genome(net, g, data, split, calibration_images)

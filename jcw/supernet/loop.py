@@ -12,12 +12,14 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 from tqdm import tqdm
 
+from jcw.accelerator import CPU, Accelerator
 from jcw.artifacts import load_torch_file
+from jcw.data import Batch
 from jcw.errors import JcwError
 from jcw.io import atomic_path, torch_save
 
@@ -37,8 +39,8 @@ class Recipe(Protocol):
     def begin_epoch(self, epoch: int) -> None:
         """Put the model in training mode and draw whatever the epoch samples."""
 
-    def step(self, batch, epoch: int) -> float:
-        """Forward and backward one batch (gradients accumulate); return the loss to log."""
+    def step(self, batch, epoch: int, backward: Callable[[torch.Tensor], None]) -> float:
+        """Forward one batch and pass each loss to `backward` (gradients accumulate); return the loss to log."""
 
     def end_epoch(self, epoch: int, row: dict) -> None:
         """Add the epoch's evaluation to its log row and print it."""
@@ -68,10 +70,18 @@ def append_row(path: Path, row: dict) -> None:
 
 
 def train_loop(recipe: Recipe, param_groups: list[dict], data, schedule: Schedule, out: Path, log_name: str,
-               desc: str, resume: bool = False, progress: bool = True) -> None:
-    """Train for `schedule.epochs`, writing out/checkpoint.pt and out/<log_name> after every epoch."""
+               desc: str, resume: bool = False, progress: bool = True, accelerator: Accelerator = CPU) -> None:
+    """Train for `schedule.epochs`, writing out/checkpoint.pt and out/<log_name> after every epoch.
+
+    The recipe's model must already sit on `accelerator`; its forward passes run under the accelerator's autocast
+    and its losses go backward through the gradient scaler (a pass-through except for fp16).
+    """
     torch.manual_seed(schedule.seed)
     opt = torch.optim.SGD(param_groups, lr=schedule.lr, momentum=schedule.momentum, nesterov=True)
+    scaler = accelerator.grad_scaler()
+
+    def backward(loss: torch.Tensor) -> None:
+        scaler.scale(loss).backward()
     n_train = min(schedule.limit_train or data.size("train"), data.size("train"))
     steps = math.ceil(n_train / schedule.batch_size)
     total, warmup = schedule.epochs * steps, int(schedule.warmup_epochs * steps)
@@ -99,8 +109,10 @@ def train_loop(recipe: Recipe, param_groups: list[dict], data, schedule: Schedul
             for group in opt.param_groups:
                 group["lr"] = lr_at(epoch * steps + i, total, warmup, schedule.lr)
             opt.zero_grad(set_to_none=True)
-            loss = recipe.step(batch, epoch)
-            opt.step()
+            with accelerator.autocast():
+                loss = recipe.step(Batch(*accelerator.tensors(batch.images, batch.labels)), epoch, backward)
+            scaler.step(opt)
+            scaler.update()
             running = 0.98 * running + 0.02 * loss if i else loss
             bar.set_postfix(loss=f"{running:.3f}", lr=f"{opt.param_groups[0]['lr']:.3f}")
         row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": round(running, 4),

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
+from jcw.accelerator import Accelerator
 from jcw.allocator import keep_freed_memory
 from jcw.data import load_dataset
 from jcw.errors import JcwError
@@ -32,6 +33,7 @@ class DataSpec:
     calibration_images: int = CALIBRATION_IMAGES
     split: str = "val"
     val_images: int | None = None  # cap on scored images (None: the whole split)
+    accelerator: str = "auto"  # where each scorer runs (jcw/accelerator.py); Ray actors use CUDA only if given a GPU
 
 
 def _supernet_from_payload(payload: dict) -> Supernet:
@@ -54,7 +56,7 @@ class SerialPool:
 
     def __init__(self, supernet, data_spec: DataSpec):
         keep_freed_memory()
-        self.supernet = supernet
+        self.supernet = Accelerator.choose(data_spec.accelerator).module(supernet)
         self.spec = data_spec
         self.data = load_dataset(data_spec.dataset, data_spec.data_dir, supernet.config.input_size)
 
@@ -79,7 +81,7 @@ class _ScoringActor:
     def __init__(self, payload: dict, spec: DataSpec, threads: int):
         keep_freed_memory()
         torch.set_num_threads(threads)
-        self.supernet = _supernet_from_payload(payload)
+        self.supernet = Accelerator.choose(spec.accelerator).module(_supernet_from_payload(payload))
         self.spec = spec
         self.data = load_dataset(spec.dataset, spec.data_dir, self.supernet.config.input_size)
 
@@ -154,13 +156,17 @@ class RayPool:
                                ) from None
             self.owns_ray = True
         cpus = int(ray.cluster_resources().get("CPU", 1))
-        self.workers = workers or max(1, cpus)
+        gpus = _cluster_gpus(ray, data_spec.accelerator)
+        self.workers = workers or max(1, gpus or cpus)  # default: one actor per GPU, else per CPU
+        gpus_per_actor = min(1.0, gpus / self.workers) if gpus else 0
+        # an actor without a GPU share must not touch a GPU Ray did not give it
+        data_spec = replace(data_spec, accelerator="cuda" if gpus else "cpu")
         self.threads = threads or max(1, cpus // self.workers)  # default: the CPUs split between the actors
         self.space = supernet.space
         self.max_restarts = max_restarts
         self.payload_ref = ray.put(supernet_payload(supernet))
         # SPREAD: one actor per node before doubling up, so losing a node loses as few actors as it can
-        actor_cls = ray.remote(num_cpus=min(self.threads, cpus), max_restarts=max_restarts,
+        actor_cls = ray.remote(num_cpus=min(self.threads, cpus), num_gpus=gpus_per_actor, max_restarts=max_restarts,
                                max_task_retries=max_restarts, scheduling_strategy="SPREAD")(_ScoringActor)
         self.actors = [actor_cls.remote(self.payload_ref, data_spec, self.threads) for _ in range(self.workers)]
         self._wait_until_started(start_timeout, cpus)
@@ -232,6 +238,14 @@ class RayPool:
         self.actors = []
         if self.owns_ray:
             self.ray.shutdown()
+
+
+def _cluster_gpus(ray, accelerator: str) -> int:
+    """GPUs the scoring actors share: the cluster's for auto and cuda, none for cpu; cuda without any is an error."""
+    gpus = int(ray.cluster_resources().get("GPU", 0)) if accelerator != "cpu" else 0
+    if accelerator == "cuda" and not gpus:
+        raise JcwError("--accelerator cuda: the Ray cluster has no GPU; use --accelerator cpu or auto")
+    return gpus
 
 
 def scoring_pool(supernet, data_spec: DataSpec, workers: int | None, address: str | None = None):

@@ -178,11 +178,11 @@ class Supernet(nn.Module):
 
     # ---- persistence -------------------------------------------------------------------------------------------
     def raw_state_dict(self) -> dict[str, torch.Tensor]:
-        """The base network's state_dict, free of parametrization wrappers."""
+        """The base network's state_dict, free of parametrization wrappers, on the CPU (files load anywhere)."""
         out = {}
         for k, v in self.base.state_dict().items():
             k = k.replace(".parametrizations.", ".").replace(".original", "")
-            out[k] = v.detach().clone()
+            out[k] = v.detach().cpu().clone()
         return out
 
     def load_raw_state_dict(self, state: dict[str, torch.Tensor]) -> None:
@@ -193,7 +193,7 @@ class Supernet(nn.Module):
     def checkpoint(self, extra: dict | None = None) -> dict:
         return {"format": FORMAT, "jcw_version": __version__, "config": asdict(self.config),
                 "state_dict": self.raw_state_dict(),
-                "group_orders": [self.group_order(i).clone() for i in range(len(self.space.groups))],
+                "group_orders": [self.group_order(i).cpu().clone() for i in range(len(self.space.groups))],
                 "space": self.space.to_dict(), **(extra or {})}
 
     def save(self, path: str | Path, extra: dict | None = None) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from jcw.accelerator import Accelerator
 from jcw.config import TrainConfig
 from jcw.data import load_dataset
 from jcw.errors import JcwError
@@ -37,14 +38,14 @@ class _Sandwich:
         self.net.train()
         self.rng = np.random.default_rng([self.cfg.seed, epoch])  # a resumed run samples what a whole run would
 
-    def step(self, batch, epoch: int) -> float:
+    def step(self, batch, epoch: int, backward) -> float:
         net = self.net
         logits = net.forward_sliced(self.largest, batch.images)
         loss = F.cross_entropy(logits, batch.labels, label_smoothing=self.cfg.label_smoothing)
-        loss.backward()
-        soft = F.softmax(logits.detach(), dim=1)
+        backward(loss)
+        soft = F.softmax(logits.detach().float(), dim=1)
         for genome in [self.smallest, *net.space.sample(self.cfg.n_random, self.rng)]:
-            F.cross_entropy(net.forward_sliced(genome, batch.images), soft).backward()
+            backward(F.cross_entropy(net.forward_sliced(genome, batch.images), soft))
         return loss.item()
 
     def end_epoch(self, epoch: int, row: dict) -> None:
@@ -69,6 +70,9 @@ def train_supernet(net: Supernet, data, out_dir: str | Path, cfg: TrainConfig, r
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "train_config.json", {"supernet": asdict(net.config), "train": asdict(cfg)})
+    accel = Accelerator.choose(cfg.accelerator)
+    print(f"training on {accel.describe()}", flush=True)
+    net = accel.module(net)
     params = list(net.named_parameters())
     groups = [{"params": [p for _, p in params if p.dim() > 1], "weight_decay": cfg.weight_decay},
               {"params": [p for _, p in params if p.dim() <= 1], "weight_decay": 0.0}]
@@ -76,7 +80,7 @@ def train_supernet(net: Supernet, data, out_dir: str | Path, cfg: TrainConfig, r
                         cfg.limit_train)
     with torch_threads(cfg.threads):
         train_loop(_Sandwich(net, data, cfg), groups, data, schedule, out, "train_log.csv", "epoch", resume,
-                   progress)
+                   progress, accel)
     final = out / "supernet.pt"
     net.set_genome(net.space.largest())
     net.save(final, {"training": asdict(cfg)})
@@ -92,6 +96,7 @@ def train(out: str | Path, config: SupernetConfig | None = None, recipe: TrainCo
     resumed run takes its network and recipe from the folder, whatever `config` and `recipe` say now.
     """
     out = Path(out)
+    Accelerator.choose((recipe or TrainConfig()).accelerator)  # before the data loads
     if resume:
         config = SupernetConfig.from_dict(read_checkpoint(out / "checkpoint.pt")["config"])
         data = load_dataset(config.dataset, data_dir, config.input_size)

@@ -87,6 +87,7 @@ class TrainConfig:
     threads: int = 0  # 0: torch's default
     limit_train: int = 0  # cap on training images per epoch (0: all); for quick runs and tests
     val_images: int | None = None  # cap on the validation images scored after each epoch (None: all)
+    accumulate: int = 1  # micro-batches per step (per worker): a large batch in less memory
     accelerator: str = "auto"  # auto (CUDA when torch sees a GPU) | cpu | cuda; jcw/accelerator.py
 
 

@@ -27,6 +27,9 @@ class _MasksHeld:
     def begin_epoch(self, epoch: int) -> None:
         self.model.train()
 
+    def begin_step(self) -> None:
+        pass
+
     def step(self, batch, epoch: int, backward) -> float:
         logits = self.model(batch.images)
         loss = F.cross_entropy(logits, batch.labels)

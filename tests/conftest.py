@@ -147,3 +147,47 @@ def block_supernet(tmp_path_factory) -> Path:
               "--batch-size", "128", "--val-images", "500", "--out", str(out), check=True)
     (out / "stderr.txt").write_text(ran.stderr)
     return out / "supernet.pt"
+
+
+# A 2-node Ray cluster for the multi-node tests (search scoring, supernet training).
+def processes(prefix: bytes) -> set[int]:
+    """Pids whose command line starts with `prefix` (Ray titles a busy actor `ray::_ScoringActor.score`)."""
+    found = set()
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(prefix):
+                found.add(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def raylets() -> set[int]:
+    return {pid for pid in processes(b"/") if b"/raylet" in (Path("/proc") / str(pid) / "cmdline").read_bytes()
+            .split(b"\0")[0]}
+
+
+def parent_pid(pid: int) -> int:
+    return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A 2-node Ray cluster started as a user starts one: `ray start --head` (2 CPUs), then a second node
+    (`ray start --address`, 1 CPU). Yields the address and the second node's raylet pid; stopped afterwards."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ray = str(Path(sys.executable).with_name("ray"))
+    subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                    "--disable-usage-stats"], check=True, capture_output=True, timeout=120)
+    try:
+        before = raylets()
+        subprocess.run([ray, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1", "--disable-usage-stats"],
+                       check=True, capture_output=True, timeout=120, env={**os.environ, "RAY_AUTH_MODE": "token"})
+        (second,) = raylets() - before
+        yield f"127.0.0.1:{port}", second
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)

@@ -1,15 +1,12 @@
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_cli
+from conftest import parent_pid, processes, raylets, run_cli
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -71,66 +68,23 @@ def _small(tmp_path, name, **kw):
     return SearchConfig(**cfg)
 
 
-def _processes(prefix: bytes) -> set[int]:
-    """Pids whose command line starts with `prefix` (Ray titles a busy actor `ray::_ScoringActor.score`)."""
-    found = set()
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(prefix):
-                found.add(int(proc.name))
-        except OSError:
-            continue
-    return found
-
-
-def _raylets() -> set[int]:
-    return {pid for pid in _processes(b"/") if b"/raylet" in (Path("/proc") / str(pid) / "cmdline").read_bytes()
-            .split(b"\0")[0]}
-
-
-def _parent(pid: int) -> int:
-    return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
-@pytest.fixture
-def ray_cluster():
-    """A 2-node Ray cluster started as a user starts one: `ray start --head` (2 CPUs), then a second node
-    (`ray start --address`, 1 CPU). Yields the address and the second node's raylet pid; stopped afterwards."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    ray = str(Path(sys.executable).with_name("ray"))
-    subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
-                    "--disable-usage-stats"], check=True, capture_output=True, timeout=120)
-    try:
-        before = _raylets()
-        subprocess.run([ray, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1", "--disable-usage-stats"],
-                       check=True, capture_output=True, timeout=120, env={**os.environ, "RAY_AUTH_MODE": "token"})
-        (second,) = _raylets() - before
-        yield f"127.0.0.1:{port}", second
-    finally:
-        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
-
-
 @pytest.mark.slow
 def test_a_search_on_a_ray_cluster_survives_losing_a_node_mid_scoring(tmp_path, ray_cluster):
     """`jcw search --ray-address` joins a 2-node cluster the user started (token authentication on, as Ray now
     defaults to), scores on both nodes, and loses the second node while both actors are scoring: Ray restarts that
     actor on the head and retries its genome, and the search finishes with every genome scored once."""
     address, second = ray_cluster
-    head = next(iter(_raylets() - {second}))
+    head = next(iter(raylets() - {second}))
     busy_on: set[str] = set()
 
     def kill_second_node_when_both_score():
         deadline = time.time() + 120
         while time.time() < deadline and busy_on != {"head", "second"}:
-            for pid in _processes(b"ray::_ScoringActor.score"):
-                busy_on.add({head: "head", second: "second"}.get(_parent(pid), "?"))
+            for pid in processes(b"ray::_ScoringActor.score"):
+                busy_on.add({head: "head", second: "second"}.get(parent_pid(pid), "?"))
             time.sleep(0.05)
         if busy_on == {"head", "second"}:  # the node goes: its raylet and every process it started
-            for pid in [p for p in _processes(b"") if _parent(p) == second] + [second]:
+            for pid in [p for p in processes(b"") if parent_pid(p) == second] + [second]:
                 os.kill(pid, signal.SIGKILL)
 
     killer = threading.Thread(target=kill_second_node_when_both_score, daemon=True)
@@ -141,7 +95,7 @@ def test_a_search_on_a_ray_cluster_survives_losing_a_node_mid_scoring(tmp_path, 
             env={"RAY_AUTH_MODE": "token"})
     killer.join(5)
     assert busy_on == {"head", "second"}  # both nodes scored before the second one went
-    assert not any(pid == second for pid in _raylets())
+    assert not any(pid == second for pid in raylets())
     history = pd.read_csv(tmp_path / "ray" / "history.csv")
     assert not history["genome"].duplicated().any()
     front = pd.read_csv(tmp_path / "ray" / "pareto.csv")

@@ -25,9 +25,16 @@ def _supernet_train(args) -> None:
     recipe = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                          label_smoothing=args.label_smoothing, n_random=args.n_random, seed=args.seed,
                          threads=args.threads, limit_train=args.limit_train, val_images=args.val_images,
-                         accelerator=args.accelerator)
-    final = train(args.out, config, recipe, data_dir=args.data_dir, resume=args.resume, force=args.force,
+                         accumulate=args.accumulate, accelerator=args.accelerator)
+    common = dict(config=config, recipe=recipe, data_dir=args.data_dir, resume=args.resume, force=args.force,
                   input_size=args.input)
+    if args.workers or args.ray_address:
+        from jcw.supernet.distributed import train_on_ray
+
+        final = train_on_ray(args.out, args.workers or 1, ray_address=args.ray_address, threads=args.threads or 1,
+                             gpus_per_worker=args.gpus_per_worker, max_failures=args.max_failures, **common)
+    else:
+        final = train(args.out, **common)
     print(f"supernet: {final}\nlog: {Path(args.out) / 'train_log.csv'}")
 
 
@@ -182,7 +189,14 @@ def build_parser() -> Parser:
                     help="start from torchvision's ImageNet weights; the classifier is made for the dataset's classes")
     tr.add_argument("--weights", metavar="FILE", help="start from a local state_dict or torchvision checkpoint")
     tr.add_argument("--seed", type=int)
-    tr.add_argument("--threads", type=int)
+    tr.add_argument("--threads", type=int, help="torch threads (per worker with --workers; default 1 there)")
+    tr.add_argument("--accumulate", type=int, help="micro-batches per step (per worker), gradients summed")
+    tr.add_argument("--workers", type=int, default=0,
+                    help="data-parallel Ray Train workers (default 0: train in this process)")
+    tr.add_argument("--ray-address", default=None, help="train on an existing Ray cluster")
+    tr.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs per Ray Train worker (nccl when > 0)")
+    tr.add_argument("--max-failures", type=int, default=3,
+                    help="worker failures Ray Train recovers from the last checkpoint before it gives up")
     tr.add_argument("--limit-train", type=int, help="cap training images per epoch (quick runs)")
     tr.add_argument("--val-images", type=int, help="cap on validation images scored after each epoch")
     tr.add_argument("--resume", action="store_true", help="continue from the last checkpoint with the saved recipe")

@@ -7,6 +7,7 @@ a fraction of the largest's.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -22,21 +23,36 @@ from jcw.errors import JcwError
 from jcw.io import write_json
 from jcw.runtime import torch_threads
 from jcw.supernet.accuracy import score_genome
-from jcw.supernet.loop import Schedule, train_loop
+from jcw.supernet.loop import Replica, Schedule, train_loop
 from jcw.supernet.supernet import Supernet, SupernetConfig, read_checkpoint
 
 
 class _Sandwich:
-    """The loop's recipe for a supernet: largest on labels, smallest and random subnets on its soft labels."""
+    """The loop's recipe for a supernet: largest on labels, smallest and random subnets on its soft labels.
+
+    The random subnets come from a generator seeded by the epoch and drawn once per step in step order, so every
+    data-parallel worker trains the same subnets at every step (each epoch's digest of them is compared across the
+    workers), and a resumed run draws what a whole run would.
+    """
 
     def __init__(self, net: Supernet, data, cfg: TrainConfig):
         self.net, self.data, self.cfg = net, data, cfg
         self.largest, self.smallest = net.space.largest(), net.space.smallest()
         self.rng = np.random.default_rng(cfg.seed)
+        self.drawn = hashlib.sha256()
+        self.subnets: list[np.ndarray] = []
 
     def begin_epoch(self, epoch: int) -> None:
         self.net.train()
-        self.rng = np.random.default_rng([self.cfg.seed, epoch])  # a resumed run samples what a whole run would
+        self.rng = np.random.default_rng([self.cfg.seed, epoch])
+        self.drawn = hashlib.sha256()
+
+    def begin_step(self) -> None:
+        self.subnets = [self.smallest, *self.net.space.sample(self.cfg.n_random, self.rng)]
+        self.drawn.update(np.ascontiguousarray(self.subnets, dtype=np.int64).tobytes())
+
+    def epoch_digest(self) -> str:
+        return self.drawn.hexdigest()[:16]
 
     def step(self, batch, epoch: int, backward) -> float:
         net = self.net
@@ -44,7 +60,7 @@ class _Sandwich:
         loss = F.cross_entropy(logits, batch.labels, label_smoothing=self.cfg.label_smoothing)
         backward(loss)
         soft = F.softmax(logits.detach().float(), dim=1)
-        for genome in [self.smallest, *net.space.sample(self.cfg.n_random, self.rng)]:
+        for genome in self.subnets:
             backward(F.cross_entropy(net.forward_sliced(genome, batch.images), soft))
         return loss.item()
 
@@ -64,38 +80,40 @@ class _Sandwich:
             self.net.group_order(i).copy_(order)
 
 
-def train_supernet(net: Supernet, data, out_dir: str | Path, cfg: TrainConfig, resume: bool = False,
-                   progress: bool = True) -> Path:
-    """Train `net` in place; write out_dir/{supernet.pt, checkpoint.pt, train_log.csv, train_config.json}."""
+def train_supernet(net: Supernet, data, out_dir: str | Path, cfg: TrainConfig, resume: bool | Path = False,
+                   progress: bool = True, replica: Replica | None = None) -> Path:
+    """Train `net` in place; write out_dir/{supernet.pt, checkpoint.pt, train_log.csv, train_config.json}.
+
+    With a `replica` (a Ray Train worker), this process trains its slice of every batch and only rank 0 writes.
+    """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "train_config.json", {"supernet": asdict(net.config), "train": asdict(cfg)})
+    chief = replica is None or replica.rank == 0
+    if chief:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "train_config.json", {"supernet": asdict(net.config), "train": asdict(cfg)})
     accel = Accelerator.choose(cfg.accelerator)
-    print(f"training on {accel.describe()}", flush=True)
+    if chief:
+        print(f"training on {accel.describe()}", flush=True)
     net = accel.module(net)
     params = list(net.named_parameters())
     groups = [{"params": [p for _, p in params if p.dim() > 1], "weight_decay": cfg.weight_decay},
               {"params": [p for _, p in params if p.dim() <= 1], "weight_decay": 0.0}]
     schedule = Schedule(cfg.epochs, cfg.batch_size, cfg.lr, cfg.momentum, cfg.warmup_epochs, cfg.seed,
-                        cfg.limit_train)
+                        cfg.limit_train, cfg.accumulate)
     with torch_threads(cfg.threads):
         train_loop(_Sandwich(net, data, cfg), groups, data, schedule, out, "train_log.csv", "epoch", resume,
-                   progress, accel)
+                   progress, accel, replica)
     final = out / "supernet.pt"
-    net.set_genome(net.space.largest())
-    net.save(final, {"training": asdict(cfg)})
+    if chief:
+        net.set_genome(net.space.largest())
+        net.save(final, {"training": asdict(cfg)})
     return final
 
 
-def train(out: str | Path, config: SupernetConfig | None = None, recipe: TrainConfig | None = None,
-          data_dir: str | None = None, resume: bool = False, force: bool = False,
-          input_size: int | None = None) -> Path:
-    """Train a new supernet into `out`, or (resume) finish an interrupted one with the recipe it started with.
-
-    The dataset (and `input_size`, for ImageFolder trees) fixes the input size, channels and classes of `config`; a
-    resumed run takes its network and recipe from the folder, whatever `config` and `recipe` say now.
-    """
-    out = Path(out)
+def prepare(out: Path, config: SupernetConfig | None, recipe: TrainConfig | None, data_dir: str | None,
+            resume: bool, force: bool, input_size: int | None) -> tuple[SupernetConfig, TrainConfig, object]:
+    """The network, recipe and data a training run uses: the folder's own when resuming, else the given ones with
+    the dataset's input size, channels and classes."""
     Accelerator.choose((recipe or TrainConfig()).accelerator)  # before the data loads
     if resume:
         config = SupernetConfig.from_dict(read_checkpoint(out / "checkpoint.pt")["config"])
@@ -110,8 +128,25 @@ def train(out: str | Path, config: SupernetConfig | None = None, recipe: TrainCo
         data = load_dataset(config.dataset, data_dir, input_size)
         config = replace(config, input_size=data.input_size, in_channels=data.in_channels,
                          num_classes=data.num_classes)
-    recipe = recipe or TrainConfig()
+    return config, recipe or TrainConfig(), data
+
+
+def initial_supernet(config: SupernetConfig, recipe: TrainConfig) -> Supernet:
+    """The same --seed starts from the same weights, so runs (and every data-parallel worker) start alike."""
     with torch.random.fork_rng():
-        torch.manual_seed(recipe.seed)  # the same --seed starts from the same weights, so runs repeat bit for bit
-        net = Supernet(config)
-    return train_supernet(net, data, out, recipe, resume=resume)
+        torch.manual_seed(recipe.seed)
+        return Supernet(config)
+
+
+def train(out: str | Path, config: SupernetConfig | None = None, recipe: TrainConfig | None = None,
+          data_dir: str | None = None, resume: bool = False, force: bool = False,
+          input_size: int | None = None) -> Path:
+    """Train a new supernet into `out` in this process, or (resume) finish an interrupted one with the recipe it
+    started with; `jcw.supernet.distributed.train_on_ray` runs the same on Ray Train workers.
+
+    The dataset (and `input_size`, for ImageFolder trees) fixes the input size, channels and classes of `config`; a
+    resumed run takes its network and recipe from the folder, whatever `config` and `recipe` say now.
+    """
+    out = Path(out)
+    config, recipe, data = prepare(out, config, recipe, data_dir, resume, force, input_size)
+    return train_supernet(initial_supernet(config, recipe), data, out, recipe, resume=resume)

@@ -61,8 +61,8 @@ def test_distillation_loss_is_half_the_teachers_soft_labels(supernet, data, tmp_
         logits = model(batch.images)
         hard = torch.nn.functional.cross_entropy(logits, batch.labels).item()
         soft = torch.nn.functional.cross_entropy(logits, torch.softmax(teacher(batch.images), 1)).item()
-    assert _MasksHeld(model, data, FinetuneConfig(), None, 0.0).step(batch, 0) == pytest.approx(hard, rel=1e-5)
-    distilled = _MasksHeld(model, data, FinetuneConfig(), teacher, 0.0).step(batch, 0)
+    assert _MasksHeld(model, data, FinetuneConfig(), None, 0.0).step(batch, 0, torch.Tensor.backward) == pytest.approx(hard, rel=1e-5)
+    distilled = _MasksHeld(model, data, FinetuneConfig(), teacher, 0.0).step(batch, 0, torch.Tensor.backward)
     assert distilled == pytest.approx(0.5 * hard + 0.5 * soft, rel=1e-5) and abs(soft - hard) > 1e-3
 
 

@@ -120,6 +120,7 @@ def train_loop(recipe: Recipe, param_groups: list[dict], data, schedule: Schedul
 
     def backward(loss: torch.Tensor) -> None:
         scaler.scale(loss / schedule.accumulate).backward()
+
     n_train = min(schedule.limit_train or data.size("train"), data.size("train"))
     # every worker takes the same number of steps with whole slices, or the workers' collectives fall out of step
     steps = math.ceil(n_train / schedule.batch_size) if parts == 1 else n_train // schedule.batch_size

@@ -12,7 +12,6 @@ OUT/checkpoint.pt. On a cluster, OUT must be on storage that every node sees.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from jcw.config import TrainConfig
 from jcw.data import load_dataset
 from jcw.errors import JcwError
 from jcw.supernet.loop import Replica
+from jcw.supernet.pool import start_ray
 from jcw.supernet.supernet import SupernetConfig
 from jcw.supernet.train import initial_supernet, prepare, train_supernet
 
@@ -100,11 +100,7 @@ def train_on_ray(out: str | Path, workers: int, config: SupernetConfig | None = 
     recipe.accelerator = "cuda" if gpus_per_worker else "cpu"  # what Ray gives each worker, not what the driver sees
     if not resume:
         shutil.rmtree(out / RUN_NAME, ignore_errors=True)  # an earlier run's checkpoints are not this run's
-    owns_ray = not ray.is_initialized()
-    if owns_ray:
-        os.environ.setdefault("RAY_worker_niceness", "0")
-        ray.init(address=ray_address, include_dashboard=False,
-                 **({} if ray_address else {"num_cpus": os.cpu_count()}))
+    owns_ray = start_ray(ray_address, log_to_driver=True)
     job = {"config": asdict(config), "recipe": asdict(recipe), "data_dir": data_dir, "out": str(out),
            "resume": bool(resume), "threads": threads}
     trainer = TorchTrainer(

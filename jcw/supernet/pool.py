@@ -119,6 +119,35 @@ def check_ray_address(address: str, timeout: float = 3.0) -> None:
                        "cluster with `ray start --head`, fix --ray-address, or drop it to run locally") from None
 
 
+def start_ray(address: str | None, log_to_driver: bool = False) -> bool:
+    """Join the cluster at `address`, or start a local Ray instance sized to this machine, unless this process is
+    already connected; True if this call started the connection (its caller shuts it down). Failures are one line."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    try:
+        if address:
+            check_ray_address(address)
+            ray.init(address=address, include_dashboard=False, log_to_driver=log_to_driver)
+        else:
+            # Ray runs workers at niceness 15; on a busy laptop the workers, which are the whole job, would then
+            # crawl behind any other process. A local instance is ours: run them at ours.
+            os.environ.setdefault("RAY_worker_niceness", "0")
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=log_to_driver)
+    except JcwError:
+        raise
+    except Exception as exc:
+        where = f"at {address}" if address else "locally"
+        # `ray start --head` turns on token authentication, but Ray sends the token to an explicit address only
+        # under RAY_AUTH_MODE=token, and the refusal reads as a plain connection failure
+        token = "" if not address or os.environ.get("RAY_AUTH_MODE") else \
+            " (a cluster from `ray start --head` needs RAY_AUTH_MODE=token set before jcw starts)"
+        raise JcwError(f"cannot start or reach Ray {where} ({exc.__class__.__name__}: "
+                       f"{str(exc).splitlines()[0][:160]}){token}; check --ray-address or use --workers 0") from None
+    return True
+
+
 class RayPool:
     """Scoring actors on a local Ray instance (sized to the machine) or an existing cluster.
 
@@ -132,29 +161,7 @@ class RayPool:
         import ray  # heavy (about a second to import): only a pool that uses it pays for it
 
         self.ray = ray
-        self.owns_ray = False
-        if not ray.is_initialized():
-            try:
-                if address:
-                    check_ray_address(address)
-                    ray.init(address=address, include_dashboard=False, log_to_driver=False)
-                else:
-                    # Ray runs workers at niceness 15; on a busy laptop the scoring actors, which are the whole
-                    # job, would then crawl behind any other process. A local instance is ours: run them at ours.
-                    os.environ.setdefault("RAY_worker_niceness", "0")
-                    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-            except JcwError:
-                raise
-            except Exception as exc:
-                where = f"at {address}" if address else "locally"
-                # `ray start --head` turns on token authentication, but Ray sends the token to an explicit
-                # address only under RAY_AUTH_MODE=token, and the refusal reads as a plain connection failure
-                token = "" if not address or os.environ.get("RAY_AUTH_MODE") else \
-                    " (a cluster from `ray start --head` needs RAY_AUTH_MODE=token set before jcw starts)"
-                raise JcwError(f"cannot start or reach Ray {where} ({exc.__class__.__name__}: "
-                               f"{str(exc).splitlines()[0][:160]}){token}; check --ray-address or use --workers 0"
-                               ) from None
-            self.owns_ray = True
+        self.owns_ray = start_ray(address)
         cpus = int(ray.cluster_resources().get("CPU", 1))
         gpus = _cluster_gpus(ray, data_spec.accelerator)
         self.workers = workers or max(1, gpus or cpus)  # default: one actor per GPU, else per CPU

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Idempotent setup: a virtualenv in .venv, jcw and its dependencies, and the Fashion-MNIST dataset; with --tests,
-# also the headless browser the page test drives (Debian's chromium and chromium-driver).
+# Idempotent setup: a virtualenv in .venv, jcw and its dependencies (with the tflite extra), and the Fashion-MNIST
+# dataset; with --tests, also the headless browser the page test drives (Debian's chromium and chromium-driver).
 # A rerun skips every step that is already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +32,7 @@ stamp=.venv/.jcw-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! .venv/bin/python -c "import jcw" 2>/dev/null; then
   echo "setup: installing jcw and its dependencies (torch is about 5 GB; a few minutes the first time)"
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e ".[test]"
+  .venv/bin/python -m pip install --quiet -e ".[test,tflite]"
   touch "$stamp"
 fi
 

@@ -91,20 +91,31 @@ def _search(args) -> None:
 
 
 def _print_paths(paths: dict) -> None:
+    if "xnnpack report" in paths:
+        from jcw.export.tflite import read_report, summarise
+
+        rows = read_report(paths["xnnpack report"])
+        print(f"{'layer':<24} {'op':<14} {'density':>7}  {'stored':<7} {'XNNPACK':<7} why")
+        for r in rows:
+            print(f"{r.name:<24} {r.op:<14} {r.density:>7.3f}  {'sparse' if r.stored_sparse else 'dense':<7} "
+                  f"{r.xnnpack:<7} {r.why}")
+        print(summarise(rows))
     print("\n".join(f"{kind}: {path}" for kind, path in paths.items()))
 
 
 def _export(args) -> None:
     from jcw.export.from_run import export_from_run
 
-    _print_paths(export_from_run(args.run, args.id, out=args.out, onnx=args.onnx, data_dir=args.data_dir))
+    _print_paths(export_from_run(args.run, args.id, out=args.out, onnx=args.onnx, data_dir=args.data_dir,
+                                 tflite=args.tflite))
 
 
 def _pick(args) -> None:
     from jcw.export.from_run import pick
     from jcw.search.budget import parse_budget
 
-    best, paths = pick(args.run, parse_budget(args.latency), out=args.out, onnx=args.onnx, data_dir=args.data_dir)
+    best, paths = pick(args.run, parse_budget(args.latency), out=args.out, onnx=args.onnx, data_dir=args.data_dir,
+                       tflite=args.tflite)
     print(f"picked id {int(best['id'])}: {best['latency_ms']:.4g}ms, top-1 {best['top1']:.2f}%")
     _print_paths(paths)
 
@@ -239,6 +250,7 @@ def build_parser() -> Parser:
     ex.add_argument("run")
     ex.add_argument("--id", type=int, required=True)
     ex.add_argument("--onnx", action="store_true")
+    ex.add_argument("--tflite", action="store_true", help="also a .tflite with sparse 1x1 weights for XNNPACK")
     ex.add_argument("--out", default=None)
     data_opt(ex)
     ex.set_defaults(func=_export)
@@ -248,6 +260,7 @@ def build_parser() -> Parser:
     pk.add_argument("--latency", required=True)
     pk.add_argument("--out", default=None)
     pk.add_argument("--onnx", action="store_true")
+    pk.add_argument("--tflite", action="store_true", help="also a .tflite with sparse 1x1 weights for XNNPACK")
     data_opt(pk)
     pk.set_defaults(func=_pick)
 

@@ -1,0 +1,82 @@
+"""When TFLite's XNNPACK delegate runs a network's weights sparse: one place for the rules that pricing, the search
+and the TFLite export all follow.
+
+XNNPACK runs sparse only inside an NCHW subgraph: it begins at a 3x3 stride-2 conv (padding 1) on the 3-channel
+image, holds only 1x1 stride-1 convs, depthwise 3x3 or 5x5 convs (stride 1 or 2, explicit padding), adds and
+activations, and ends at a global average pool (a spatial MEAN). Inside it, the 1x1 convs run sparse only if more than
+two thirds of their weights, counted together, are exactly zero; every other layer runs dense wherever it is. TFLite's
+delegate asks for sparse inference only when the file stores weights sparse (behind DENSIFY ops), and XNNPACK never
+runs sparse on x86 CPUs with AVX.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from jcw.space import Layer
+
+SPARSE_FRACTION = 2 / 3  # zeros among the subgraph's 1x1 conv weights, counted together, must exceed this
+SOURCE = ("google/XNNPACK src/subgraph.c @75db3c09 (xnn_check_nchw_compatibility, xnn_subgraph_rewrite_for_nchw: "
+          "'num_zeroes * 3 <= num_params * 2' disables sparse); tensorflow/lite/delegates/xnnpack/README.md, "
+          "'Sparse Inference'")
+
+
+@dataclass(frozen=True)
+class SparseSubgraph:
+    """The 1x1 convs (indices into the layer list) that can run sparse, or why none can."""
+
+    convs: tuple[int, ...]
+    reason: str = ""  # empty when `convs` is not
+
+    @property
+    def possible(self) -> bool:
+        return bool(self.convs)
+
+
+def is_1x1(layer: Layer) -> bool:
+    return layer.kind == "conv" and not layer.depthwise and layer.kernel == 1
+
+
+def _nchw_compatible(layer: Layer) -> str:
+    """'' if XNNPACK can run `layer` inside the NCHW subgraph, else what stops it."""
+    if layer.kind == "add":
+        return ""
+    if layer.kind == "conv" and layer.depthwise:
+        return "" if layer.kernel in (3, 5) and layer.stride in (1, 2) else \
+            f"depthwise {layer.kernel}x{layer.kernel} stride {layer.stride}"
+    if is_1x1(layer):
+        return "" if layer.stride == 1 else f"1x1 conv with stride {layer.stride}"
+    if layer.kind == "conv":
+        return f"dense {layer.kernel}x{layer.kernel} conv"
+    if layer.kind == "pool":
+        return "a pool other than the global average pool"
+    return f"a {layer.kind} layer"
+
+
+def sparse_subgraph(layers: Sequence[Layer], in_channels: int) -> SparseSubgraph:
+    """The NCHW subgraph of a chain network (residual adds allowed), from its stem to its global average pool."""
+    if not layers or layers[0].kind != "conv":
+        return SparseSubgraph((), "the network does not start with a conv")
+    stem = layers[0]
+    if (stem.kernel, stem.stride, in_channels) != (3, 2, 3) or stem.depthwise:
+        return SparseSubgraph((), f"its stem is a {stem.kernel}x{stem.kernel} stride-{stem.stride} conv on "
+                                  f"{in_channels}-channel images; XNNPACK starts a sparse subgraph only at a 3x3 "
+                                  "stride-2 conv on 3-channel images")
+    convs = []
+    for index, layer in enumerate(layers[1:], start=1):
+        if layer.kind == "pool" and layer.kernel >= layer.h:
+            return SparseSubgraph(tuple(convs), "" if convs else "the subgraph has no 1x1 conv")
+        blocker = _nchw_compatible(layer)
+        if blocker:
+            return SparseSubgraph((), f"{layer.name} ({blocker}) cannot run in XNNPACK's NCHW subgraph")
+        if is_1x1(layer):
+            convs.append(index)
+    return SparseSubgraph((), "the network has no global average pool")
+
+
+def runs_sparse(weights: np.ndarray, nonzeros: np.ndarray) -> np.ndarray:
+    """Whether XNNPACK runs the subgraph sparse, from its 1x1 convs' weight and nonzero counts summed (any shape)."""
+    weights = np.asarray(weights, dtype=float)
+    return (weights - np.asarray(nonzeros)) * 3 > weights * 2 * (1 + 1e-12)

@@ -1,0 +1,89 @@
+"""TFLite export and XNNPACK's sparse rules: what a phone runtime really runs sparse."""
+import numpy as np
+import pytest
+import torch
+
+from jcw.latency.xnnpack import SPARSE_FRACTION, is_1x1, runs_sparse, sparse_subgraph
+from jcw.models import create_model
+from jcw.models.graph import analyse
+
+
+def space_of(model: str, size: int, channels: int):
+    return analyse(create_model(model, 10, channels), model, size, channels, 10).space
+
+
+@pytest.fixture(scope="module")
+def mobilenet():
+    """An untrained MobileNetV2 supernet on 32 px RGB: its stem is the one XNNPACK's sparse subgraph starts at."""
+    from jcw.config import SupernetConfig
+    from jcw.supernet.supernet import Supernet
+
+    torch.manual_seed(0)
+    return Supernet(SupernetConfig(model="mobilenet_v2", input_size=32, in_channels=3, num_classes=10)).eval()
+
+
+def test_the_sparse_subgraph_runs_from_the_rgb_stride2_stem_to_the_global_pool():
+    space = space_of("mobilenet_v2", 32, 3)
+    subgraph = sparse_subgraph(space.layers, 3)
+    assert [space.layers[i].name for i in subgraph.convs] == [l.name for l in space.layers if is_1x1(l)]
+    assert len(subgraph.convs) == 34 and subgraph.reason == ""
+    demo = sparse_subgraph(space_of("mbv2_small", 28, 1).layers, 1)
+    assert not demo.possible and "3x3 stride-1 conv on 1-channel images" in demo.reason
+    resnet = sparse_subgraph(space_of("resnet18", 32, 3).layers, 3)
+    assert not resnet.possible and "7x7 stride-2" in resnet.reason
+    # a dense 3x3 conv inside the chain breaks the NCHW subgraph
+    layers = list(space.layers)
+    layers[5] = type(layers[5])(**{**layers[5].__dict__, "kernel": 3, "depthwise": False})
+    broken = sparse_subgraph(layers, 3)
+    assert not broken.possible and layers[5].name in broken.reason and "dense 3x3 conv" in broken.reason
+
+
+def test_two_thirds_of_the_1x1_weights_counted_together_must_be_zero():
+    weights = np.array([300.0, 300.0])  # XNNPACK needs strictly more than two thirds zero
+    assert runs_sparse(weights, weights * (1 - SPARSE_FRACTION) - 1).all()
+    assert not runs_sparse(weights, weights * (1 - SPARSE_FRACTION)).any()
+
+
+def export(mobilenet, tmp_path, density_index: int, name: str):
+    from jcw.supernet.subnet import export_subnet
+
+    space = mobilenet.space
+    genome = space.smallest().copy()
+    genome[len(space.groups):] = density_index
+    return export_subnet(mobilenet, genome, tmp_path / f"{name}.pt")
+
+
+def test_tflite_export_stores_sparse_1x1_weights_for_xnnpack_and_matches_torch(mobilenet, tmp_path):
+    from jcw.export.tflite import convert, deployable, densified_convs, interpreter, read_report, run_tflite
+    from jcw.export.tflite import export_tflite, summarise
+
+    space = mobilenet.space
+    path = export(mobilenet, tmp_path, space.densities.index(0.2), "sparse")
+    tflite, report = export_tflite(path, tmp_path / "sparse.tflite")
+    baked, folded, arch = deployable(path)
+    x = torch.randn(4, 3, 32, 32)
+    runner = interpreter(tflite.read_bytes())
+    with torch.no_grad():
+        expected = baked(x).numpy()
+    got = np.concatenate([run_tflite(runner, x[i:i + 1].numpy()) for i in range(4)])
+    assert got.shape == (4, 10) and np.abs(got - expected).max() <= 1e-4
+    rows = read_report(report)
+    convs = [r for r in rows if r.op == "1x1 conv"]
+    assert len(convs) == 34 and all(abs(r.density - 0.2) < 0.01 for r in convs)
+    assert all(r.stored_sparse and r.xnnpack == "sparse" for r in convs)
+    assert all(r.xnnpack == "dense" for r in rows if r.op != "1x1 conv")
+    densified = densified_convs(tflite.read_bytes())
+    assert all(any(f"{r.name}/" in name for name in densified) for r in convs)  # a DENSIFY op feeds each
+    dense = convert(folded, 32, 3, sparse=False)
+    assert densified_convs(dense) == [] and tflite.stat().st_size < 0.6 * len(dense)
+    assert summarise(rows) == "XNNPACK will run 34 of 34 1x1 convs sparse"
+
+
+def test_half_dense_1x1_weights_stay_dense_under_xnnpack(mobilenet, tmp_path):
+    from jcw.export.tflite import export_tflite, read_report, summarise
+
+    path = export(mobilenet, tmp_path, mobilenet.space.densities.index(0.5), "half")
+    _, report = export_tflite(path, tmp_path / "half.tflite")
+    rows = read_report(report)
+    assert all(r.xnnpack == "dense" for r in rows)
+    assert summarise(rows).startswith("XNNPACK will run nothing sparse: the subgraph's 1x1 weights are 50% zero")

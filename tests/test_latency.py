@@ -20,7 +20,7 @@ def test_interpolation_is_exact_on_multilinear_functions():
 
 
 def test_lookup_is_sum_of_layer_entries(tiny_supernet):
-    table = load_table("pixel4")
+    table = load_table("pixel4-jcw-arm")  # a kernel that runs every layer sparse on its own
     bound = table.bind(tiny_supernet.space)
     genomes = tiny_supernet.space.sample(50, np.random.default_rng(0))
     per_layer = bound.layer_latency(genomes)
@@ -122,7 +122,7 @@ def test_lookup_rate_is_reported(tiny_supernet):
 
 def test_sparser_genomes_never_cost_more_and_batches_price_as_singles(tiny_supernet):
     space = tiny_supernet.space
-    bound = load_table("pixel4").bind(space)
+    bound = load_table("pixel4-jcw-arm").bind(space)
     genomes = space.sample(200, np.random.default_rng(3))
     n_groups = len(space.groups)
     sparser = genomes.copy()  # one density step down on every sparse layer (gene 0 is density 1.0)

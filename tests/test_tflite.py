@@ -1,4 +1,4 @@
-"""TFLite export and XNNPACK's sparse rules: what a phone runtime really runs sparse."""
+"""XNNPACK's sparse rules, in the TFLite export and in pricing: what a phone runtime really runs sparse."""
 import numpy as np
 import pytest
 import torch
@@ -87,3 +87,82 @@ def test_half_dense_1x1_weights_stay_dense_under_xnnpack(mobilenet, tmp_path):
     rows = read_report(report)
     assert all(r.xnnpack == "dense" for r in rows)
     assert summarise(rows).startswith("XNNPACK will run nothing sparse: the subgraph's 1x1 weights are 50% zero")
+
+
+@pytest.fixture(scope="module")
+def xnnpack_table(mobilenet, tmp_path_factory):
+    from jcw.latency.derive import derive_table
+
+    return derive_table("pixel4", [mobilenet.space], out_dir=tmp_path_factory.mktemp("tables")).bind(mobilenet.space)
+
+
+def with_densities(space, genome, densities):
+    """`genome` with the density genes of its 1x1 convs set (one value, or one per 1x1 conv), others dense."""
+    g = genome.copy()
+    n = len(space.groups)
+    g[n:] = 0
+    convs = [l for l in space.layers if is_1x1(l)]
+    for layer, d in zip(convs, np.broadcast_to(densities, len(convs))):
+        g[n + layer.sparse] = space.densities.index(float(d))
+    return g
+
+
+def test_xnnpack_pricing_applies_sparse_1x1_times_only_past_two_thirds_zero(mobilenet, xnnpack_table):
+    space, bound = mobilenet.space, xnnpack_table
+    base = space.largest()
+    dense = bound.latency(base)[0]
+    assert bound.runs_sparse(with_densities(space, base, 0.2))[0]
+    assert bound.latency(with_densities(space, base, 0.2))[0] < 0.7 * dense
+    # half-dense 1x1 weights: the subgraph runs dense, so density buys nothing
+    half = with_densities(space, base, 0.5)
+    assert not bound.runs_sparse(half)[0] and bound.latency(half)[0] == dense
+    one = with_densities(space, base, [0.2] + [1.0] * 33)  # one sparse layer among dense ones: no speed-up
+    assert bound.latency(one)[0] == dense
+    # counted together, by weights: the 12 largest 1x1 convs at 0.2 and 22 others at 0.9 are 69% zero
+    convs = [l for l in space.layers if is_1x1(l)]
+    weights = np.array([l.c_in * l.c_out for l in convs], float)
+    densities = np.full(34, 0.9)
+    densities[np.argsort(-weights)[:12]] = 0.2
+    assert densities.mean() > 1 / 3 and (weights * densities).sum() / weights.sum() < 1 / 3
+    assert bound.runs_sparse(with_densities(space, base, densities))[0]
+    densities[np.argsort(-weights)[10:12]] = 0.9  # 10 of them: 66% zero, short of the threshold
+    assert not bound.runs_sparse(with_densities(space, base, densities))[0]
+    # one layer at 0.5 among layers at 0.2 runs sparse, and its own density is priced
+    mixed = with_densities(space, base, [0.5] + [0.2] * 33)
+    assert bound.runs_sparse(mixed)[0]
+    all_low = bound.priced_layers(with_densities(space, base, 0.2))[0]
+    mixed_ms = bound.priced_layers(mixed)[0]
+    first = next(j for j, l in enumerate(space.layers) if is_1x1(l))
+    assert all_low[first] < mixed_ms[first] < bound.priced_layers(base)[0][first]
+    # the stem and classifier are never sparse under XNNPACK: their density genes leave the genome
+    able = bound.sparse_genes()
+    assert able.sum() == 34 and not able[space.layers[0].sparse] and not able[-1]
+
+
+def test_pricing_and_the_tflite_export_agree_on_what_runs_sparse(mobilenet, xnnpack_table, tmp_path):
+    from jcw.export.tflite import export_tflite, read_report
+    from jcw.supernet.subnet import export_subnet
+
+    space = mobilenet.space
+    rng = np.random.default_rng(0)
+    priced = []
+    for i, densities in enumerate(([0.3] * 17 + [0.5] * 17, [0.2] * 28 + [0.5] * 6)):  # near the threshold
+        genome = with_densities(space, space.smallest(), rng.permutation(densities))
+        export_subnet(mobilenet, genome, tmp_path / f"{i}.pt")
+        _, report = export_tflite(tmp_path / f"{i}.pt", tmp_path / f"{i}.tflite")
+        exported = {r.xnnpack for r in read_report(report) if r.op == "1x1 conv"}
+        priced.append(bool(xnnpack_table.runs_sparse(genome)[0]))
+        assert exported == {"sparse" if priced[-1] else "dense"}
+    assert priced == [False, True]
+
+
+def test_the_demo_space_never_runs_sparse_on_pixel4(tiny_supernet):
+    from jcw.latency.table import load_table
+
+    space = tiny_supernet.space
+    bound = load_table("pixel4").bind(space)
+    assert load_table("pixel4").runtime == "tflite-xnnpack" and not bound.sparse_genes().any()
+    genomes = space.sample(100, np.random.default_rng(0))
+    dense = genomes.copy()
+    dense[:, len(space.groups):] = 0
+    assert np.array_equal(bound.latency(genomes), bound.latency(dense))

@@ -10,10 +10,13 @@ from jcw.cli.parser import action_group
 def _latency_derive(args) -> None:
     from jcw.latency.derive import derive
 
-    table, csv_path, json_path = derive(args.device, args.supernet, args.out_dir, " ".join(["jcw"] + sys.argv[1:]))
-    fit = table.meta["fit"]
-    print(f"{args.device}: {len(table.entries)} entries, fit on {fit['samples']} public measurements, "
-          f"leave-one-out MAPE {fit['loo_mape_pct']}%\ntable: {csv_path}\nmetadata: {json_path}")
+    table, csv_path, json_path = derive(args.device, args.supernet, args.out_dir, " ".join(["jcw"] + sys.argv[1:]),
+                                        args.sparse_kernel)
+    fit, kernel = table.meta["fit"], table.meta["fit"]["sparse_kernel"]
+    kernel_error = (f"; XNNPACK sparse kernel a = {kernel['a']}, fit on {kernel['points']} published ratios, "
+                    f"leave-one-out MAPE {kernel['loo_mape_pct']}%" if "a" in kernel else "")
+    print(f"{table.device} ({table.runtime}): {len(table.entries)} entries, fit on {fit['samples']} public data "
+          f"points, leave-one-out MAPE {fit['loo_mape_pct']}%{kernel_error}\ntable: {csv_path}\nmetadata: {json_path}")
 
 
 def _latency_predict(args) -> None:
@@ -28,12 +31,13 @@ def _latency_predict(args) -> None:
 def _latency_list(args) -> None:
     from jcw.latency.table import list_tables
 
-    print(f"{'device':<10} {'source':<9} {'entries':>7}  {'error':<48} made")
+    print(f"{'device':<15} {'runtime':<15} {'threads':>7} {'source':<9} {'entries':>7}  {'error':<30} made")
     for row in list_tables(args.dir):
         err = row["error"]
-        text = (f"MAPE {err['mape_pct']}%, {100 * err.get('within_10pct', 0):.0f}% within 10% "
-                f"({err.get('kind', '').split(' on ')[0]})") if "mape_pct" in err else "not validated"
-        print(f"{row['device']:<10} {row['source']:<9} {row['entries']:>7}  {text:<48} {row['date']}")
+        text = f"MAPE {err['mape_pct']}%, {100 * err.get('within_10pct', 0):.0f}% within 10%" \
+            if "mape_pct" in err else "not validated"
+        print(f"{row['device']:<15} {row['runtime']:<15} {row['threads']:>7} {row['source']:<9} {row['entries']:>7}  "
+              f"{text:<30} {row['date']}\n{'':<15} error against: {err.get('kind', 'nothing yet')}")
 
 
 def _latency_measure(args) -> None:
@@ -86,6 +90,9 @@ def add_latency_commands(sub) -> None:
     ld = la_sub.add_parser("derive", help="price a supernet's layers with a device model fit to public data")
     ld.add_argument("--device", required=True, choices=("pixel1", "pixel4", "note10"))
     ld.add_argument("--supernet", action="append", help="supernet file(s) to cover (default: the shipped one)")
+    ld.add_argument("--sparse-kernel", default="xnnpack", choices=("xnnpack", "jcw-arm"),
+                    help="xnnpack: TFLite's sparse 1x1 kernel under XNNPACK's rules (default); jcw-arm: JCW's own "
+                         "kernel, every conv sparse, as the table DEVICE-jcw-arm")
     ld.add_argument("--out-dir", default=None, help="where tables go (default: latency_tables/)")
     ld.set_defaults(func=_latency_derive)
     lm = la_sub.add_parser("measure", help="time every table entry on this machine")

@@ -1,8 +1,10 @@
 """Per-op latency models of phones we cannot reach, fit to public measurements.
 
 An op costs  fixed + MB moved x ms_per_mb + MMACs x ms_per_mmac[category]  (a linear roofline-style model, fit by
-non-negative least squares). Weight sparsity follows the density-to-time curve measured for JCW's ARM sparse conv
-kernel. Every number this produces is derived, and the fit's leave-one-out error is stored beside it.
+non-negative least squares). Weight sparsity follows one of two kernels: XNNPACK's (the default; only 1x1 convs, and
+only where `jcw.latency.xnnpack`'s rules let them run sparse; `jcw.latency.sparse_model` fits its time ratio to
+published measurements), or JCW's own unnamed ARM kernel (every conv and linear layer, the density-to-time curve the
+JCW authors measured). Every number this produces is derived, and the fit's leave-one-out error is stored beside it.
 """
 from __future__ import annotations
 
@@ -22,9 +24,12 @@ import torchvision.models as tvm
 from jcw.artifacts import artifact_dir
 from jcw.errors import JcwError, JcwWarning
 from jcw.latency.ops import Op, model_ops, op_features
+from jcw.latency.sparse_model import DATA as SPARSE_DATA
+from jcw.latency.sparse_model import NETWORKS, SparseKernelModel, fit_xnnpack_kernel
 
 COMPUTE = ("conv", "conv1x1", "dwconv", "linear")
 PARAMS = ("fixed_ms", "ms_per_mb", *(f"ms_per_mmac_{c}" for c in COMPUTE))
+SPARSE_KERNELS = {"xnnpack": "tflite-xnnpack", "jcw-arm": "jcw-arm"}  # --sparse-kernel -> the runtime a table prices
 
 
 def reference_dir() -> Path:
@@ -38,15 +43,18 @@ class DeviceModel:
     runtime: str
     threads: int
     params: dict[str, float]
+    sparse_kernel: str  # "xnnpack" or "jcw-arm"
     sparse_curve: list[float]  # time ratio at densities 0.0, 0.1, ..., 1.0 (1.0 at density 1)
     fit: dict = field(default_factory=dict)
 
     def op_ms(self, op: Op, density: float = 1.0) -> float:
+        """An op's time; at density < 1, its time inside a sparse subgraph where the kernel runs it sparse."""
         p = self.params
         t = p["fixed_ms"] + op.mbytes * p["ms_per_mb"]
         if op.category in COMPUTE:
             t += op.macs / 1e6 * p[f"ms_per_mmac_{op.category}"]
-        if density < 1.0 and op.category in ("conv", "conv1x1", "linear"):
+        sparse_ops = ("conv1x1",) if self.sparse_kernel == "xnnpack" else ("conv", "conv1x1", "linear")
+        if density < 1.0 and op.category in sparse_ops:
             t *= float(np.interp(density, np.linspace(0, 1, len(self.sparse_curve)), self.sparse_curve))
         return t
 
@@ -192,22 +200,23 @@ def _mape(pred: np.ndarray, true: np.ndarray) -> float:
     return round(100 * float(np.mean(np.abs(pred - true) / true)), 2)
 
 
-def fit_scaled(prior: np.ndarray, samples: list[tuple[str, list[Op], float]]) -> tuple[np.ndarray, dict]:
-    """Too few points for a full fit: rescale a prior device's terms (4 unknowns: fixed, memory, dense k x k conv
-    compute, and the compute of all other ops)."""
+def fit_scaled(prior: np.ndarray, samples: list[tuple[str, list[Op], float]], fixed_ms: float
+               ) -> tuple[np.ndarray, dict]:
+    """Too few points for a full fit: rescale a prior device's terms (3 unknowns: memory, dense k x k conv compute,
+    and the compute of all other ops), with the per-op cost `fixed_ms` given, not fit."""
     rows = np.array([features(ops) for _, ops, _ in samples])
-    times = np.array([t for _, _, t in samples])
-    parts = np.stack([rows[:, 0] * prior[0], rows[:, 1] * prior[1], rows[:, 2] * prior[2],
-                      rows[:, 3:] @ prior[3:]], axis=1)
+    times = np.array([t for _, _, t in samples]) - rows[:, 0] * fixed_ms
+    parts = np.stack([rows[:, 1] * prior[1], rows[:, 2] * prior[2], rows[:, 3:] @ prior[3:]], axis=1)
 
     def scale(k: np.ndarray) -> np.ndarray:
-        return np.concatenate([[prior[0] * k[0], prior[1] * k[1], prior[2] * k[2]], prior[3:] * k[3]])
+        return np.concatenate([[fixed_ms, prior[1] * k[0], prior[2] * k[1]], prior[3:] * k[2]])
 
     k = _solve(parts, times)
     loo = _loo_errors(parts, times)
+    times = times + rows[:, 0] * fixed_ms
     per_model = {name: {"reference_ms": t, "predicted_ms": round(float(p), 2),
                         "error_pct": round(100 * float((p - t) / t), 1)}
-                 for (name, _, t), p in zip(samples, parts @ k)}
+                 for (name, _, t), p in zip(samples, parts @ k + rows[:, 0] * fixed_ms)}
     return scale(k), {"samples": len(samples), "scales": [round(float(v), 4) for v in k],
                       "train_mape_pct": _mape(parts @ k, times), "loo_mape_pct": round(100 * float(np.mean(loo)), 2),
                       "loo_within_10pct": round(float(np.mean(loo <= 0.10)), 3), "per_model": per_model}
@@ -215,19 +224,37 @@ def fit_scaled(prior: np.ndarray, samples: list[tuple[str, list[Op], float]]) ->
 
 DEVICES = {
     "pixel1": dict(processor="Snapdragon 821 big core (Kryo)", runtime="TFLite (ProxylessNAS lookup table)",
-                   threads=1),
+                   threads=1, data="measured ProxylessNAS Pixel 1 blocks"),
     "note10": dict(processor="Exynos 9825 / Snapdragon 855 CPU", runtime="TFLite (Once-for-All lookup tables)",
-                   threads=1),
+                   threads=1, data="measured Once-for-All Note10 blocks"),
     "pixel4": dict(processor="Cortex-A76 big core (Snapdragon 855)", runtime="TFLite 2.1 benchmark_model "
-                   "(nn-Meter's Pixel 4 predictions)", threads=1),
+                   "(fit to nn-Meter's Pixel 4 predictions)", threads=1,
+                   data="nn-Meter predictions (not measurements) of torchvision models on Pixel 4"),
 }
 
 
-def fit_device(device: str) -> DeviceModel:
-    """Fit `device`'s op model to the public data in latency_tables/reference/."""
+def small_network_fixed_ms(device: str, dense_op_ms) -> tuple[float, dict]:
+    """The per-op cost from the one tiny network timed dense on `device`: what its time leaves after its ops' work.
+
+    Whole-model times of networks that take 100-1700 ms cannot tell a microsecond per op from zero (the fit put it
+    at 0 ms); a network of 8 ops that takes 17 us can."""
+    rows = pd.read_csv(reference_dir() / SPARSE_DATA)
+    row = rows[(rows.device == device) & (rows.model == "tfmot_cifar_cnn")].iloc[0]
+    ops = NETWORKS[row.model]()
+    work = float(sum(dense_op_ms(op) for op in ops))
+    fixed = max(0.0, (float(row.dense_ms) - work) / len(ops))
+    return fixed, {"network": row.model, "measured_ms": float(row.dense_ms), "ops": len(ops),
+                   "ops_work_ms": round(work, 5), "upper_bound_ms": round(float(row.dense_ms) / len(ops), 5),
+                   "note": "0 where the ops' work alone already exceeds the measured time",
+                   "source": row.source.split(":")[0]}
+
+
+def fit_device(device: str, sparse_kernel: str = "xnnpack") -> DeviceModel:
+    """Fit `device`'s op model to the public data in latency_tables/reference/, with its sparse kernel's model."""
     if device not in DEVICES:
         raise JcwError(f"no device model for {device!r}; derived models exist for {', '.join(DEVICES)}")
-    curve = jcw_sparse_curve()
+    if sparse_kernel not in SPARSE_KERNELS:
+        raise JcwError(f"unknown sparse kernel {sparse_kernel!r}; choose {' or '.join(SPARSE_KERNELS)}")
     if device in ("pixel1", "note10"):
         samples = load_blocks(device)
         theta, report = fit_linear(samples)
@@ -236,13 +263,30 @@ def fit_device(device: str) -> DeviceModel:
     else:
         prior, _ = fit_linear(load_blocks("pixel1"))
         samples, skipped = load_whole_models("pixel4", threads=1)
-        theta, report = fit_scaled(prior, samples)
+        theta, _ = fit_scaled(prior, samples, 0.0)
+        unfixed = DeviceModel(device, "", "", 1, dict(zip(PARAMS, theta)), "xnnpack", [1.0] * 11)
+        fixed_ms, fixed_report = small_network_fixed_ms(device, unfixed.op_ms)
+        theta, report = fit_scaled(prior, samples, fixed_ms)
+        report["fixed_ms_from"] = fixed_report
         report["skipped_models"] = skipped
-        report["data"] = "nn-Meter's whole-model Pixel 4 CPU numbers for torchvision models; op mix from the " \
-                         "Pixel 1 block fit, with its fixed, memory and compute terms rescaled"
-    report["sparse_curve_source"] = "JCW's ARM sparse conv (jcw-anonymous/JCW convinfos/resnet18/runtime.npy)"
-    return DeviceModel(device=device, params=dict(zip(PARAMS, (round(float(v), 6) for v in theta))),
-                       sparse_curve=curve, fit=report, **DEVICES[device])
+        report["data"] = "fit to nn-Meter's predictions (its predictor, not measurements) of torchvision models on " \
+                         "the Pixel 4 CPU; op mix from the Pixel 1 block fit, with its memory and compute terms " \
+                         "rescaled; per-op cost from a measured 17 us network"
+    params = dict(zip(PARAMS, (round(float(v), 6) for v in theta)))
+    if sparse_kernel == "xnnpack":
+        dense = DeviceModel(device, "", "", 1, params, sparse_kernel, [1.0] * 11)
+        kernel: SparseKernelModel = fit_xnnpack_kernel(dense.op_ms, reference_dir())
+        curve = [round(float(kernel.ratio(0.1 * i)), 4) for i in range(11)]
+        report["sparse_kernel"] = {"name": "XNNPACK sparse 1x1 (SpMM in the NCHW subgraph)", **kernel.fit}
+    else:
+        curve = jcw_sparse_curve()
+        report["sparse_kernel"] = {"name": "JCW's ARM sparse conv (an alternative: the authors never named or "
+                                           "released it)",
+                                   "data": "jcw-anonymous/JCW convinfos/resnet18/runtime.npy"}
+    info = {k: v for k, v in DEVICES[device].items() if k != "data"}
+    report["error_data"] = DEVICES[device]["data"]
+    return DeviceModel(device=device, params=params, sparse_kernel=sparse_kernel, sparse_curve=curve, fit=report,
+                       **info)
 
 
 def predict_model(device: str, model: str, input_size: int = 224) -> dict:

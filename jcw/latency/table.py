@@ -16,11 +16,16 @@ import pandas as pd
 from jcw.artifacts import artifact_dir
 from jcw.errors import JcwError
 from jcw.io import write_csv, write_json
+from jcw.latency.xnnpack import runs_sparse, sparse_subgraph
 from jcw.space import Layer, SearchSpace
 
 COLUMNS = ["kind", "h", "w", "kernel", "stride", "depthwise", "c_in", "c_out", "density", "latency_ms", "std_ms",
            "n", "impl"]
 KEY = ["kind", "h", "w", "kernel", "stride", "depthwise"]
+# What a table prices, and so where its sparse entries apply: torch (per entry, dense or CSR, whichever the table
+# found faster), onnxruntime (always dense), tflite-xnnpack (1x1 convs, only inside a sparse-enough NCHW subgraph:
+# jcw.latency.xnnpack), jcw-arm (JCW's own kernel: every conv and linear layer at its density).
+RUNTIMES = ("torch", "onnxruntime", "tflite-xnnpack", "jcw-arm")
 
 
 def layer_key(layer: Layer) -> tuple:
@@ -33,6 +38,20 @@ class LatencyTable:
     device: str
     entries: pd.DataFrame
     meta: dict
+
+    @property
+    def runtime(self) -> str:
+        """One of RUNTIMES; tables made before the field existed are read by their runtime's description."""
+        named = str(self.meta.get("runtime", ""))
+        if named in RUNTIMES:
+            return named
+        if "onnxruntime" in named:
+            return "onnxruntime"
+        return "torch" if "torch" in named else "jcw-arm"
+
+    @property
+    def threads(self) -> int:
+        return int(self.meta.get("threads", 1))
 
     @property
     def overhead_ms(self) -> float:
@@ -90,7 +109,8 @@ def list_tables(folder: str | Path | None = None) -> list[dict]:
     rows = []
     for name in known_devices(folder):
         table = load_table(name, folder)
-        rows.append({"device": name, "source": table.meta.get("source", "?"), "entries": len(table.entries),
+        rows.append({"device": name, "runtime": table.runtime, "threads": table.threads,
+                     "source": table.meta.get("source", "?"), "entries": len(table.entries),
                      "error": table.meta.get("error", {}), "date": table.meta.get("made", {}).get("date", "?")})
     return rows
 
@@ -141,7 +161,10 @@ def interpolate(grid_axes: list[np.ndarray], values: np.ndarray, queries: list[n
 
 
 class BoundTable:
-    """A table interpolated onto one space's choices: `latency(genomes)` in ms."""
+    """A table interpolated onto one space's choices: `latency(genomes)` in ms.
+
+    For tflite-xnnpack the sparse entries of the NCHW subgraph's 1x1 convs count only for genomes whose 1x1
+    weights there are more than two thirds zero, counted together; every other layer is priced dense."""
 
     def __init__(self, table: LatencyTable, space: SearchSpace):
         self.table, self.space = table, space
@@ -163,6 +186,30 @@ class BoundTable:
         self.in_gene = np.array([l.in_group if (l.in_group >= 0 and not l.depthwise) else -1 for l in space.layers])
         self.out_gene = np.array([l.out_group for l in space.layers])
         self.d_gene = np.array([len(space.groups) + l.sparse if l.sparse >= 0 else -1 for l in space.layers])
+        self.subgraph = sparse_subgraph(space.layers, space.in_channels) if table.runtime == "tflite-xnnpack" else None
+        if self.subgraph is not None and self.subgraph.possible:
+            self._bind_subgraph()
+
+    def _bind_subgraph(self) -> None:
+        """Per subgraph 1x1 conv: its widths and density by gene value, to count its weights and nonzeros."""
+        space, convs = self.space, list(self.subgraph.convs)
+        self.in_subgraph = np.zeros(len(space.layers), bool)
+        self.in_subgraph[convs] = True
+        size = max(int(space.gene_sizes.max()), 1)
+
+        def by_gene(group: int, fixed: int) -> np.ndarray:
+            values = np.full(size, float(fixed))
+            if group >= 0:
+                values[:len(space.groups[group].choices)] = space.groups[group].choices
+            return values
+
+        layers = [space.layers[j] for j in convs]
+        self.sub_c_in = np.stack([by_gene(l.in_group, l.c_in) for l in layers])
+        self.sub_c_out = np.stack([by_gene(l.out_group, l.c_out) for l in layers])
+        densities = np.ones(size)
+        densities[:len(space.densities)] = space.densities
+        self.sub_density = np.array([densities if l.sparse >= 0 else np.ones(size) for l in layers])
+        self.sub_genes = np.array([[self.in_gene[j], self.out_gene[j], self.d_gene[j]] for j in convs])
 
     def _choices(self, layer: Layer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         space = self.space
@@ -205,12 +252,51 @@ class BoundTable:
                + g0[:, self.out_gene] * self.strides[None, :, 1] + g0[:, self.d_gene] * self.strides[None, :, 2])
         return self.flat[idx]
 
+    def sparse_genes(self) -> np.ndarray:
+        """Per density gene, whether this table's runtime can ever run its layer sparse."""
+        space = self.space
+        if self.subgraph is None:
+            return np.ones(len(space.sparse), bool) if self.table.runtime != "onnxruntime" else \
+                np.zeros(len(space.sparse), bool)
+        able = np.zeros(len(space.sparse), bool)
+        able[[space.layers[j].sparse for j in self.subgraph.convs if space.layers[j].sparse >= 0]] = True
+        return able
+
+    def runs_sparse(self, genomes: np.ndarray) -> np.ndarray:
+        """Per genome, whether XNNPACK runs its sparse subgraph sparse (always True for other runtimes)."""
+        g = np.asarray(genomes, dtype=np.int64).reshape(-1, self.space.n_genes)
+        if self.subgraph is None:
+            return np.ones(len(g), bool)
+        if not self.subgraph.possible:
+            return np.zeros(len(g), bool)
+        g0 = np.concatenate([g, np.zeros((len(g), 1), dtype=np.int64)], axis=1)
+        rows = np.arange(len(self.sub_genes))[None, :]
+        weights = (self.sub_c_in[rows, g0[:, self.sub_genes[:, 0]]]
+                   * self.sub_c_out[rows, g0[:, self.sub_genes[:, 1]]])
+        nonzeros = weights * self.sub_density[rows, g0[:, self.sub_genes[:, 2]]]
+        return runs_sparse(weights.sum(axis=1), nonzeros.sum(axis=1))
+
+    def priced_layers(self, genomes: np.ndarray) -> np.ndarray:
+        """Per-layer latency in ms, (n, n_layers), with the runtime's rules for where sparse entries apply."""
+        g = np.asarray(genomes, dtype=np.int64).reshape(-1, self.space.n_genes)
+        if self.subgraph is None:
+            return self.layer_latency(g)
+        dense = g.copy()
+        dense[:, len(self.space.groups):] = 0
+        dense_ms = self.layer_latency(dense)
+        sparse = self.runs_sparse(g)
+        if not sparse.any():
+            return dense_ms
+        return np.where(sparse[:, None] & self.in_subgraph[None, :], self.layer_latency(g), dense_ms)
+
     def latency(self, genomes: np.ndarray) -> np.ndarray:
         """Whole-model latency in ms for each genome."""
-        return self.layer_latency(genomes).sum(axis=1) + self.table.overhead_ms
+        return self.priced_layers(genomes).sum(axis=1) + self.table.overhead_ms
 
     def implementation(self, genome: np.ndarray) -> list[str]:
-        """Which kernel (dense or sparse_csr) the table chose for each layer of one genome."""
+        """Which kernel (dense, sparse_csr, sparse_xnnpack, sparse_simd) the table prices for each layer of one genome."""
         g = np.append(np.asarray(genome, dtype=np.int64), 0)
+        sparse = bool(self.runs_sparse(g[:-1])[0])
         return [str(self.impl[j][g[self.in_gene[j]], g[self.out_gene[j]], g[self.d_gene[j]]])
+                if self.subgraph is None or (sparse and self.in_subgraph[j]) else "dense"
                 for j in range(len(self.space.layers))]

@@ -101,6 +101,11 @@ class _Context:
             self.upper[n_groups:] = 0
         elif cfg.genes == "density":
             self.upper[:n_groups] = 0
+        self.dense_only = ~self.bound.sparse_genes()  # layers this table's runtime never runs sparse stay dense
+        if cfg.genes == "density" and self.dense_only.all():
+            raise JcwError(f"--genes density has nothing to search: {self.table.runtime} on {cfg.device} runs no "
+                           f"layer of {self.space.model} sparse ({self._why_dense()})")
+        self.upper[n_groups:][self.dense_only] = 0
         smallest = self.upper.copy()
         self.smallest_ms = float(self.bound.latency(smallest)[0])
         if self.smallest_ms > min(cfg.budgets_ms):
@@ -110,6 +115,21 @@ class _Context:
         self.unconstrained = [b for b in cfg.budgets_ms if b >= self.largest_ms]
         self.evaluator = None
         self.cfg = cfg
+
+    def _why_dense(self) -> str:
+        subgraph = self.bound.subgraph
+        if subgraph is None:
+            return "it runs sparse weights dense"
+        return subgraph.reason or "XNNPACK runs only the 1x1 convs of its NCHW subgraph sparse"
+
+    def dense_only_note(self) -> str:
+        """One line where some density genes leave the genome, else ''."""
+        if not self.dense_only.any() or self.cfg.genes == "channels":
+            return ""
+        n, total = int(self.dense_only.sum()), len(self.dense_only)
+        what = "no layer" if n == total else f"{n} of {total} sparse layers"
+        return (f"note: {self.table.runtime} on {self.cfg.device} runs {what} of {self.space.model} sparse "
+                f"({self._why_dense()}): {'their' if n < total else 'all'} density genes stay at 1.0")
 
     @contextmanager
     def timed(self, phase: str):
@@ -205,6 +225,8 @@ def _search(cfg: SearchConfig, ctx: _Context, out: RunDir, log) -> SearchResult:
         problem, algorithm = _algorithm(ctx, cfg)
         rows = []
     out.write_config(_config_record(cfg, ctx, out))
+    if ctx.dense_only_note():
+        log(ctx.dense_only_note())
     if ctx.unconstrained:
         log(f"note: budget {', '.join(map(format_ms, ctx.unconstrained))} constrains nothing: the largest subnet of "
             f"this space takes {ctx.largest_ms:.4g}ms on {cfg.device}; for ImageNet-size networks, whose subnets "

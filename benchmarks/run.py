@@ -301,7 +301,7 @@ def _devices() -> list[str]:
 
 
 def _cpu() -> str:
-    from jcw.latency.measure import processor_name
+    from jcw.latency.cpu import processor_name
 
     return processor_name()
 

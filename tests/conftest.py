@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# the user's own tables (`jcw latency measure`'s default folder) must not leak into the tests, nor theirs into it
+os.environ["JCW_HOME"] = tempfile.mkdtemp(prefix="jcw-home-")
 
 # The search every export, pick, plot, finetune and resume test works from (small, serial, seeded).
 SMALL = ["--device", "pixel4", "--population", "16", "--generations", "30", "--rescore", "4",

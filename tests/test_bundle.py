@@ -1,10 +1,13 @@
 import subprocess
 
 import numpy as np
+import pandas as pd
+import pytest
 
 from jcw.latency.bundle import import_results, write_bundle
 from jcw.latency.measure import measure_table
 from jcw.latency.table import compare_tables
+from jcw.latency.tflite_bundle import write_bundle as write_tflite_bundle
 from jcw.space import ChannelGroup, Layer, SearchSpace
 
 
@@ -41,3 +44,54 @@ def test_bundle_local_run_import_round_trip(tmp_path):
     report = compare_tables(direct, table)
     assert report["common_entries"] == len(direct.entries) == len(table.entries)
     assert report["median_ratio"] > 0
+
+
+BENCHMARK_MODEL_OUTPUT = """STARTING!
+Num threads: [1]
+Graph: [/data/local/tmp/jcw_bundle/m.tflite]
+Use xnnpack: [1]
+INFO: Created TensorFlow Lite XNNPACK delegate for CPU.
+The input model file size (MB): 0.0123
+Initialized session in 3.24ms.
+Running benchmark for at least 10 iterations and at least 0.5 seconds but terminate if exceeding 150 seconds.
+count=2315 first=523 curr=201 min=195 max=523 avg={warm} std=19
+
+Running benchmark for at least 50 iterations and at least 1 seconds but terminate if exceeding 150 seconds.
+count=4612 first=210 curr=212 min=196 max=402 avg={avg} std={std}
+
+Inference timings in us: Init: 3240, First inference: 523, Warmup (avg): {warm}, Inference (avg): {avg}
+"""
+
+
+def test_tflite_bundle_times_sparse_1x1_entries_inside_a_sparse_subgraph_and_imports_benchmark_model_output(
+        tmp_path):
+    from jcw.errors import JcwError
+    from jcw.latency.bundle import import_bundle
+    from jcw.latency.tflite_runtime import densified_convs
+
+    space = tiny_space()
+    bundle = write_tflite_bundle("myphone", space, tmp_path / "bundle")
+    manifest = pd.read_csv(bundle / "manifest.csv", keep_default_na=False)
+    files = {p.stem for p in (bundle / "models").glob("*.tflite")}
+    assert files == set(manifest["file"]) | set(manifest["baseline"]) - {""}
+    wrapped = manifest[manifest["baseline"] != ""]
+    # only the 1x1 conv below density 1 runs sparse; it is timed with a baseline, everything else alone and dense
+    assert len(wrapped) == 4 and (wrapped["kernel"] == 1).all() and (wrapped["density"] == 0.5).all()
+    assert (wrapped["impl"] == "sparse_xnnpack").all() and (manifest.loc[manifest["baseline"] == "", "impl"] ==
+                                                            "dense").all()
+    # the wrapper stores the entry and the all-zero ballast sparse, so XNNPACK's delegate asks for sparse inference
+    assert len(densified_convs((bundle / "models" / f"{wrapped['file'].iloc[0]}.tflite").read_bytes())) == 2
+
+    with pytest.raises(JcwError, match="rerun run.sh"):
+        import_bundle(bundle, out_dir=tmp_path / "tables")
+    (bundle / "results").mkdir()
+    avg = {name: 100.0 + 10 * i for i, name in enumerate(sorted(files))}  # us
+    for name, a in avg.items():
+        (bundle / "results" / f"{name}.txt").write_text(BENCHMARK_MODEL_OUTPUT.format(warm=a + 5, avg=a, std=4))
+    table, csv_path, _ = import_bundle(bundle, out_dir=tmp_path / "tables")
+    assert table.runtime == "tflite-xnnpack" and table.meta["source"] == "measured" and csv_path.exists()
+    got = table.entries.reset_index(drop=True)
+    for row, entry in zip(manifest.itertuples(), got.itertuples()):
+        expected = avg[row.file] - (avg[row.baseline] if row.baseline else 0)
+        assert entry.latency_ms == pytest.approx(expected / 1000) and entry.n == 4612
+    assert (got.loc[manifest["baseline"] == "", "std_ms"] == 0.004).all()

@@ -143,3 +143,29 @@ def test_reference_models_that_cannot_be_traced_are_named(tmp_path):
     with pytest.warns(JcwWarning, match="left out torchvision not_a_model"):
         samples, skipped = load_whole_models("pixel4", source=tmp_path / "whole.csv")
     assert list(skipped) == ["not_a_model"] and len(samples) == 2
+
+
+def test_user_tables_shadow_shipped_ones_and_a_host_table_from_another_cpu_warns(monkeypatch, tmp_path):
+    import json
+    import warnings
+
+    from jcw.artifacts import artifact_dir
+    from jcw.errors import JcwWarning
+    from jcw.latency.cpu import cpu_identity
+    from jcw.latency.table import user_table_dir
+
+    monkeypatch.setenv("JCW_HOME", str(tmp_path))
+    mine = user_table_dir()
+    mine.mkdir(parents=True)
+    shipped = artifact_dir("latency_tables")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", JcwWarning)  # the shipped host table was measured on a CPU like this one
+        assert load_table("host").folder == shipped
+    shutil.copy(shipped / "host.csv", mine / "host.csv")
+    meta = json.loads((shipped / "host.json").read_text())
+    meta["cpu"] = {**cpu_identity(), "model": "Some Other CPU", "flags": ["neon"]}
+    (mine / "host.json").write_text(json.dumps(meta))
+    with pytest.warns(JcwWarning, match="measured on another CPU .model: Some Other CPU there") as caught:
+        table = load_table("host")
+    assert table.folder == mine and "jcw latency measure --device host" in str(caught[0].message)
+    assert (shipped / "host.json").read_text() != (mine / "host.json").read_text()

@@ -46,7 +46,7 @@ def test_export_onnx_and_tflite_equal_the_torch_subnet_with_its_zeros(small_run,
     import onnx
     import onnxruntime as ort
 
-    from jcw.export.tflite import interpreter, run_tflite
+    from jcw.latency.tflite_runtime import interpreter, run_tflite
     from jcw.supernet.subnet import load_subnet
 
     front = pd.read_csv(small_run / "pareto.csv")

@@ -54,8 +54,8 @@ def export(mobilenet, tmp_path, density_index: int, name: str):
 
 
 def test_tflite_export_stores_sparse_1x1_weights_for_xnnpack_and_matches_torch(mobilenet, tmp_path):
-    from jcw.export.tflite import convert, deployable, densified_convs, interpreter, read_report, run_tflite
-    from jcw.export.tflite import export_tflite, summarise
+    from jcw.export.tflite import deployable, export_tflite, read_report, summarise
+    from jcw.latency.tflite_runtime import convert, densified_convs, interpreter, run_tflite
 
     space = mobilenet.space
     path = export(mobilenet, tmp_path, space.densities.index(0.2), "sparse")
@@ -74,7 +74,7 @@ def test_tflite_export_stores_sparse_1x1_weights_for_xnnpack_and_matches_torch(m
     assert all(r.xnnpack == "dense" for r in rows if r.op != "1x1 conv")
     densified = densified_convs(tflite.read_bytes())
     assert all(any(f"{r.name}/" in name for name in densified) for r in convs)  # a DENSIFY op feeds each
-    dense = convert(folded, 32, 3, sparse=False)
+    dense = convert(folded, [(1, 3, 32, 32)], sparse=False)
     assert densified_convs(dense) == [] and tflite.stat().st_size < 0.6 * len(dense)
     assert summarise(rows) == "XNNPACK will run 34 of 34 1x1 convs sparse"
 

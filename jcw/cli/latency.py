@@ -45,7 +45,11 @@ def _latency_measure(args) -> None:
 
     table, csv_path, json_path = measure(args.device, args.supernet, args.threads, args.repeats, args.runtime,
                                          args.out_dir, " ".join(["jcw"] + sys.argv[1:]))
-    print(f"{args.device}: {len(table.entries)} entries measured\ntable: {csv_path}\nmetadata: {json_path}")
+    spread = table.meta["spread"]
+    print(f"{args.device} ({table.runtime}, {table.threads} thread{'s' * (table.threads > 1)} pinned to cores "
+          f"{table.meta['made']['pinned_cores']}): {len(table.entries)} entries measured, spread over repeats "
+          f"{spread['median_std_pct']}% (median), {spread['p90_std_pct']}% (90th percentile)\ntable: {csv_path}\n"
+          f"metadata: {json_path}")
 
 
 def _latency_compare(args) -> None:
@@ -63,19 +67,24 @@ def _latency_compare(args) -> None:
 def _latency_validate(args) -> None:
     from jcw.latency.validate import validate_table
 
-    report = validate_table(args.device, args.supernet, args.samples, seed=args.seed, out_dir=args.out_dir)
+    report = validate_table(args.device, args.supernet, args.samples, seed=args.seed, out_dir=args.out_dir,
+                            rounds=args.rounds)
     if args.json:
         print(json.dumps(report))
     else:
-        print(f"{args.device}: {report['samples']} subnets, MAPE {report['mape']:.2f}%, "
-              f"{100 * report['within_10pct']:.0f}% within 10%\nreport: {report['report']}")
+        low, high = report["mape_range"]
+        print(f"{args.device}: {report['samples']} subnets, MAPE {report['mape']:.2f}% (median of {report['rounds']} "
+              f"rounds, range {low:.2f}-{high:.2f}%), {100 * report['within_10pct']:.0f}% within 10%\n"
+              f"report: {report['report']}")
 
 
 def _latency_bundle(args) -> None:
     from jcw.latency.bundle import bundle
 
-    path = bundle(args.device, args.supernet, args.out)
-    print(f"bundle: {path}\nrun on a phone: {path / 'run.sh'} --adb   (or --local to time on this machine)")
+    path = bundle(args.device, args.supernet, args.out, args.format)
+    how = ("run on a phone: BENCHMARK_MODEL=PATH " + str(path / "run.sh") if args.format == "tflite"
+           else f"run on a phone: {path / 'run.sh'} --adb   (or --local to time on this machine)")
+    print(f"bundle: {path}\n{how}\nthen: jcw latency import {path}")
 
 
 def _latency_import(args) -> None:
@@ -100,9 +109,11 @@ def add_latency_commands(sub) -> None:
     lm.add_argument("--threads", type=int, default=1)
     lm.add_argument("--repeats", type=int, default=30)
     lm.add_argument("--supernet", action="append")
-    lm.add_argument("--runtime", default="torch", choices=("torch", "onnxruntime"),
-                    help="torch: what exported subnets run (default); onnxruntime: the bundle's micro-models")
-    lm.add_argument("--out-dir", default=None)
+    lm.add_argument("--runtime", default="torch", choices=("torch", "tflite-xnnpack", "onnxruntime"),
+                    help="torch: what exported subnets run on the CPU (default); tflite-xnnpack: what `export "
+                         "--tflite` writes, in LiteRT; onnxruntime: the bundle's micro-models")
+    lm.add_argument("--out-dir", default=None, help="default: your table folder ($JCW_HOME/latency_tables, "
+                                                     "~/.local/share/jcw/latency_tables), read before shipped tables")
     lm.set_defaults(func=_latency_measure)
     lc = la_sub.add_parser("compare", help="entry-by-entry agreement of two tables, against the first's noise")
     lc.add_argument("reference", help="a device name or a table .csv/.json")
@@ -114,6 +125,7 @@ def add_latency_commands(sub) -> None:
     lv.add_argument("--samples", type=int, default=30)
     lv.add_argument("--supernet", default=None)
     lv.add_argument("--seed", type=int, default=0)
+    lv.add_argument("--rounds", type=int, default=3, help="timing rounds; the report gives their median and range")
     lv.add_argument("--json", action="store_true")
     lv.add_argument("--out-dir", default=None)
     lv.set_defaults(func=_latency_validate)
@@ -126,7 +138,9 @@ def add_latency_commands(sub) -> None:
     ll = la_sub.add_parser("list", help="every table with its source and error")
     ll.add_argument("--dir", default=None)
     ll.set_defaults(func=_latency_list)
-    lb = la_sub.add_parser("bundle", help="ONNX micro-models + script to measure a phone over adb")
+    lb = la_sub.add_parser("bundle", help="micro-models + script to measure a phone over adb")
+    lb.add_argument("--format", default="onnx", choices=("onnx", "tflite"),
+                    help="onnx: onnxruntime_perf_test; tflite: TFLite's benchmark_model with XNNPACK")
     lb.add_argument("--device", required=True, help="name for the phone's table")
     lb.add_argument("--supernet", default=None)
     lb.add_argument("--out", required=True)

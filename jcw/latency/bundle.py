@@ -22,7 +22,7 @@ from jcw.errors import JcwError
 from jcw.io import write_csv, write_json, write_text
 from jcw.latency.grid import space_entries
 from jcw.latency.ops import micro_model
-from jcw.latency.table import COLUMNS, LatencyTable
+from jcw.latency.table import COLUMNS, LatencyTable, user_table_dir
 from jcw.space import Layer, SearchSpace
 from jcw.supernet.supernet import load_supernet
 
@@ -136,7 +136,8 @@ def import_results(bundle: str | Path, device: str | None = None) -> LatencyTabl
     merged["impl"] = "dense"
     device = device or info["device"]
     meta = {"device": device, "processor": "see made.machine (local) or the phone that ran run.sh --adb",
-            "runtime": "onnxruntime (micro-models from jcw latency bundle)", "threads": 1, "batch": 1,
+            "runtime": "onnxruntime", "runtime_detail": "onnxruntime (micro-models from jcw latency bundle)",
+            "threads": 1, "batch": 1,
             "source": "measured", "input_sizes": [], "models": [info.get("space")],
             "made": {"command": f"jcw latency bundle --device {info['device']}; run.sh; jcw latency import",
                      "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "machine": platform.node(),
@@ -145,13 +146,33 @@ def import_results(bundle: str | Path, device: str | None = None) -> LatencyTabl
     return LatencyTable(device=device, entries=merged[COLUMNS], meta=meta)
 
 
-def bundle(device: str, supernet: str | Path | None, out: str | Path) -> Path:
-    """A phone bundle covering a supernet file's space (default: the shipped supernet)."""
-    return write_bundle(device, load_supernet(supernet).space, out)
+FORMATS = ("onnx", "tflite")
+
+
+def bundle(device: str, supernet: str | Path | None, out: str | Path, format: str = "onnx") -> Path:
+    """A phone bundle covering a supernet file's space (default: the shipped supernet): ONNX micro-models for
+    onnxruntime, or .tflite ones for TFLite's benchmark_model with XNNPACK (`jcw.latency.tflite_bundle`)."""
+    if format not in FORMATS:
+        raise JcwError(f"unknown bundle format {format!r}; choose {' or '.join(FORMATS)}")
+    space = load_supernet(supernet).space
+    if format == "tflite":
+        from jcw.latency import tflite_bundle  # TensorFlow: only a TFLite bundle loads it
+
+        return tflite_bundle.write_bundle(device, space, out)
+    return write_bundle(device, space, out)
 
 
 def import_bundle(bundle_dir: str | Path, device: str | None = None,
                   out_dir: str | Path | None = None) -> tuple[LatencyTable, Path, Path]:
-    """A bundle's results as a measured table, saved."""
-    table = import_results(bundle_dir, device)
-    return (table, *table.save(out_dir))
+    """A bundle's results as a measured table, saved (by default to the user's table folder)."""
+    try:
+        tflite = json.loads((Path(bundle_dir) / "bundle.json").read_text()).get("format") == "tflite"
+    except (OSError, ValueError):
+        tflite = False  # import_results says what is missing
+    if tflite:
+        from jcw.latency import tflite_bundle  # TensorFlow: only a TFLite bundle loads it
+
+        table = tflite_bundle.import_results(bundle_dir, device)
+    else:
+        table = import_results(bundle_dir, device)
+    return (table, *table.save(out_dir or user_table_dir()))

@@ -1,8 +1,11 @@
 """Measured tables for this machine.
 
-Every entry is timed with the modules the CPU runtime (`jcw.latency.host_runtime`) runs: a conv with its batch norm folded and
-its activation, or torch's sparse CSR kernel for a 1x1 conv or linear layer where that beats dense. Dense time does
-not depend on density, so it is timed once per (c_in, c_out) and shared by every density.
+Every entry is timed with the modules a runtime runs: for torch, jcw's CPU runtime (`jcw.latency.host_runtime`: a
+conv with its batch norm folded and its activation, or torch's sparse CSR kernel for a 1x1 conv or linear layer
+where that beats dense); for tflite-xnnpack, the same micro-model converted by jcw's TFLite runtime and run in
+LiteRT with XNNPACK; for onnxruntime, the phone bundle's ONNX micro-model. Dense time does not depend on density, so
+it is timed once per (c_in, c_out) and shared by every density. The process is pinned to `threads` cores while it
+times, and the table records the CPU, its flags and the spread over repeats.
 """
 from __future__ import annotations
 
@@ -12,8 +15,10 @@ import platform
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -21,10 +26,11 @@ from tqdm import tqdm
 
 from jcw import __version__
 from jcw.errors import JcwError
+from jcw.latency.cpu import cpu_identity, processor_name
 from jcw.latency.grid import space_entries
 from jcw.latency.host_runtime import cpu_runtime
 from jcw.latency.ops import has_sparse_kernel, micro_model
-from jcw.latency.table import LatencyTable
+from jcw.latency.table import LatencyTable, user_table_dir
 from jcw.runtime import torch_threads
 from jcw.space import Layer, SearchSpace
 from jcw.supernet.slicing import subnet_from_supernet
@@ -66,19 +72,36 @@ def onnx_micro_op(layer: Layer, c_in: int, c_out: int, density: float):
     return lambda: session.run(None, feeds)
 
 
-def processor_name() -> str:
+RUNTIMES = {"torch": "torch eager CPU (jcw.latency.host_runtime: BN folded, sparse CSR for 1x1 convs and linear "
+                      "where faster)",
+            "onnxruntime": "onnxruntime CPU, dense (the micro-models `jcw latency bundle` writes)",
+            "tflite-xnnpack": "LiteRT with XNNPACK (jcw.latency.tflite_runtime), dense: each micro-model runs alone, "
+                              "outside any sparse subgraph, and XNNPACK never runs sparse on x86 CPUs with AVX"}
+
+
+def tflite_micro_op(layer: Layer, c_in: int, c_out: int, density: float, threads: int):
+    """A callable that runs one entry's micro-model in LiteRT with XNNPACK at `threads`."""
+    from jcw.latency.tflite_runtime import convert, interpreter, set_inputs  # TensorFlow: only this runtime
+
+    model, inputs = micro_model(layer, c_in, c_out, density)
+    runner = interpreter(convert(model, [tuple(x.shape) for x in inputs]), threads)
+    set_inputs(runner, *(x.numpy() for x in inputs))
+    return runner.invoke
+
+
+@contextmanager
+def pinned(threads: int) -> Iterator[list[int]]:
+    """Pin this process to `threads` of the cores it may use while it times, so that the OS cannot move it."""
+    if not hasattr(os, "sched_setaffinity"):
+        yield []
+        return
+    allowed = sorted(os.sched_getaffinity(0))
+    cores = allowed[:max(1, threads)]
+    os.sched_setaffinity(0, cores)
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-TORCH_RUNTIME_PREFIX = "torch eager CPU"  # tables made before the runtime moved name it differently after this
-RUNTIMES = {"torch": "torch eager CPU (jcw.latency.host_runtime: BN folded, sparse CSR for 1x1 convs and linear where faster)",
-            "onnxruntime": "onnxruntime CPU, dense (the micro-models `jcw latency bundle` writes)"}
+        yield cores
+    finally:
+        os.sched_setaffinity(0, allowed)
 
 
 def measure_table(device: str, spaces: list[SearchSpace], threads: int = 1, repeats: int = 30,
@@ -86,11 +109,14 @@ def measure_table(device: str, spaces: list[SearchSpace], threads: int = 1, repe
                   runtime: str = "torch") -> LatencyTable:
     """Time every entry the spaces need on this machine at `threads`; calibrate the per-call overhead end to end.
 
-    runtime="torch" times what exported subnets run on the CPU; runtime="onnxruntime" times the bundle's micro-models
-    the way `run.sh --local` does, to check a phone bundle's round trip against a direct measurement.
+    runtime="torch" times what exported subnets run on the CPU; "tflite-xnnpack" what `jcw export --tflite` writes,
+    run in LiteRT; "onnxruntime" the bundle's micro-models the way `run.sh --local` does, to check a phone bundle's
+    round trip against a direct measurement.
     """
-    with torch_threads(threads):
-        return _measure_table(device, spaces, threads, repeats, command, calibration_subnets, supernet, runtime)
+    with torch_threads(threads), pinned(threads) as cores:
+        table = _measure_table(device, spaces, threads, repeats, command, calibration_subnets, supernet, runtime)
+    table.meta["made"]["pinned_cores"] = cores
+    return table
 
 
 def _measure_table(device: str, spaces: list[SearchSpace], threads: int, repeats: int, command: str,
@@ -99,7 +125,7 @@ def _measure_table(device: str, spaces: list[SearchSpace], threads: int, repeats
         raise JcwError(f"`jcw latency measure` times this machine; name its table host or host-SOMETHING, not "
                        f"{device!r} (for a phone use `jcw latency bundle`)")
     if runtime not in RUNTIMES:
-        raise JcwError(f"unknown runtime {runtime!r}; choose {' or '.join(RUNTIMES)}")
+        raise JcwError(f"unknown runtime {runtime!r}; choose {', '.join(RUNTIMES)}")
     gen = torch.Generator().manual_seed(0)
     dense_cache: dict[tuple, tuple[float, float]] = {}
     total = len(space_entries(spaces, lambda *a: (0, 0, 0, "")))
@@ -109,6 +135,7 @@ def _measure_table(device: str, spaces: list[SearchSpace], threads: int, repeats
         key = (layer.signature, c_in, c_out)
         if key not in dense_cache:
             op = (onnx_micro_op(layer, c_in, c_out, 1.0) if runtime == "onnxruntime"
+                  else tflite_micro_op(layer, c_in, c_out, 1.0, threads) if runtime == "tflite-xnnpack"
                   else _torch_call(layer, c_in, c_out, 1.0, "dense", gen))
             dense_cache[key] = time_call(op, repeats)
         best, impl = dense_cache[key], "dense"
@@ -121,11 +148,15 @@ def _measure_table(device: str, spaces: list[SearchSpace], threads: int, repeats
 
     entries = space_entries(spaces, price)
     bar.close()
+    spread = (entries.std_ms / entries.latency_ms).replace([np.inf], np.nan)
     meta = {
-        "device": device, "processor": processor_name(), "runtime": RUNTIMES[runtime],
-        "runtime_version": torch.__version__ if runtime == "torch" else _ort_version(),
+        "device": device, "processor": processor_name(), "cpu": cpu_identity(), "runtime": runtime,
+        "runtime_detail": RUNTIMES[runtime], "runtime_version": _version(runtime),
         "threads": threads, "batch": 1, "input_sizes": sorted({s.input_size for s in spaces}),
         "models": sorted({s.model for s in spaces}), "source": "measured",
+        "spread": {"median_std_pct": round(float(100 * spread.median()), 2),
+                   "p90_std_pct": round(float(100 * spread.quantile(0.9)), 2),
+                   "what": "standard deviation over each entry's timed calls, relative to its median"},
         "made": {"command": command or f"jcw latency measure --device {device} --threads {threads}",
                  "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "machine": platform.node(),
                  "cores": os.cpu_count(), "jcw": __version__, "python": sys.version.split()[0],
@@ -134,33 +165,59 @@ def _measure_table(device: str, spaces: list[SearchSpace], threads: int, repeats
         "error": {"kind": "not validated yet: run `jcw latency validate`"},
     }
     table = LatencyTable(device=device, entries=entries, meta=meta)
-    if supernet is not None and calibration_subnets and runtime == "torch":
-        table.meta["overhead_ms"] = round(_calibrate_overhead(table, supernet, calibration_subnets, repeats), 6)
+    if supernet is not None and calibration_subnets and runtime != "onnxruntime":
+        genomes = calibration_genomes(supernet.space, calibration_subnets)
+        table.meta["overhead_ms"] = round(_calibrate_overhead(table, supernet, genomes, repeats), 6)
+        table.meta["calibration_genomes"] = [[int(v) for v in g] for g in genomes]
         table.meta["overhead_note"] = (f"median (end-to-end - sum of entries) over {calibration_subnets} spread "
-                                       "subnets (seed 12345), not those used to validate")
+                                       "subnets (seed 12345); `jcw latency validate` times others")
     return table
 
 
-def _ort_version() -> str:
-    import onnxruntime  # heavy optional runtime
+def calibration_genomes(space: SearchSpace, n: int = 5) -> np.ndarray:
+    return space.sample_spread(n, np.random.default_rng(CALIBRATION_SEED))
 
-    return onnxruntime.__version__
+
+CALIBRATION_SEED = 12345
+
+
+def _version(runtime: str) -> str:
+    if runtime == "onnxruntime":
+        import onnxruntime  # heavy optional runtime
+
+        return onnxruntime.__version__
+    if runtime == "tflite-xnnpack":
+        from importlib.metadata import version
+
+        return f"ai-edge-litert {version('ai-edge-litert')}"
+    return torch.__version__
+
+
+def end_to_end_call(supernet, genome, bound):
+    """A callable that runs the exported subnet as the table's runtime does (torch with the kernels the table chose,
+    or LiteRT with XNNPACK at the table's threads)."""
+    small, _ = subnet_from_supernet(supernet, genome)
+    space = bound.space
+    x = torch.randn(1, space.in_channels, space.input_size, space.input_size)
+    if bound.table.runtime == "tflite-xnnpack":
+        from jcw.latency.tflite_runtime import convert, interpreter, set_inputs  # TensorFlow: only this runtime
+
+        runner = interpreter(convert(cpu_runtime(small), [tuple(x.shape)]), bound.table.threads)
+        set_inputs(runner, x.numpy())
+        return runner.invoke
+    impl = bound.implementation(genome)
+    sparse = {layer.name for layer, kind in zip(space.layers, impl) if kind == "sparse_csr"}
+    runtime = cpu_runtime(small, sparse)
+    return lambda: runtime(x)
 
 
 def end_to_end_ms(supernet, genome, bound, repeats: int) -> float:
-    """Median time of the exported subnet in the CPU runtime, with the kernels the table chose."""
-    small, _ = subnet_from_supernet(supernet, genome)
-    impl = bound.implementation(genome)
-    sparse = {layer.name for layer, kind in zip(bound.space.layers, impl) if kind == "sparse_csr"}
-    runtime = cpu_runtime(small, sparse)
-    space = bound.space
-    x = torch.randn(1, space.in_channels, space.input_size, space.input_size)
-    return time_call(lambda: runtime(x), repeats)[0]
+    """Median time of the exported subnet in the table's runtime."""
+    return time_call(end_to_end_call(supernet, genome, bound), repeats)[0]
 
 
-def _calibrate_overhead(table: LatencyTable, supernet, n: int, repeats: int) -> float:
+def _calibrate_overhead(table: LatencyTable, supernet, genomes: np.ndarray, repeats: int) -> float:
     bound = table.bind(supernet.space)
-    genomes = supernet.space.sample_spread(n, np.random.default_rng(12345))
     residuals = [end_to_end_ms(supernet, g, bound, repeats) - float(bound.latency(g)[0]) for g in genomes]
     return float(np.median(residuals))
 
@@ -168,8 +225,9 @@ def _calibrate_overhead(table: LatencyTable, supernet, n: int, repeats: int) -> 
 def measure(device: str = "host", supernets: list[str | None] | None = None, threads: int = 1, repeats: int = 30,
             runtime: str = "torch", out_dir: str | Path | None = None, command: str = "") -> tuple[LatencyTable, Path,
                                                                                                     Path]:
-    """Measure this machine's table for the given supernet files (default: the shipped one) and save it."""
+    """Measure this machine's table for the given supernet files (default: the shipped one) and save it: to
+    `out_dir`, by default the user's table folder, which lookups read before the shipped tables."""
     nets = [load_supernet(s) for s in (supernets or [None])]
     table = measure_table(device, [n.space for n in nets], threads=threads, repeats=repeats, command=command,
                           supernet=nets[0], runtime=runtime)
-    return (table, *table.save(out_dir))
+    return (table, *table.save(out_dir or user_table_dir()))

@@ -7,6 +7,8 @@ onto the space's own choices; pricing a genome is then one gather and a sum, mil
 from __future__ import annotations
 
 import json
+import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,8 +16,9 @@ import numpy as np
 import pandas as pd
 
 from jcw.artifacts import artifact_dir
-from jcw.errors import JcwError
+from jcw.errors import JcwError, JcwWarning
 from jcw.io import write_csv, write_json
+from jcw.latency.cpu import cpu_mismatch
 from jcw.latency.xnnpack import runs_sparse, sparse_subgraph
 from jcw.space import Layer, SearchSpace
 
@@ -33,11 +36,23 @@ def layer_key(layer: Layer) -> tuple:
     return tuple(getattr(layer, column) for column in KEY)
 
 
+def user_table_dir() -> Path:
+    """Where the user's own tables go (`jcw latency measure`, `import`): never over the shipped ones.
+
+    $JCW_HOME/latency_tables, default ~/.local/share/jcw/latency_tables; tables there shadow shipped ones by name."""
+    return Path(os.environ.get("JCW_HOME", Path.home() / ".local" / "share" / "jcw")) / "latency_tables"
+
+
+def table_dirs(folder: str | Path | None = None) -> list[Path]:
+    return [Path(folder)] if folder else [user_table_dir(), artifact_dir("latency_tables")]
+
+
 @dataclass
 class LatencyTable:
     device: str
     entries: pd.DataFrame
     meta: dict
+    folder: Path | None = None  # where it was loaded from
 
     @property
     def runtime(self) -> str:
@@ -70,21 +85,30 @@ class LatencyTable:
 
 
 def known_devices(folder: str | Path | None = None) -> list[str]:
-    folder = Path(folder) if folder else artifact_dir("latency_tables")
-    return sorted(p.stem for p in folder.glob("*.json") if p.with_suffix(".csv").exists())
+    return sorted({p.stem for d in table_dirs(folder) for p in d.glob("*.json") if p.with_suffix(".csv").exists()})
+
+
+def _find(device: str, folder: str | Path | None) -> Path | None:
+    for d in table_dirs(folder):
+        if (d / f"{device}.csv").exists() and (d / f"{device}.json").exists():
+            return d
+    return None
 
 
 def load_table(device: str, folder: str | Path | None = None) -> LatencyTable:
-    """Load `device`'s table; a path to a .csv or .json file also works."""
+    """Load `device`'s table (the user's own before a shipped one); a path to a .csv or .json file also works.
+
+    A host table measured on another CPU warns in one line: its prices describe that machine."""
     as_path = Path(device)
     if as_path.suffix in (".csv", ".json") and as_path.exists():
         folder, device = as_path.parent, as_path.stem
-    folder = Path(folder) if folder else artifact_dir("latency_tables")
-    csv_path, json_path = folder / f"{device}.csv", folder / f"{device}.json"
-    if not csv_path.exists() or not json_path.exists():
+    found = _find(device, folder)
+    if found is None:
         known = ", ".join(known_devices(folder)) or "none"
         raise JcwError(f"unknown device {device!r}; known devices: {known} (measure this machine with "
                        "`jcw latency measure --device host`)")
+    folder = found
+    csv_path, json_path = folder / f"{device}.csv", folder / f"{device}.json"
     try:
         meta = json.loads(json_path.read_text())
         entries = pd.read_csv(csv_path)
@@ -101,15 +125,21 @@ def load_table(device: str, folder: str | Path | None = None) -> LatencyTable:
             UnicodeDecodeError) as exc:
         raise JcwError(f"latency table {csv_path} is corrupt ({exc.__class__.__name__}); regenerate it with "
                        f"`jcw latency derive` or `jcw latency measure`") from None
-    return LatencyTable(device=device, entries=entries, meta=meta)
+    if meta.get("source") == "measured" and device.startswith("host") and cpu_mismatch(meta):
+        warnings.warn(f"the {device} table was measured on another CPU ({cpu_mismatch(meta)}), so its prices may "
+                      f"not hold here; measure this machine's with `jcw latency measure --device {device}` (it goes "
+                      f"to {user_table_dir()}, ahead of the shipped table)", JcwWarning, stacklevel=2)
+    return LatencyTable(device=device, entries=entries, meta=meta, folder=folder)
 
 
 def list_tables(folder: str | Path | None = None) -> list[dict]:
     """Every table in `folder` with its source, size, error and date, for `jcw latency list`."""
     rows = []
     for name in known_devices(folder):
-        table = load_table(name, folder)
-        rows.append({"device": name, "runtime": table.runtime, "threads": table.threads,
+        with warnings.catch_warnings():  # listing is not using
+            warnings.simplefilter("ignore", JcwWarning)
+            table = load_table(name, folder)
+        rows.append({"device": name, "folder": str(table.folder), "runtime": table.runtime, "threads": table.threads,
                      "source": table.meta.get("source", "?"), "entries": len(table.entries),
                      "error": table.meta.get("error", {}), "date": table.meta.get("made", {}).get("date", "?")})
     return rows
@@ -186,7 +216,10 @@ class BoundTable:
         self.in_gene = np.array([l.in_group if (l.in_group >= 0 and not l.depthwise) else -1 for l in space.layers])
         self.out_gene = np.array([l.out_group for l in space.layers])
         self.d_gene = np.array([len(space.groups) + l.sparse if l.sparse >= 0 else -1 for l in space.layers])
-        self.subgraph = sparse_subgraph(space.layers, space.in_channels) if table.runtime == "tflite-xnnpack" else None
+        # a what-if table may relax XNNPACK's "stem" or "threshold" rule, to measure what each one costs
+        self.relaxed = set(table.meta.get("what_if_relaxed", []))
+        self.subgraph = (sparse_subgraph(space.layers, space.in_channels, "stem" in self.relaxed)
+                         if table.runtime == "tflite-xnnpack" else None)
         if self.subgraph is not None and self.subgraph.possible:
             self._bind_subgraph()
 
@@ -267,8 +300,8 @@ class BoundTable:
         g = np.asarray(genomes, dtype=np.int64).reshape(-1, self.space.n_genes)
         if self.subgraph is None:
             return np.ones(len(g), bool)
-        if not self.subgraph.possible:
-            return np.zeros(len(g), bool)
+        if not self.subgraph.possible or "threshold" in self.relaxed:
+            return np.full(len(g), self.subgraph.possible)
         g0 = np.concatenate([g, np.zeros((len(g), 1), dtype=np.int64)], axis=1)
         rows = np.arange(len(self.sub_genes))[None, :]
         weights = (self.sub_c_in[rows, g0[:, self.sub_genes[:, 0]]]

@@ -55,12 +55,14 @@ def _nchw_compatible(layer: Layer) -> str:
     return f"a {layer.kind} layer"
 
 
-def sparse_subgraph(layers: Sequence[Layer], in_channels: int) -> SparseSubgraph:
-    """The NCHW subgraph of a chain network (residual adds allowed), from its stem to its global average pool."""
+def sparse_subgraph(layers: Sequence[Layer], in_channels: int, relax_stem: bool = False) -> SparseSubgraph:
+    """The NCHW subgraph of a chain network (residual adds allowed), from its stem to its global average pool.
+
+    `relax_stem` lets any stem start it: a what-if, to measure what the stem rule costs a network."""
     if not layers or layers[0].kind != "conv":
         return SparseSubgraph((), "the network does not start with a conv")
     stem = layers[0]
-    if (stem.kernel, stem.stride, in_channels) != (3, 2, 3) or stem.depthwise:
+    if not relax_stem and ((stem.kernel, stem.stride, in_channels) != (3, 2, 3) or stem.depthwise):
         return SparseSubgraph((), f"its stem is a {stem.kernel}x{stem.kernel} stride-{stem.stride} conv on "
                                   f"{in_channels}-channel images; XNNPACK starts a sparse subgraph only at a 3x3 "
                                   "stride-2 conv on 3-channel images")

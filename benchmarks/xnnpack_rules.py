@@ -1,0 +1,113 @@
+"""Does the density half of the genome pay under a runtime's real sparse rules, and which rule costs the most?
+
+The README search (defaults otherwise) at one budget per table, joint genes against channels only, several seeds:
+- pixel4: XNNPACK's rules as they are (`jcw.latency.xnnpack`);
+- pixel4 without the stem rule (what-if: any stem starts the sparse subgraph);
+- pixel4 without the stem and the two-thirds rules (what-if: every 1x1 conv runs sparse at its own density);
+- pixel4-jcw-arm: JCW's own kernel, every conv and linear layer sparse at its density;
+- host-tflite: LiteRT with XNNPACK measured on this machine, dense only.
+The what-if tables are the pixel4 table with `what_if_relaxed` set in their metadata, written to a temporary folder.
+
+    python benchmarks/xnnpack_rules.py [--seeds 0 1 2]
+
+Writes its section of benchmarks/RESULTS.md between its markers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sections import write_section
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from jcw.artifacts import artifact_dir  # noqa: E402
+from jcw.latency.table import load_table  # noqa: E402
+from jcw.search.archive import hypervolume  # noqa: E402
+from jcw.supernet.supernet import load_supernet  # noqa: E402
+
+FLOOR = 80.0
+
+
+def what_if(folder: Path, name: str, relaxed: list[str]) -> str:
+    shipped = artifact_dir("latency_tables")
+    shutil.copy(shipped / "pixel4.csv", folder / f"{name}.csv")
+    meta = json.loads((shipped / "pixel4.json").read_text())
+    meta.update(device=name, what_if_relaxed=relaxed, source="derived (what-if)")
+    (folder / f"{name}.json").write_text(json.dumps(meta))
+    return str(folder / f"{name}.csv")
+
+
+def budget(table: str, space) -> float:
+    """60% of the way from the smallest subnet to the full network, as benchmarks/run.py's granularity section."""
+    bound = load_table(table).bind(space)
+    lo, hi = bound.latency(space.smallest())[0], bound.latency(space.largest())[0]
+    return float(round(lo + 0.6 * (hi - lo), 4))
+
+
+def run(table: str, genes: str, seed: int, b: float) -> dict:
+    out = Path(tempfile.mkdtemp()) / "run"
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "jcw.cli", "search", "--device", table, "--latency", f"{b}ms", "--genes",
+                    genes, "--seed", str(seed), "--no-export", "--out", str(out)], cwd=ROOT, check=True,
+                   capture_output=True)
+    front = pd.read_csv(out / "pareto.csv")
+    lat, top = front["latency_ms"].to_numpy(), front["top1"].to_numpy()
+    best = {f"best@{f:g}B": float(top[lat <= f * b].max()) if (lat <= f * b).any() else float("nan")
+            for f in (0.5, 0.75, 1.0)}
+    dens = front["mean_density"].to_numpy()
+    return {"genes": genes, "seed": seed, "seconds": round(time.perf_counter() - start, 1),
+            "hv": hypervolume(lat, top, b, FLOOR), "mean_density": float(dens.mean()), **best}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = ap.parse_args()
+    space = load_supernet().space
+    folder = Path(tempfile.mkdtemp())
+    tables = {"pixel4 (XNNPACK rules)": "pixel4",
+              "pixel4, no stem rule (what-if)": what_if(folder, "pixel4-nostem", ["stem"]),
+              "pixel4, no stem or 2/3 rule (what-if)": what_if(folder, "pixel4-norules", ["stem", "threshold"]),
+              "pixel4-jcw-arm (JCW's kernel)": "pixel4-jcw-arm",
+              "host-tflite (measured, dense)": "host-tflite"}
+    rows = []
+    for label, table in tables.items():
+        b = budget(table, space)
+        # every pixel4 variant prices dense layers alike, so they share one channels-only front
+        genes = ("joint", "channels") if label.startswith(("pixel4 (", "host")) else ("joint",)
+        for seed in args.seeds:
+            for g in genes:
+                rows.append({"table": label, "budget_ms": b, **run(table, g, seed, b)})
+                print(rows[-1], flush=True)
+    frame = pd.DataFrame(rows)
+    lines = ["## 10. Sparsity under XNNPACK's rules (benchmarks/xnnpack_rules.py)", "",
+             f"`jcw search --device T --latency B --genes G --seed N`, defaults otherwise, seeds {args.seeds}, on the "
+             "shipped supernet (28 px, 1-channel images, a 3x3 stride-1 stem). B is 60% of the way from the smallest "
+             "to the largest subnet on T. Hypervolume of the true front against (B, 80%); best true top-1 within "
+             "0.5B, 0.75B and B; mean density of the front's sparse layers. Mean (sd) over seeds. The what-if rows "
+             "relax XNNPACK's rules on the pixel4 table to show what each rule costs; the channels-only front is "
+             "the same for every pixel4 variant (their dense prices are equal).", "",
+             "| table | B (ms) | genes | hypervolume | best @0.5B | best @0.75B | best @B | mean density |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for (label, genes), g in frame.groupby(["table", "genes"], sort=False):
+        cells = [f"{g.hv.mean():.4f} ({g.hv.std():.4f})"] + [f"{g[c].mean():.2f}" for c in
+                                                             ("best@0.5B", "best@0.75B", "best@1B")]
+        lines.append(f"| {label} | {g.budget_ms.iloc[0]:g} | {genes} | " + " | ".join(cells)
+                     + f" | {g.mean_density.mean():.3f} |")
+    lines += ["", f"Search wall time: median {np.median(frame.seconds):.0f} s."]
+    write_section("xnnpack_rules.py", "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

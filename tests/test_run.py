@@ -129,7 +129,7 @@ def test_plot_and_page_carry_every_front_id(small_run, supernet, tmp_path):
     jcw("plot", str(run), str(small_run), "--out", str(tmp_path / "both"), check=True)
     assert (tmp_path / "both.png").stat().st_size > 10_000
     both = (tmp_path / "both.html").read_text().replace("\\u002f", "/")  # plotly escapes slashes in its JSON
-    assert f'"name":"{run} (joint, pixel4)"' in both and f'"name":"{small_run} (joint, pixel4)"' in both
+    assert f'"name":"{run} (joint, pixel4-jcw-arm)"' in both and f'"name":"{small_run} (joint, pixel4-jcw-arm)"' in both
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from jcw.errors import JcwError
 from jcw.export.onnx import export_onnx
+from jcw.export.tflite import export_tflite
 from jcw.search.archive import best_within_budget
 from jcw.search.members import export_member
 from jcw.search.rundir import RunDir
@@ -18,8 +19,6 @@ def export_from_run(run: str | Path, subnet_id: int, out: str | Path | None = No
     if onnx:
         paths["onnx"] = export_onnx(paths["subnet"], paths["subnet"].with_suffix(".onnx"))
     if tflite:
-        from jcw.export.tflite import export_tflite  # TensorFlow: only a TFLite export loads it
-
         paths["tflite"], paths["xnnpack report"] = export_tflite(paths["subnet"],
                                                                  paths["subnet"].with_suffix(".tflite"))
     return paths

@@ -51,7 +51,8 @@ def xnnpack_report(model: nn.Module, arch: dict, flatbuffer: bytes) -> list[Laye
         if layer.kind not in ("conv", "linear"):
             continue
         op = ("linear" if layer.kind == "linear" else "1x1 conv" if is_1x1(layer)
-              else f"depthwise {layer.kernel}x{layer.kernel}" if layer.depthwise else f"{layer.kernel}x{layer.kernel} conv")
+              else f"depthwise {layer.kernel}x{layer.kernel}" if layer.depthwise
+              else f"{layer.kernel}x{layer.kernel} conv")
         in_subgraph = index in subgraph.convs
         if in_subgraph and sparse:
             why = "inside the NCHW subgraph, which is sparse enough"

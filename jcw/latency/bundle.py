@@ -20,6 +20,7 @@ from tqdm import tqdm
 from jcw import __version__
 from jcw.errors import JcwError
 from jcw.io import write_csv, write_json, write_text
+from jcw.latency import tflite_bundle
 from jcw.latency.grid import space_entries
 from jcw.latency.ops import micro_model
 from jcw.latency.table import COLUMNS, LatencyTable, user_table_dir
@@ -156,8 +157,6 @@ def bundle(device: str, supernet: str | Path | None, out: str | Path, format: st
         raise JcwError(f"unknown bundle format {format!r}; choose {' or '.join(FORMATS)}")
     space = load_supernet(supernet).space
     if format == "tflite":
-        from jcw.latency import tflite_bundle  # TensorFlow: only a TFLite bundle loads it
-
         return tflite_bundle.write_bundle(device, space, out)
     return write_bundle(device, space, out)
 
@@ -170,8 +169,6 @@ def import_bundle(bundle_dir: str | Path, device: str | None = None,
     except (OSError, ValueError):
         tflite = False  # import_results says what is missing
     if tflite:
-        from jcw.latency import tflite_bundle  # TensorFlow: only a TFLite bundle loads it
-
         table = tflite_bundle.import_results(bundle_dir, device)
     else:
         table = import_results(bundle_dir, device)

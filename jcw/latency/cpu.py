@@ -33,7 +33,7 @@ def cpu_identity() -> dict:
 
 
 def cpu_mismatch(meta: dict) -> str:
-    """'' if a measured table's CPU is this one, else what differs (tables made before flags were kept: model, cores)."""
+    """'' if a measured table's CPU is this one, else what differs (older tables kept only model and cores)."""
     recorded = meta.get("cpu") or {"model": meta.get("processor"), "cores": meta.get("made", {}).get("cores")}
     here = cpu_identity()
     differs = [f"{key}: {recorded[key]} there, {here[key]} here" for key in ("model", "flags", "cores")

@@ -31,6 +31,7 @@ from jcw.latency.grid import space_entries
 from jcw.latency.host_runtime import cpu_runtime
 from jcw.latency.ops import has_sparse_kernel, micro_model
 from jcw.latency.table import LatencyTable, user_table_dir
+from jcw.latency.tflite_runtime import convert, interpreter, set_inputs
 from jcw.runtime import torch_threads
 from jcw.space import Layer, SearchSpace
 from jcw.supernet.slicing import subnet_from_supernet
@@ -81,8 +82,6 @@ RUNTIMES = {"torch": "torch eager CPU (jcw.latency.host_runtime: BN folded, spar
 
 def tflite_micro_op(layer: Layer, c_in: int, c_out: int, density: float, threads: int):
     """A callable that runs one entry's micro-model in LiteRT with XNNPACK at `threads`."""
-    from jcw.latency.tflite_runtime import convert, interpreter, set_inputs  # TensorFlow: only this runtime
-
     model, inputs = micro_model(layer, c_in, c_out, density)
     runner = interpreter(convert(model, [tuple(x.shape) for x in inputs]), threads)
     set_inputs(runner, *(x.numpy() for x in inputs))
@@ -200,8 +199,6 @@ def end_to_end_call(supernet, genome, bound):
     space = bound.space
     x = torch.randn(1, space.in_channels, space.input_size, space.input_size)
     if bound.table.runtime == "tflite-xnnpack":
-        from jcw.latency.tflite_runtime import convert, interpreter, set_inputs  # TensorFlow: only this runtime
-
         runner = interpreter(convert(cpu_runtime(small), [tuple(x.shape)]), bound.table.threads)
         set_inputs(runner, x.numpy())
         return runner.invoke

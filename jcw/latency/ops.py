@@ -152,9 +152,13 @@ def model_ops(model: nn.Module, input_size: int, in_channels: int = 3) -> list[O
         if node.kind == "conv":
             _, c, h, w = node.in_shape
             area = mod.kernel_size[0] * mod.kernel_size[1]
-            if mod.groups > 1 and mod.groups != c:  # grouped conv: price as dense convs on each group
-                ops.append(op_features("conv", h, w, mod.kernel_size[0], mod.stride[0], False, c / mod.groups,
-                                       mod.out_channels, kernel_area=area))
+            if mod.groups > 1 and mod.groups != c:  # grouped conv: each output channel sees c / groups inputs
+                per_group = op_features("conv", h, w, mod.kernel_size[0], mod.stride[0], False, c / mod.groups,
+                                        mod.out_channels, kernel_area=area)
+                h_out, w_out = node.out_shape[-2:]
+                weights = c / mod.groups * mod.out_channels * area  # but every input channel is read once
+                moved = c * h * w + mod.out_channels * h_out * w_out + weights
+                ops.append(Op("conv", per_group.macs, moved * 4 / 1e6))
             else:
                 ops.append(op_features("conv", h, w, mod.kernel_size[0], mod.stride[0], mod.groups > 1, c,
                                        mod.out_channels, kernel_area=area))

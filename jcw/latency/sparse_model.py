@@ -37,7 +37,8 @@ def _mobilenet_v1() -> list[Op]:
                           (1, 1024)]:
         ops += _separable(h, c, c_out, stride)
         h, c = -(-h // stride), c_out
-    return ops + [op_features("pool", 7, 7, 7, 7, True, 1024, 1024), op_features("linear", 1, 1, 1, 1, False, 1024, 1000)]
+    return ops + [op_features("pool", 7, 7, 7, 7, True, 1024, 1024),
+                  op_features("linear", 1, 1, 1, 1, False, 1024, 1000)]
 
 
 NETWORKS = {

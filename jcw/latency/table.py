@@ -136,7 +136,7 @@ def list_tables(folder: str | Path | None = None) -> list[dict]:
     """Every table in `folder` with its source, size, error and date, for `jcw latency list`."""
     rows = []
     for name in known_devices(folder):
-        with warnings.catch_warnings():  # listing is not using
+        with warnings.catch_warnings():  # listing a table is not pricing with it: no CPU warning
             warnings.simplefilter("ignore", JcwWarning)
             table = load_table(name, folder)
         rows.append({"device": name, "folder": str(table.folder), "runtime": table.runtime, "threads": table.threads,
@@ -327,7 +327,7 @@ class BoundTable:
         return self.priced_layers(genomes).sum(axis=1) + self.table.overhead_ms
 
     def implementation(self, genome: np.ndarray) -> list[str]:
-        """Which kernel (dense, sparse_csr, sparse_xnnpack, sparse_simd) the table prices for each layer of one genome."""
+        """The kernel (dense, sparse_csr, sparse_xnnpack, sparse_simd) the table prices per layer of one genome."""
         g = np.append(np.asarray(genome, dtype=np.int64), 0)
         sparse = bool(self.runs_sparse(g[:-1])[0])
         return [str(self.impl[j][g[self.in_gene[j]], g[self.out_gene[j]], g[self.d_gene[j]]])

@@ -143,7 +143,8 @@ def convert(model: nn.Module, input_shapes: list[tuple[int, ...]], sparse: bool 
     sparse-enough weights in sparse format."""
     tf = tensorflow()
     graph = _TensorFlowGraph(model)
-    fn = tf.function(graph, autograph=False, input_signature=[tf.TensorSpec(nhwc(tuple(s)), tf.float32) for s in input_shapes])
+    signature = [tf.TensorSpec(nhwc(tuple(s)), tf.float32) for s in input_shapes]
+    fn = tf.function(graph, autograph=False, input_signature=signature)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], fn)
     if sparse:
         converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]

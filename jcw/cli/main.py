@@ -95,11 +95,13 @@ def _print_paths(paths: dict) -> None:
         from jcw.export.tflite import read_report, summarise
 
         rows = read_report(paths["xnnpack report"])
+        summary = summarise(rows)
         print(f"{'layer':<24} {'op':<14} {'density':>7}  {'stored':<7} {'XNNPACK':<7} why")
         for r in rows:
+            why = "see the last line" if summary.endswith(r.why) else r.why
             print(f"{r.name:<24} {r.op:<14} {r.density:>7.3f}  {'sparse' if r.stored_sparse else 'dense':<7} "
-                  f"{r.xnnpack:<7} {r.why}")
-        print(summarise(rows))
+                  f"{r.xnnpack:<7} {why}")
+        print(summary)
     print("\n".join(f"{kind}: {path}" for kind, path in paths.items()))
 
 

@@ -7,6 +7,7 @@ from jcw.errors import JcwError
 from jcw.search.archive import pareto_mask
 from jcw.search.budget import parse_budget, parse_budgets
 from jcw.search.run import SearchConfig, search
+from jcw.supernet.supernet import load_supernet
 
 
 @pytest.mark.parametrize("text,ms", [("30ms", 30), ("0.03s", 30), ("30 ms", 30), ("250us", 0.25), (" 1.5 ms ", 1.5)])
@@ -64,3 +65,20 @@ def _small(tmp_path, name, **kw):
 def test_budget_below_smallest_subnet(tmp_path):
     with pytest.raises(JcwError, match="least achievable"):
         search(_small(tmp_path, "tiny", budgets_ms=[0.001]))
+
+
+def test_density_genes_stay_dense_where_the_runtime_never_runs_them_sparse(tmp_path):
+    """On pixel4 (TFLite with XNNPACK) the demo's stem rules out a sparse subgraph: the search says so and keeps
+    every density gene at 1.0 (gene 0)."""
+    import json
+
+    import pandas as pd
+
+    lines: list[str] = []
+    search(_small(tmp_path, "dense", generations=2), log=lines.append)
+    assert any(line.startswith("note: tflite-xnnpack on pixel4 runs no layer of mbv2_small sparse (its stem is")
+               and line.endswith("all density genes stay at 1.0") for line in lines)
+    history = pd.read_csv(tmp_path / "dense" / "history.csv")
+    genomes = np.array([json.loads(g) for g in history["genome"]])
+    n_groups = len(load_supernet().space.groups)
+    assert (genomes[:, n_groups:] == 0).all() and genomes[:, :n_groups].any()

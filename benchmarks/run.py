@@ -34,6 +34,9 @@ from jcw.search.run import SearchConfig, search  # noqa: E402
 from jcw.supernet.supernet import load_supernet  # noqa: E402
 
 OUT = ROOT / "benchmarks"
+# The phone table of sections 1-3: JCW's own kernel, where the demo's density genes are live. Under XNNPACK's rules
+# (pixel4) the demo runs nothing sparse; benchmarks/xnnpack_rules.py measures that, in section 10.
+PHONE = "pixel4-jcw-arm"
 FLOOR = 80.0  # hypervolume reference accuracy (Fashion-MNIST)
 REUSED: list[str] = []  # searches found finished in benchmarks/work with the same options
 
@@ -107,11 +110,11 @@ def granularity(net, devices, seeds, gens, pop, rescore, work) -> tuple[str, lis
 
 
 def selection(net, seeds, gens, pop, rescore, work, joint_runs: dict[int, pd.DataFrame]) -> str:
-    """JCW's multi-target survival against plain NSGA-II; the JCW arm is the granularity section's pixel4 joint runs."""
-    budget = budget_for("pixel4", net)
+    """JCW's multi-target survival against plain NSGA-II; the JCW arm is the granularity section's phone joint runs."""
+    budget = budget_for(PHONE, net)
     rows = [{"survival": "jcw", "seed": seed, **front_stats(p, budget)} for seed, p in joint_runs.items()]
     for seed in seeds:
-        pareto, _ = run_search(f"sel-nsga2-{seed}", work, net, device="pixel4", budgets_ms=[budget], population=pop,
+        pareto, _ = run_search(f"sel-nsga2-{seed}", work, net, device=PHONE, budgets_ms=[budget], population=pop,
                                generations=gens, seed=seed, survival="nsga2", rescore=rescore)
         rows.append({"survival": "nsga2", "seed": seed, **front_stats(pareto, budget)})
     df = pd.DataFrame(rows)
@@ -125,7 +128,7 @@ def selection(net, seeds, gens, pop, rescore, work, joint_runs: dict[int, pd.Dat
 
 def baselines(net, data, joint_front: pd.DataFrame, epochs: int, limit: int, work: Path) -> str:
     """Uniform widths (0.5x, 0.75x, 1.0x) and uniform magnitude pruning vs searched subnets at equal latency."""
-    bound = load_table("pixel4").bind(net.space)
+    bound = load_table(PHONE).bind(net.space)
     space = net.space
     ratio_genomes = {}
     for label, r in (("uniform 1.0x", 1.0), ("uniform 0.75x", 0.75), ("uniform 0.5x", 0.5)):
@@ -141,7 +144,7 @@ def baselines(net, data, joint_front: pd.DataFrame, epochs: int, limit: int, wor
         if bound.latency(g)[0] <= target and best_mag is None:
             best_mag = g
     ratio_genomes["magnitude pruning (full width)"] = best_mag if best_mag is not None else space.smallest()
-    lines = ["| subnet | latency (ms, pixel4) | test top-1 before | after fine-tuning | searched at ≤ same latency: "
+    lines = [f"| subnet | latency (ms, {PHONE}) | test top-1 before | after fine-tuning | searched at ≤ same latency: "
              "before → after |", "| --- | --- | --- | --- | --- |"]
     for label, g in ratio_genomes.items():
         lat = float(bound.latency(g)[0])
@@ -168,7 +171,7 @@ def _finetuned(net, data, genome, folder: Path, epochs: int, limit: int) -> dict
 
 def fidelity(net, joint_front: pd.DataFrame) -> str:
     lines = ["| what | number |", "| --- | --- |"]
-    for device in ("host", "pixel4"):
+    for device in ("host", PHONE):
         try:
             err = load_table(device).meta.get("error", {})
             lines.append(f"| {device} table error ({err.get('kind', '?')}) | MAPE {err.get('mape_pct', 'n/a')}%, "
@@ -214,7 +217,7 @@ def cost(net, search_seconds: float, n_genomes: int) -> str:
             rates[f"Ray, {used} worker process(es) of {_threads(pool)} thread(s)"] = rate
         finally:
             pool.close()
-    bound = load_table("pixel4").bind(net.space)
+    bound = load_table(PHONE).bind(net.space)
     many = net.space.sample(1_000_000, np.random.default_rng(0))
     t0 = time.perf_counter()
     bound.latency(many)
@@ -246,10 +249,10 @@ def main() -> None:
     gens, pop, rescore = (20, 32, 10) if args.quick else (60, 64, 30)
     work = OUT / "work"
     net, data = load_supernet(), load_dataset()
-    devices = ["pixel4", "host"] if "host" in _devices() else ["pixel4"]
+    devices = [PHONE, "host"] if "host" in _devices() else [PHONE]
     t_start = time.time()
     gran_md, fronts, gran_df = granularity(net, devices, seeds, gens, pop, rescore, work)
-    joint_runs = {s: p for d, g, s, p in fronts if d == "pixel4" and g == "joint"}
+    joint_runs = {s: p for d, g, s, p in fronts if d == PHONE and g == "joint"}
     joint = joint_runs[seeds[0]]
     _plot_fronts(fronts, OUT / "granularity.png")
     sel_md = selection(net, seeds, gens, pop, rescore, work, joint_runs)
@@ -272,11 +275,11 @@ members); accuracies are true validation top-1 unless marked test. Hypervolume: 
 
 ![fronts](granularity.png)
 
-## 2. Selection: JCW multi-target vs plain NSGA-II survival (pixel4, joint)
+## 2. Selection: JCW multi-target vs plain NSGA-II survival ({PHONE}, joint)
 
 {sel_md}
 
-## 3. Baselines at equal latency (pixel4 table, test top-1)
+## 3. Baselines at equal latency ({PHONE} table, test top-1)
 
 {base_md}
 

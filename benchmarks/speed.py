@@ -1,11 +1,11 @@
 """Where a search's time goes, how fast subnets are scored, and how Ray scales, on this machine, in one run.
 
-    python benchmarks/speed.py [--old-tree DIR] [--genomes 12] [--seeds 0 1 2]
+    python benchmarks/speed.py [--old-tree DIR ...] [--genomes 12] [--seeds 0 1 2]
 
 - The README's search (`jcw search --device pixel4 --latency 1ms`) once per seed: wall time with the CLI's start-up,
-  and the phases the search records in its config.json (`timings_s`).
-- Scoring rate with the search's default settings on the default Ray pool, for this tree and, with --old-tree, for
-  an older checkout of jcw (each in its own process, one after the other).
+  and the phases the search records in its config.json (`timings_s`), for this tree and each --old-tree.
+- Scoring rate with the search's default settings on the default Ray pool, for this tree and each --old-tree (older
+  checkouts of jcw; each in its own process, one after the other).
 - Ray scaling at 1 torch thread per worker: 1 worker against 2, threads as each worker reports them.
 
 Writes its section of benchmarks/RESULTS.md between its markers (benchmarks/run.py keeps that section).
@@ -26,6 +26,9 @@ import numpy as np
 from sections import RESULTS, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from jcw.latency.cpu import cpu_identity  # noqa: E402
 
 # Runs in a fresh process with the tree under test first on sys.path; prints one JSON line.
 RATE = """
@@ -88,7 +91,8 @@ def readme_search(tree: Path, seed: int) -> dict:
 def section(searches: dict[str, list[dict]], rates: dict, scaling: dict, genomes: int) -> str:
     lines = ["## 6. Speed (benchmarks/speed.py)", "",
              f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node()} "
-             f"({os.cpu_count()} CPUs), one measurement after another, nothing else running.", "",
+             f"({cpu_identity()['model']}, {os.cpu_count()} CPUs), one measurement after another, nothing else "
+             "running.", "",
              "README search (`jcw search --device pixel4 --latency 1ms`), wall time with the CLI's start-up; "
              "hypervolume of the true front against (1 ms, 80%):", "",
              "| code | seed | wall s | subnets scored | HV | picked id | top-1 (val) at 1 ms |",
@@ -115,9 +119,9 @@ def section(searches: dict[str, list[dict]], rates: dict, scaling: dict, genomes
               "calibration images | genomes/s |", "| --- | --- | --- | --- |"]
     for name, r in rates.items():
         lines.append(f"| {name} | {r['workers']} x {r['threads']} | {r['calibration_images']} | {r['rate']:.3f} |")
-    if len(rates) == 2:
-        a, b = rates.values()
-        lines.append(f"\nThis tree scores {a['rate'] / b['rate']:.2f}x as fast as the older one.")
+    ours = rates["this tree"]["rate"]
+    lines += [""] + [f"This tree scores {ours / r['rate']:.2f}x as fast as the {name}." for name, r in rates.items()
+                     if name != "this tree"]
     one, two = scaling[1], scaling[2]
     lines += ["", f"Ray scaling at 1 thread per worker: 1 worker {one['rate']:.3f} genomes/s "
               f"(threads {one['threads']}), 2 workers {two['rate']:.3f} genomes/s (threads {two['threads']}): "
@@ -128,17 +132,17 @@ def section(searches: dict[str, list[dict]], rates: dict, scaling: dict, genomes
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--old-tree", type=Path, help="a checkout of an older jcw to compare scoring with")
+    ap.add_argument("--old-tree", type=Path, nargs="+", default=[], help="checkouts of older jcw to compare with")
     ap.add_argument("--genomes", type=int, default=12)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = ap.parse_args()
-    searches = {"this tree": [readme_search(ROOT, s) for s in args.seeds]}
-    if args.old_tree:
-        searches[f"older tree ({args.old_tree.name})"] = [readme_search(args.old_tree, s) for s in args.seeds]
+    trees = {"this tree": ROOT, **{f"older tree ({t.name})": t for t in args.old_tree}}
+    searches = {name: [] for name in trees}
+    for seed in args.seeds:  # trees interleaved, so that a machine slowing down mid-run slows them alike
+        for name, tree in trees.items():
+            searches[name].append(readme_search(tree, seed))
     print(f"searches: { {k: [round(s['wall'], 1) for s in v] for k, v in searches.items()} }", flush=True)
-    rates = {"this tree": scoring_rate(ROOT, 0, args.genomes)}
-    if args.old_tree:
-        rates[f"older tree ({args.old_tree.name})"] = scoring_rate(args.old_tree, 0, args.genomes)
+    rates = {name: scoring_rate(tree, 0, args.genomes) for name, tree in trees.items()}
     print(f"rates: {rates}", flush=True)
     scaling = {w: scoring_rate(ROOT, w, args.genomes, threads=1) for w in (1, 2)}
     scaling["1x2"] = scoring_rate(ROOT, 1, args.genomes, threads=2)

@@ -95,3 +95,9 @@ def test_tflite_bundle_times_sparse_1x1_entries_inside_a_sparse_subgraph_and_imp
         expected = avg[row.file] - (avg[row.baseline] if row.baseline else 0)
         assert entry.latency_ms == pytest.approx(expected / 1000) and entry.n == 4612
     assert (got.loc[manifest["baseline"] == "", "std_ms"] == 0.004).all()
+    (bundle / "manifest.csv").write_text("file\nx\n")  # a damaged manifest is one clear error, not a KeyError
+    with pytest.raises(JcwError, match="manifest.csv lacks columns"):
+        import_bundle(bundle, out_dir=tmp_path / "tables")
+    (bundle / "bundle.json").write_text("{not json")
+    with pytest.raises(JcwError, match="bundle.json is corrupt"):
+        import_bundle(bundle, out_dir=tmp_path / "tables")

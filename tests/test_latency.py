@@ -1,4 +1,5 @@
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -158,14 +159,33 @@ def test_user_tables_shadow_shipped_ones_and_a_host_table_from_another_cpu_warns
     mine = user_table_dir()
     mine.mkdir(parents=True)
     shipped = artifact_dir("latency_tables")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", JcwWarning)  # the shipped host table was measured on a CPU like this one
-        assert load_table("host").folder == shipped
+    assert load_table("host").folder == shipped
     shutil.copy(shipped / "host.csv", mine / "host.csv")
     meta = json.loads((shipped / "host.json").read_text())
+    meta["cpu"] = cpu_identity()
+    (mine / "host.json").write_text(json.dumps(meta))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", JcwWarning)  # measured on this CPU: no warning
+        assert load_table("host").folder == mine
     meta["cpu"] = {**cpu_identity(), "model": "Some Other CPU", "flags": ["neon"]}
     (mine / "host.json").write_text(json.dumps(meta))
     with pytest.warns(JcwWarning, match="measured on another CPU .model: Some Other CPU there") as caught:
         table = load_table("host")
-    assert table.folder == mine and "jcw latency measure --device host" in str(caught[0].message)
+    assert table.folder == mine and "jcw latency measure --device host --runtime torch" in str(caught[0].message)
     assert (shipped / "host.json").read_text() != (mine / "host.json").read_text()
+
+
+def test_validating_a_shipped_table_writes_a_report_and_leaves_the_table_where_it_is(monkeypatch, tmp_path):
+    from jcw.artifacts import artifact_dir
+    from jcw.latency.table import user_table_dir
+    from jcw.latency.validate import validate_table
+
+    monkeypatch.setenv("JCW_HOME", str(tmp_path))
+    shipped = (artifact_dir("latency_tables") / "host.json").read_text()
+    with pytest.raises(JcwError, match="--samples and --rounds must each be at least 1"):
+        validate_table("host", rounds=0)
+    report = validate_table("host", samples=2, rounds=1, repeats=3)
+    assert report["samples"] == 2 and Path(report["report"]).parent == user_table_dir()
+    # a copy in the user's folder would hide every later update of the shipped table
+    assert not (user_table_dir() / "host.csv").exists()
+    assert (artifact_dir("latency_tables") / "host.json").read_text() == shipped

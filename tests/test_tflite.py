@@ -162,6 +162,15 @@ def test_the_demo_space_never_runs_sparse_on_pixel4(tiny_supernet):
     space = tiny_supernet.space
     bound = load_table("pixel4").bind(space)
     assert load_table("pixel4").runtime == "tflite-xnnpack" and not bound.sparse_genes().any()
+    # XNNPACK on an AVX host runs zeros dense: the host table prices nothing sparse, so no density gene is live
+    assert not load_table("host-tflite").bind(space).sparse_genes().any()
+    # torch runs CSR only where its table found that faster: genes of the other layers stay dense
+    host = load_table("host").bind(space)
+    live = host.sparse_genes()
+    assert 0 < live.sum() < len(live)
+    for layer, impl in zip(space.layers, host.impl):
+        if layer.sparse >= 0:
+            assert live[layer.sparse] == (impl != "dense").any()
     genomes = space.sample(100, np.random.default_rng(0))
     dense = genomes.copy()
     dense[:, len(space.groups):] = 0

@@ -102,7 +102,8 @@ def add_latency_commands(sub) -> None:
     ld.add_argument("--sparse-kernel", default="xnnpack", choices=("xnnpack", "jcw-arm"),
                     help="xnnpack: TFLite's sparse 1x1 kernel under XNNPACK's rules (default); jcw-arm: JCW's own "
                          "kernel, every conv sparse, as the table DEVICE-jcw-arm")
-    ld.add_argument("--out-dir", default=None, help="where tables go (default: latency_tables/)")
+    ld.add_argument("--out-dir", default=None, help="default: your table folder ($JCW_HOME/latency_tables), which "
+                    "is read before the shipped one")
     ld.set_defaults(func=_latency_derive)
     lm = la_sub.add_parser("measure", help="time every table entry on this machine")
     lm.add_argument("--device", default="host")
@@ -145,7 +146,8 @@ def add_latency_commands(sub) -> None:
     lb.add_argument("--supernet", default=None)
     lb.add_argument("--out", required=True)
     lb.set_defaults(func=_latency_bundle)
-    li = la_sub.add_parser("import", help="turn a bundle's results.csv into a measured table")
+    li = la_sub.add_parser("import", help="turn a bundle's timings (results.csv, or benchmark_model outputs under "
+                           "results/) into a measured table")
     li.add_argument("bundle")
     li.add_argument("--device", default=None)
     li.add_argument("--out-dir", default=None)

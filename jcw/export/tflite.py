@@ -54,8 +54,12 @@ def xnnpack_report(model: nn.Module, arch: dict, flatbuffer: bytes) -> list[Laye
               else f"depthwise {layer.kernel}x{layer.kernel}" if layer.depthwise
               else f"{layer.kernel}x{layer.kernel} conv")
         in_subgraph = index in subgraph.convs
-        if in_subgraph and sparse:
+        in_file = any(name.startswith(f"{layer.name}/") or f";{layer.name}/" in name for name in stored)
+        runs = in_subgraph and sparse and in_file
+        if runs:
             why = "inside the NCHW subgraph, which is sparse enough"
+        elif in_subgraph and sparse:
+            why = "stored dense in the file: XNNPACK runs sparse only weights behind a DENSIFY op"
         elif in_subgraph:
             why = (f"the subgraph's 1x1 weights are {100 * (1 - nonzero / total):.0f}% zero; XNNPACK needs "
                    f"{100 * SPARSE_FRACTION:.0f}%")
@@ -63,10 +67,8 @@ def xnnpack_report(model: nn.Module, arch: dict, flatbuffer: bytes) -> list[Laye
             why = subgraph.reason or "outside the NCHW subgraph"
         else:
             why = "XNNPACK runs only 1x1 convs sparse"
-        rows.append(LayerReport(layer.name, op, round(density[layer.name], 4),
-                                any(name.startswith(f"{layer.name}/") or f";{layer.name}/" in name
-                                    for name in stored),
-                                "sparse" if in_subgraph and sparse else "dense", why))
+        rows.append(LayerReport(layer.name, op, round(density[layer.name], 4), in_file,
+                                "sparse" if runs else "dense", why))
     return rows
 
 

@@ -165,9 +165,13 @@ def import_bundle(bundle_dir: str | Path, device: str | None = None,
                   out_dir: str | Path | None = None) -> tuple[LatencyTable, Path, Path]:
     """A bundle's results as a measured table, saved (by default to the user's table folder)."""
     try:
-        tflite = json.loads((Path(bundle_dir) / "bundle.json").read_text()).get("format") == "tflite"
-    except (OSError, ValueError):
-        tflite = False  # import_results says what is missing
+        info = json.loads((Path(bundle_dir) / "bundle.json").read_text())
+    except OSError:
+        info = {}  # import_results says what is missing
+    except ValueError:
+        raise JcwError(f"{bundle_dir}/bundle.json is corrupt; write the bundle again with `jcw latency bundle`") \
+            from None
+    tflite = isinstance(info, dict) and info.get("format") == "tflite"
     if tflite:
         table = tflite_bundle.import_results(bundle_dir, device)
     else:

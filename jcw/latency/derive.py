@@ -12,7 +12,7 @@ from jcw.latency.device_model import DEVICES, SPARSE_KERNELS, DeviceModel, fit_d
 from jcw.latency.grid import merge_entries, space_entries
 from jcw.latency.ops import op_features
 from jcw.latency.xnnpack import SOURCE as XNNPACK_RULES
-from jcw.latency.table import LatencyTable, known_devices, load_table
+from jcw.latency.table import LatencyTable, known_devices, load_table, user_table_dir
 from jcw.space import SearchSpace
 from jcw.supernet.supernet import load_supernet
 
@@ -44,7 +44,9 @@ def derive_table(device: str, spaces: list[SearchSpace], command: str = "", spar
     entries = merge_entries(old, space_entries(spaces, price, old))
     meta = {
         "device": name, "processor": model.processor, "runtime": SPARSE_KERNELS[sparse_kernel],
-        "runtime_detail": model.runtime, "runtime_version": "see fit.data", "threads": model.threads, "batch": 1,
+        "runtime_detail": model.runtime if sparse_kernel == "xnnpack" else
+        f"dense layers as {model.runtime}; sparse layers at JCW's ARM kernel's measured speed-ups (a kernel its "
+        "authors never released)", "runtime_version": "see fit.data", "threads": model.threads, "batch": 1,
         # the table keeps the rows of the spaces priced before, so it still covers their models
         "input_sizes": sorted({s.input_size for s in spaces} | set(old_meta.get("input_sizes", []))),
         "models": sorted({s.model for s in spaces} | set(old_meta.get("models", []))),
@@ -74,9 +76,12 @@ def derive_table(device: str, spaces: list[SearchSpace], command: str = "", spar
 
 def derive(device: str, supernets: list[str | None] | None = None, out_dir: str | Path | None = None,
            command: str = "", sparse_kernel: str = "xnnpack") -> tuple[LatencyTable, Path, Path]:
-    """Derive `device`'s table for the given supernet files (default: the shipped one) and save it."""
+    """Derive `device`'s table for the given supernet files (default: the shipped one) and save it.
+
+    It keeps the rows of the table of its name that loads first (the user's, else the shipped one) and goes to
+    `out_dir`, by default the user's table folder: a user's supernet never rewrites a shipped table."""
     if device not in DEVICES:
         raise JcwError(f"no device model for {device!r}; derived models exist for {', '.join(DEVICES)}")
     table = derive_table(device, [load_supernet(s).space for s in (supernets or [None])], command, sparse_kernel,
                          out_dir)
-    return (table, *table.save(out_dir))
+    return (table, *table.save(out_dir or user_table_dir()))

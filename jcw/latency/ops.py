@@ -158,7 +158,7 @@ def model_ops(model: nn.Module, input_size: int, in_channels: int = 3) -> list[O
                 h_out, w_out = node.out_shape[-2:]
                 weights = c / mod.groups * mod.out_channels * area  # but every input channel is read once
                 moved = c * h * w + mod.out_channels * h_out * w_out + weights
-                ops.append(Op("conv", per_group.macs, moved * 4 / 1e6))
+                ops.append(Op(per_group.category, per_group.macs, moved * 4 / 1e6))
             else:
                 ops.append(op_features("conv", h, w, mod.kernel_size[0], mod.stride[0], mod.groups > 1, c,
                                        mod.out_channels, kernel_area=area))

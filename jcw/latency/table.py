@@ -76,8 +76,8 @@ class LatencyTable:
     def bind(self, space: SearchSpace) -> "BoundTable":
         return BoundTable(self, space)
 
-    def save(self, folder: str | Path | None = None) -> tuple[Path, Path]:
-        folder = Path(folder) if folder else artifact_dir("latency_tables")
+    def save(self, folder: str | Path) -> tuple[Path, Path]:
+        folder = Path(folder)
         csv_path, json_path = folder / f"{self.device}.csv", folder / f"{self.device}.json"
         write_csv(csv_path, self.entries[COLUMNS].sort_values(KEY + ["c_in", "c_out", "density"]))
         write_json(json_path, self.meta)
@@ -125,15 +125,18 @@ def load_table(device: str, folder: str | Path | None = None) -> LatencyTable:
             UnicodeDecodeError) as exc:
         raise JcwError(f"latency table {csv_path} is corrupt ({exc.__class__.__name__}); regenerate it with "
                        f"`jcw latency derive` or `jcw latency measure`") from None
-    if meta.get("source") == "measured" and device.startswith("host") and cpu_mismatch(meta):
-        warnings.warn(f"the {device} table was measured on another CPU ({cpu_mismatch(meta)}), so its prices may "
-                      f"not hold here; measure this machine's with `jcw latency measure --device {device}` (it goes "
+    mismatch = cpu_mismatch(meta) if meta.get("source") == "measured" and device.startswith("host") else ""
+    if mismatch:
+        warnings.warn(f"the {device} table was measured on another CPU ({mismatch}), so its prices may "
+                      f"not hold here; measure this machine's with `jcw latency measure --device {device} --runtime "
+                      f"{meta.get('runtime', 'torch')}` (it goes "
                       f"to {user_table_dir()}, ahead of the shipped table)", JcwWarning, stacklevel=2)
     return LatencyTable(device=device, entries=entries, meta=meta, folder=folder)
 
 
 def list_tables(folder: str | Path | None = None) -> list[dict]:
-    """Every table in `folder` with its source, size, error and date, for `jcw latency list`."""
+    """Every table in `folder` (default: the user's folder, then the shipped one; a user table hides a shipped one
+    of its name) with its source, size, error and date, for `jcw latency list`."""
     rows = []
     for name in known_devices(folder):
         with warnings.catch_warnings():  # listing a table is not pricing with it: no CPU warning
@@ -286,14 +289,24 @@ class BoundTable:
         return self.flat[idx]
 
     def sparse_genes(self) -> np.ndarray:
-        """Per density gene, whether this table's runtime can ever run its layer sparse."""
+        """Per density gene, whether its runtime can ever run its layer sparse: some entry of the table prices the
+        layer sparse (none does where the runtime runs zeros dense, as onnxruntime and XNNPACK on an AVX host do, or
+        where torch found its CSR kernel slower everywhere) and, for tflite-xnnpack, the layer is a 1x1 conv of an
+        NCHW subgraph that can start."""
         space = self.space
-        if self.subgraph is None:
-            return np.ones(len(space.sparse), bool) if self.table.runtime != "onnxruntime" else \
-                np.zeros(len(space.sparse), bool)
         able = np.zeros(len(space.sparse), bool)
-        able[[space.layers[j].sparse for j in self.subgraph.convs if space.layers[j].sparse >= 0]] = True
+        for layer, impl in zip(space.layers, self.impl):
+            if layer.sparse >= 0 and (impl != "dense").any():
+                able[layer.sparse] = True
+        if self.subgraph is not None:
+            inside = np.zeros_like(able)
+            inside[[space.layers[j].sparse for j in self.subgraph.convs if space.layers[j].sparse >= 0]] = True
+            able &= inside
         return able
+
+    def prices_sparse(self) -> bool:
+        """Whether any entry this space reads is priced sparse."""
+        return any((impl != "dense").any() for impl in self.impl)
 
     def runs_sparse(self, genomes: np.ndarray) -> np.ndarray:
         """Per genome, whether XNNPACK runs its sparse subgraph sparse (always True for other runtimes)."""

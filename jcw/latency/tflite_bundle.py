@@ -37,7 +37,8 @@ RUN_SH = r"""#!/usr/bin/env bash
 # results/<model>.txt, which `jcw latency import` reads.
 #   BENCHMARK_MODEL  path to benchmark_model built for the phone (default ./benchmark_model; see jcw's README)
 #   CPU_MASK         taskset mask of the core to pin to (default 80: the last core, a big core on most Snapdragons)
-#   REPEATS          timed runs per model (default 50), after 10 warm-up runs
+#   REPEATS          least timed runs per model (default 50; benchmark_model also runs for its minimum time), after
+#                    10 warm-up runs
 set -euo pipefail
 cd "$(dirname "$0")"
 BENCHMARK_MODEL=${BENCHMARK_MODEL:-./benchmark_model}
@@ -153,6 +154,13 @@ def import_results(bundle: str | Path, device: str | None = None) -> LatencyTabl
         manifest = pd.read_csv(bundle / "manifest.csv", keep_default_na=False)
     except FileNotFoundError as exc:
         raise JcwError(f"{bundle} lacks {Path(exc.filename).name}; write it with `jcw latency bundle`") from None
+    except ValueError as exc:  # JSON and CSV parse errors are ValueErrors
+        raise JcwError(f"{bundle}'s bundle.json or manifest.csv is corrupt ({exc.__class__.__name__}); write the "
+                       "bundle again with `jcw latency bundle`") from None
+    lacking = [c for c in COLUMNS[:9] + ["impl", "file", "baseline"] if c not in manifest.columns]
+    if lacking or not isinstance(info, dict) or "device" not in info:
+        raise JcwError(f"{bundle}/manifest.csv lacks columns {lacking} or bundle.json names no device; write the "
+                       "bundle again with `jcw latency bundle`")
     timings: dict[str, tuple[float, float, int]] = {}
     for name in set(manifest["file"]) | set(manifest["baseline"]) - {""}:
         path = bundle / "results" / f"{name}.txt"

@@ -23,21 +23,32 @@ VALIDATED_RUNTIMES = ("torch", "tflite-xnnpack")
 
 
 def validation_genomes(space, samples: int, seed: int, calibration: list | None) -> np.ndarray:
-    """`samples` spread genomes, none of them one the table was calibrated on."""
+    """`samples` spread genomes, none of them one the table was calibrated on (uniform draws fill up what the spread
+    draw shares with the calibration set: its two extremes always, and for a small `samples` nothing else)."""
     excluded = {tuple(g) for g in (calibration if calibration is not None else calibration_genomes(space))}
     rng = np.random.default_rng(seed)
     chosen: list[np.ndarray] = []
-    while len(chosen) < samples:
-        for g in space.sample_spread(samples, rng):
+    for attempt in range(100):
+        if len(chosen) == samples:
+            break
+        for g in space.sample_spread(samples, rng) if attempt == 0 else space.sample(samples, rng):
             if tuple(int(v) for v in g) not in excluded and len(chosen) < samples:
                 excluded.add(tuple(int(v) for v in g))
                 chosen.append(g)
+    if len(chosen) < samples:
+        raise JcwError(f"the space has fewer than {samples} subnets the table was not calibrated on; ask for fewer "
+                       "with --samples")
     return np.array(chosen)
 
 
 def validate_table(device: str = "host", supernet: str | Path | None = None, samples: int = 30, seed: int = 0,
                    out_dir: str | Path | None = None, repeats: int = 50, rounds: int = 3) -> dict:
-    """Time `samples` exported subnets end to end against the table, in `rounds` rounds."""
+    """Time `samples` exported subnets end to end against the table, in `rounds` rounds.
+
+    The report goes beside the table in `out_dir`, else to the user's table folder; the table records its error
+    only where it lives there, so a shipped table is never copied (a copy would hide its later updates)."""
+    if samples < 1 or rounds < 1:
+        raise JcwError("--samples and --rounds must each be at least 1")
     table = load_table(device, out_dir)
     supernet = load_supernet(supernet)
     if table.meta.get("source") != "measured" or not device.startswith("host"):
@@ -73,6 +84,7 @@ def validate_table(device: str = "host", supernet: str | Path | None = None, sam
                            "mape_pct": report["mape"], "mape_range_pct": report["mape_range"],
                            "within_10pct": report["within_10pct"],
                            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d")}
-    table.save(folder)
+    if table.folder is not None and table.folder.resolve() == folder.resolve():
+        table.save(folder)
     report["report"] = str(path)
     return report

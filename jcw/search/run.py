@@ -118,9 +118,13 @@ class _Context:
 
     def _why_dense(self) -> str:
         subgraph = self.bound.subgraph
-        if subgraph is None:
-            return "it runs sparse weights dense"
-        return subgraph.reason or "XNNPACK runs only the 1x1 convs of its NCHW subgraph sparse"
+        if subgraph is not None and subgraph.reason:
+            return subgraph.reason
+        if not self.bound.prices_sparse():
+            return "its table prices every layer dense"
+        if subgraph is not None:
+            return "XNNPACK runs only the 1x1 convs of its NCHW subgraph sparse"
+        return "its table prices them dense at every density"
 
     def dense_only_note(self) -> str:
         """One line where some density genes leave the genome, else ''."""

@@ -78,14 +78,23 @@ class SerialPool:
 
 
 class _ScoringActor:
-    def __init__(self, payload: dict, spec: DataSpec, threads: int):
+    """Loads the data when it starts and builds the supernet on its first genome, from the object store ref that
+    every call carries: a ref among an actor's constructor arguments is one Ray cannot promise to a restarted actor
+    (ray-project/ray#53727), and Ray prints an error line at every such start."""
+
+    def __init__(self, spec: DataSpec, threads: int, input_size: int):
         keep_freed_memory()
         torch.set_num_threads(threads)
-        self.supernet = Accelerator.choose(spec.accelerator).module(_supernet_from_payload(payload))
         self.spec = spec
-        self.data = load_dataset(spec.dataset, spec.data_dir, self.supernet.config.input_size)
+        self.supernet = None
+        self.data = load_dataset(spec.dataset, spec.data_dir, input_size)
 
-    def score(self, genome, index: int) -> dict:
+    def score(self, payload: list, genome, index: int) -> dict:
+        if self.supernet is None:
+            import ray  # in a Ray worker: already imported
+
+            built = _supernet_from_payload(ray.get(payload[0]))  # a ref in a list: Ray passes it unresolved
+            self.supernet = Accelerator.choose(self.spec.accelerator).module(built)
         s = score_genome(self.supernet, np.asarray(genome), self.data, self.spec.split, self.spec.calibration_images,
                          self.spec.val_images)
         # where it ran, as the worker sees it: benchmarks and tests report threads measured here, not requested
@@ -175,7 +184,8 @@ class RayPool:
         # SPREAD: one actor per node before doubling up, so losing a node loses as few actors as it can
         actor_cls = ray.remote(num_cpus=min(self.threads, cpus), num_gpus=gpus_per_actor, max_restarts=max_restarts,
                                max_task_retries=max_restarts, scheduling_strategy="SPREAD")(_ScoringActor)
-        self.actors = [actor_cls.remote(self.payload_ref, data_spec, self.threads) for _ in range(self.workers)]
+        self.actors = [actor_cls.remote(data_spec, self.threads, supernet.config.input_size)
+                       for _ in range(self.workers)]
         self._wait_until_started(start_timeout, cpus)
         self.scored_by: list[dict] = []  # the last call's genomes: which actor process scored each, at how many threads
 
@@ -214,7 +224,7 @@ class RayPool:
         self.scored_by = []
         pool = ActorPool(self.actors)
         for i in self._largest_first(genomes):
-            pool.submit(lambda actor, i: actor.score.remote(genomes[i], i), i)
+            pool.submit(lambda actor, i: actor.score.remote([self.payload_ref], genomes[i], i), i)
         while pool.has_next():
             try:
                 got = pool.get_next_unordered()

@@ -73,7 +73,7 @@ def test_supernet_eval_json_is_the_librarys_score(supernet, data, tmp_path):
 
 def test_latency_list_and_predict():
     out = jcw("latency", "list", check=True).stdout
-    assert "pixel4" in out and "derived" in out
+    assert "pixel4" in out and "derived" in out and "prices: Cortex-A76 big core (Snapdragon 855)" in out
     rec = json.loads(jcw("latency", "predict", "--device", "pixel4", "--model", "torchvision:mobilenet_v2",
                          "--json", check=True).stdout)
     # the fit's own estimate of this model (latency_tables/pixel4.json), against nn-Meter's 43.96 ms

@@ -153,7 +153,7 @@ def test_user_tables_shadow_shipped_ones_and_a_host_table_from_another_cpu_warns
     from jcw.artifacts import artifact_dir
     from jcw.errors import JcwWarning
     from jcw.latency.cpu import cpu_identity
-    from jcw.latency.table import user_table_dir
+    from jcw.latency.table import list_tables, user_table_dir
 
     monkeypatch.setenv("JCW_HOME", str(tmp_path))
     mine = user_table_dir()
@@ -172,6 +172,8 @@ def test_user_tables_shadow_shipped_ones_and_a_host_table_from_another_cpu_warns
     with pytest.warns(JcwWarning, match="measured on another CPU .model: Some Other CPU there") as caught:
         table = load_table("host")
     assert table.folder == mine and "jcw latency measure --device host --runtime torch" in str(caught[0].message)
+    listed = {row["device"]: row for row in list_tables()}
+    assert listed["host"]["other_cpu"] and listed["host"]["folder"] == str(mine)
     assert (shipped / "host.json").read_text() != (mine / "host.json").read_text()
 
 

@@ -36,8 +36,10 @@ def _latency_list(args) -> None:
         err = row["error"]
         text = f"MAPE {err['mape_pct']}%, {100 * err.get('within_10pct', 0):.0f}% within 10%" \
             if "mape_pct" in err else "not validated"
+        where = " (not this machine's CPU: measure your own)" if row["other_cpu"] else ""
         print(f"{row['device']:<15} {row['runtime']:<15} {row['threads']:>7} {row['source']:<9} {row['entries']:>7}  "
-              f"{text:<30} {row['date']}\n{'':<15} error against: {err.get('kind', 'nothing yet')}")
+              f"{text:<30} {row['date']}\n{'':<15} prices: {row['processor']}{where}\n"
+              f"{'':<15} error against: {err.get('kind', 'nothing yet')}")
 
 
 def _latency_measure(args) -> None:

@@ -144,7 +144,9 @@ def list_tables(folder: str | Path | None = None) -> list[dict]:
             table = load_table(name, folder)
         rows.append({"device": name, "folder": str(table.folder), "runtime": table.runtime, "threads": table.threads,
                      "source": table.meta.get("source", "?"), "entries": len(table.entries),
-                     "error": table.meta.get("error", {}), "date": table.meta.get("made", {}).get("date", "?")})
+                     "error": table.meta.get("error", {}), "date": table.meta.get("made", {}).get("date", "?"),
+                     "processor": table.meta.get("processor", "?"),
+                     "other_cpu": bool(table.meta.get("source") == "measured" and cpu_mismatch(table.meta))})
     return rows
 
 

@@ -139,23 +139,6 @@ def test_xnnpack_pricing_applies_sparse_1x1_times_only_past_two_thirds_zero(mobi
     assert able.sum() == 34 and not able[space.layers[0].sparse] and not able[-1]
 
 
-def test_the_search_snaps_subgraphs_xnnpack_would_run_dense_to_dense(mobilenet, xnnpack_table):
-    from pymoo.core.population import Population
-
-    from jcw.search.repair import DenseBelowThreshold
-
-    space = mobilenet.space
-    base = space.smallest()
-    half, most = with_densities(space, base, 0.5), with_densities(space, base, 0.2)  # 50% and 80% zero
-    pop = Population.new(X=np.stack([half, most]))
-    DenseBelowThreshold(xnnpack_table).do(None, pop)
-    repaired = pop.get("X")
-    # half zero is short of two thirds: priced dense, so the zeros go and the price stays
-    assert np.array_equal(repaired[0], with_densities(space, base, 1.0))
-    assert xnnpack_table.latency(repaired[:1])[0] == xnnpack_table.latency(half)[0]
-    assert np.array_equal(repaired[1], most)  # runs sparse: left as it is
-
-
 def test_pricing_and_the_tflite_export_agree_on_what_runs_sparse(mobilenet, xnnpack_table, tmp_path):
     from jcw.export.tflite import export_tflite, read_report
     from jcw.supernet.subnet import export_subnet

@@ -123,8 +123,10 @@ def main() -> None:
              "to the largest subnet on T (for every pixel4 variant, on pixel4). Hypervolume of the true front against (B, 80%); best true top-1 within "
              "0.5B, 0.75B and B; mean density of the front's sparse layers. Mean (sd) over seeds. The what-if rows "
              "relax XNNPACK's rules on the pixel4 table to show what each rule costs; the channels-only front is "
-             "the same for every pixel4 variant (their dense prices are equal). Sections 1-5 were measured before "
-             "the tables knew their runtime: their pixel4 is today's pixel4-jcw-arm.", "",
+             "the same for every pixel4 variant (their dense prices are equal). Where the subgraph can start and the "
+             "two-thirds rule holds, the search gives its 1x1 convs one shared density gene (jcw/search/repair.py). "
+             "Sections 1-5 were measured before the tables knew their runtime: their pixel4 is today's "
+             "pixel4-jcw-arm.", "",
              "| table | B (ms) | genes | hypervolume | best @0.5B | best @0.75B | best @B | mean density |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for (label, genes), g in frame.groupby(["table", "genes"], sort=False):

@@ -139,6 +139,26 @@ def test_xnnpack_pricing_applies_sparse_1x1_times_only_past_two_thirds_zero(mobi
     assert able.sum() == 34 and not able[space.layers[0].sparse] and not able[-1]
 
 
+def test_the_search_gives_the_subgraphs_1x1_convs_one_density(mobilenet, xnnpack_table, tiny_supernet):
+    from pymoo.core.population import Population
+
+    from jcw.latency.table import load_table
+    from jcw.search.repair import SharedSubgraphDensity
+
+    space = mobilenet.space
+    genomes = space.sample(20, np.random.default_rng(0))
+    pop = Population.new(X=genomes)
+    repair = SharedSubgraphDensity(xnnpack_table)
+    repair.do(None, pop)
+    tied = pop.get("X")
+    assert len(repair.genes) == 34  # every 1x1 conv of the subgraph
+    assert (tied[:, repair.genes] == genomes[:, repair.genes[:1]]).all()
+    others = np.setdiff1d(np.arange(space.n_genes), repair.genes)
+    assert np.array_equal(tied[:, others], genomes[:, others])
+    # no subgraph, nothing tied: the demo on pixel4
+    assert not SharedSubgraphDensity(load_table("pixel4").bind(tiny_supernet.space)).genes
+
+
 def test_pricing_and_the_tflite_export_agree_on_what_runs_sparse(mobilenet, xnnpack_table, tmp_path):
     from jcw.export.tflite import export_tflite, read_report
     from jcw.supernet.subnet import export_subnet

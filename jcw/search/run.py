@@ -45,6 +45,7 @@ from jcw.search.archive import (best_within_budget, describe, genomes_from_colum
 from jcw.search.budget import format_ms
 from jcw.search.members import export_member
 from jcw.search.plot import plot_run
+from jcw.search.repair import SharedSubgraphDensity
 from jcw.search.rundir import RunDir
 from jcw.search.survival import MultiTargetSurvival, latency_targets
 from jcw.supernet.pool import DataSpec, check_ray_address, scoring_pool
@@ -106,6 +107,7 @@ class _Context:
             raise JcwError(f"--genes density has nothing to search: {self.table.runtime} on {cfg.device} runs no "
                            f"layer of {self.space.model} sparse ({self._why_dense()})")
         self.upper[n_groups:][self.dense_only] = 0
+        self.repair = SharedSubgraphDensity(self.bound)
         smallest = self.upper.copy()
         self.smallest_ms = float(self.bound.latency(smallest)[0])
         if self.smallest_ms > min(cfg.budgets_ms):
@@ -231,6 +233,9 @@ def _search(cfg: SearchConfig, ctx: _Context, out: RunDir, log) -> SearchResult:
     out.write_config(_config_record(cfg, ctx, out))
     if ctx.dense_only_note():
         log(ctx.dense_only_note())
+    if len(ctx.repair.genes) > 1 and cfg.genes != "channels":
+        log(f"note: XNNPACK runs its NCHW subgraph sparse only as a whole: its {len(ctx.repair.genes)} 1x1 convs share "
+            "one density gene")
     if ctx.unconstrained:
         log(f"note: budget {', '.join(map(format_ms, ctx.unconstrained))} constrains nothing: the largest subnet of "
             f"this space takes {ctx.largest_ms:.4g}ms on {cfg.device}; for ImageNet-size networks, whose subnets "
@@ -240,6 +245,7 @@ def _search(cfg: SearchConfig, ctx: _Context, out: RunDir, log) -> SearchResult:
     t0 = time.time()
     while algorithm.has_next():
         pop = algorithm.ask()
+        ctx.repair.do(problem, pop)
         X = np.rint(pop.get("X")).astype(np.int64)
         lat = ctx.bound.latency(X)
         if ctx.predictor is not None:

@@ -1,0 +1,29 @@
+"""One density for the 1x1 convs of XNNPACK's sparse subgraph.
+
+XNNPACK runs a subgraph's 1x1 convs sparse only when their weights together are more than two thirds zero. With one
+density gene per layer, a random or mutated genome almost never gets all of them that far, so the density genes
+cost accuracy, buy no time and dilute the search. benchmarks/RESULTS.md section 10: with the stem rule relaxed,
+independent genes put the joint front 0.014 below channels alone; one shared density put it 0.022 above. The search
+copies the first of those genes into the others in every genome pymoo asks it to price.
+"""
+from __future__ import annotations
+
+import numpy as np
+from pymoo.core.repair import Repair
+
+from jcw.latency.table import BoundTable
+
+
+class SharedSubgraphDensity(Repair):
+    def __init__(self, bound: BoundTable):
+        super().__init__()
+        space, subgraph = bound.space, bound.subgraph
+        tied = subgraph is not None and subgraph.possible and "threshold" not in bound.relaxed
+        convs = subgraph.convs if tied else []
+        self.genes = sorted({len(space.groups) + space.layers[j].sparse for j in convs if space.layers[j].sparse >= 0})
+
+    def _do(self, problem, X, **kwargs):
+        X = np.rint(X).astype(np.int64)
+        if len(self.genes) > 1:
+            X[:, self.genes] = X[:, self.genes[:1]]
+        return X

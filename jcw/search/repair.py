@@ -22,6 +22,11 @@ class SharedSubgraphDensity(Repair):
         convs = subgraph.convs if tied else []
         self.genes = sorted({len(space.groups) + space.layers[j].sparse for j in convs if space.layers[j].sparse >= 0})
 
+    def note(self) -> str:
+        """One line for the search's log where genes are tied, else ''."""
+        return (f"note: XNNPACK runs its NCHW subgraph sparse only as a whole: its {len(self.genes)} 1x1 convs share "
+                "one density gene") if len(self.genes) > 1 else ""
+
     def _do(self, problem, X, **kwargs):
         X = np.rint(X).astype(np.int64)
         if len(self.genes) > 1:

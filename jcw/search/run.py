@@ -60,8 +60,7 @@ class SearchResult:
 
 
 def default_run_name(cfg: SearchConfig) -> str:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return f"{stamp}-{cfg.device}-{format_ms(max(cfg.budgets_ms))}"
+    return f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.device}-{format_ms(max(cfg.budgets_ms))}"
 
 
 class _Context:
@@ -231,11 +230,9 @@ def _search(cfg: SearchConfig, ctx: _Context, out: RunDir, log) -> SearchResult:
         problem, algorithm = _algorithm(ctx, cfg)
         rows = []
     out.write_config(_config_record(cfg, ctx, out))
-    if ctx.dense_only_note():
-        log(ctx.dense_only_note())
-    if len(ctx.repair.genes) > 1 and cfg.genes != "channels":
-        log(f"note: XNNPACK runs its NCHW subgraph sparse only as a whole: its {len(ctx.repair.genes)} 1x1 convs share "
-            "one density gene")
+    for note in (ctx.dense_only_note(), ctx.repair.note() if cfg.genes != "channels" else ""):
+        if note:
+            log(note)
     if ctx.unconstrained:
         log(f"note: budget {', '.join(map(format_ms, ctx.unconstrained))} constrains nothing: the largest subnet of "
             f"this space takes {ctx.largest_ms:.4g}ms on {cfg.device}; for ImageNet-size networks, whose subnets "

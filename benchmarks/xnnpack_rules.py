@@ -120,8 +120,9 @@ def main() -> None:
     lines = ["## 10. Sparsity under XNNPACK's rules (benchmarks/xnnpack_rules.py)", "",
              f"`jcw search --device T --latency B --genes G --seed N`, defaults otherwise, seeds {args.seeds}, on the "
              "shipped supernet (28 px, 1-channel images, a 3x3 stride-1 stem). B is 60% of the way from the smallest "
-             "to the largest subnet on T (for every pixel4 variant, on pixel4). Hypervolume of the true front against (B, 80%); best true top-1 within "
-             "0.5B, 0.75B and B; mean density of the front's sparse layers. Mean (sd) over seeds. The what-if rows "
+             "to the largest subnet on T (for every pixel4 variant, on pixel4). Hypervolume of the true front "
+             "against (B, 80%); best true top-1 within 0.5B, 0.75B and B; mean density of the front's sparse "
+             "layers. Mean (sd) over seeds. The what-if rows "
              "relax XNNPACK's rules on the pixel4 table to show what each rule costs; the channels-only front is "
              "the same for every pixel4 variant (their dense prices are equal). Where the subgraph can start and the "
              "two-thirds rule holds, the search gives its 1x1 convs one shared density gene (jcw/search/repair.py). "

@@ -125,13 +125,18 @@ def load_table(device: str, folder: str | Path | None = None) -> LatencyTable:
             UnicodeDecodeError) as exc:
         raise JcwError(f"latency table {csv_path} is corrupt ({exc.__class__.__name__}); regenerate it with "
                        f"`jcw latency derive` or `jcw latency measure`") from None
-    mismatch = cpu_mismatch(meta) if meta.get("source") == "measured" and device.startswith("host") else ""
+    mismatch = other_cpu(device, meta)
     if mismatch:
         warnings.warn(f"the {device} table was measured on another CPU ({mismatch}), so its prices may "
                       f"not hold here; measure this machine's with `jcw latency measure --device {device} --runtime "
                       f"{meta.get('runtime', 'torch')}` (it goes "
                       f"to {user_table_dir()}, ahead of the shipped table)", JcwWarning, stacklevel=2)
     return LatencyTable(device=device, entries=entries, meta=meta, folder=folder)
+
+
+def other_cpu(device: str, meta: dict) -> str:
+    """How a host table's CPU differs from this one ('' if it does not, or the table is not measured here)."""
+    return cpu_mismatch(meta) if meta.get("source") == "measured" and device.startswith("host") else ""
 
 
 def list_tables(folder: str | Path | None = None) -> list[dict]:
@@ -146,7 +151,7 @@ def list_tables(folder: str | Path | None = None) -> list[dict]:
                      "source": table.meta.get("source", "?"), "entries": len(table.entries),
                      "error": table.meta.get("error", {}), "date": table.meta.get("made", {}).get("date", "?"),
                      "processor": table.meta.get("processor", "?"),
-                     "other_cpu": bool(table.meta.get("source") == "measured" and cpu_mismatch(table.meta))})
+                     "other_cpu": bool(other_cpu(name, table.meta))})
     return rows
 
 
@@ -302,9 +307,14 @@ class BoundTable:
                 able[layer.sparse] = True
         if self.subgraph is not None:
             inside = np.zeros_like(able)
-            inside[[space.layers[j].sparse for j in self.subgraph.convs if space.layers[j].sparse >= 0]] = True
+            inside[self.subgraph_sparse()] = True
             able &= inside
         return able
+
+    def subgraph_sparse(self) -> list[int]:
+        """Indices into the space's sparse layers of the NCHW subgraph's 1x1 convs (none without a subgraph)."""
+        convs = self.subgraph.convs if self.subgraph is not None else []
+        return sorted({self.space.layers[j].sparse for j in convs if self.space.layers[j].sparse >= 0})
 
     def prices_sparse(self) -> bool:
         """Whether any entry this space reads is priced sparse."""

@@ -17,10 +17,9 @@ from jcw.latency.table import BoundTable
 class SharedSubgraphDensity(Repair):
     def __init__(self, bound: BoundTable):
         super().__init__()
-        space, subgraph = bound.space, bound.subgraph
+        subgraph = bound.subgraph
         tied = subgraph is not None and subgraph.possible and "threshold" not in bound.relaxed
-        convs = subgraph.convs if tied else []
-        self.genes = sorted({len(space.groups) + space.layers[j].sparse for j in convs if space.layers[j].sparse >= 0})
+        self.genes = [len(bound.space.groups) + i for i in bound.subgraph_sparse()] if tied else []
 
     def note(self) -> str:
         """One line for the search's log where genes are tied, else ''."""

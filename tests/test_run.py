@@ -163,6 +163,9 @@ def test_finetune_resumes_to_the_same_weights(small_run, tmp_path):
     out = tmp_path / "cut"
     kill_cli_when("finetune", *common, "--out", str(out), line_starts="epoch 1/2", then_exists=out / "checkpoint.pt")
     assert not (out / "subnet.pt").exists()
+    # a row logged for an epoch whose checkpoint never came (a worker lost in between) goes when the run resumes
+    logged = pd.read_csv(out / "finetune_log.csv").head(1)
+    pd.concat([logged, logged.assign(epoch=2)]).to_csv(out / "finetune_log.csv", index=False)
     resumed = jcw("finetune", *common, "--out", str(out), "--resume", check=True)
     assert f"{before:.2f}% before" in resumed.stdout  # the test top-1 before fine-tuning comes from the checkpoint
     pd.testing.assert_frame_equal(pd.read_csv(out / "finetune_log.csv").drop(columns="seconds"),

@@ -83,14 +83,32 @@ def lr_at(step: int, total: int, warmup: int, base: float) -> float:
     return 0.5 * base * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def append_row(path: Path, row: dict) -> None:
-    """Append one epoch to the CSV log, rewriting it atomically."""
-    rows = list(csv.DictReader(path.open())) if path.exists() else []
-    rows.append({k: str(v) for k, v in row.items()})
+def _read_rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def _write_rows(path: Path, fields: list[str], rows: list[dict]) -> None:
     with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
+        writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
+
+
+def append_row(path: Path, row: dict) -> None:
+    """Append one epoch to the CSV log, rewriting it atomically."""
+    _write_rows(path, list(row), _read_rows(path) + [{k: str(v) for k, v in row.items()}])
+
+
+def keep_rows_until(path: Path, epoch: int) -> None:
+    """Drop the log rows of epochs after `epoch`: a worker lost between logging an epoch and reporting its checkpoint
+    leaves a row for work that the resumed run does again."""
+    rows = _read_rows(path)
+    kept = [row for row in rows if int(row["epoch"]) <= epoch]
+    if len(kept) < len(rows):
+        _write_rows(path, list(rows[0]), kept)
 
 
 def _slices(batch: Batch, parts: int) -> list[Batch]:
@@ -139,6 +157,8 @@ def train_loop(recipe: Recipe, param_groups: list[dict], data, schedule: Schedul
         opt.load_state_dict(ckpt["optimizer"])
         start = int(ckpt["epoch"])
         torch.set_rng_state(ckpt["torch_rng"])
+        if replica.rank == 0:
+            keep_rows_until(log_path, start)
     elif log_path.exists() and replica.rank == 0:
         log_path.unlink()
     for epoch in range(start, schedule.epochs):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from jcw.errors import JcwError
+from jcw.predictor.features import genome_features
 from jcw.predictor.fit import fit_predictor, refine
 from jcw.predictor.models import apply_model, fit_kernel, fit_ridge
 from jcw.predictor.predictor import load_predictor
@@ -23,6 +24,19 @@ def test_spread_sample_reaches_both_ends(tiny_supernet):
 def _known_accuracy(space, genomes: np.ndarray) -> np.ndarray:
     bases = np.array([grp.base for grp in space.groups])
     return 70 + 20 * (space.widths(genomes) / bases).mean(1) + 5 * space.density_values(genomes).mean(1)
+
+
+def test_features_are_the_genes_and_the_logs_of_the_layer_sizes(tiny_supernet):
+    """The bound gathers must give what the space's own size accounting gives, depthwise and fixed widths included."""
+    space = tiny_supernet.space
+    genomes = space.sample(40, np.random.default_rng(1))
+    x, cost = genome_features(space, genomes), space.cost(genomes)
+    bases = np.array([group.base for group in space.groups])
+    genes = np.concatenate([space.widths(genomes) / bases, space.density_values(genomes)], axis=1)
+    pruned = [j for j, layer in enumerate(space.layers) if layer.kind in ("conv", "linear") and not layer.depthwise]
+    assert any(layer.depthwise for layer in space.layers) and (genes < 1).any()
+    sizes = np.concatenate([cost["layer_weights"][:, pruned], cost["macs"][:, None], cost["params"][:, None]], axis=1)
+    assert np.allclose(x, np.concatenate([genes, np.log(genes), np.log(sizes)], axis=1), rtol=1e-12, atol=0)
 
 
 def test_fit_recovers_a_known_ranking(tiny_supernet, tmp_path):

@@ -97,10 +97,11 @@ def apply_model(model: dict, x: np.ndarray) -> np.ndarray:
         return x @ model["w"][:-1] + model["w"][-1]
     if model["kind"] == "kernel":
         g, out = model["rate"], np.empty(len(x))
+        landmarks = 2 * g * model["landmarks"].T
         for i in range(0, len(x), 8192):  # bounds the kernel matrix at 8192 x landmarks
             part = x[i:i + 8192]
-            out[i:i + 8192] = np.exp(-g * (part * part).sum(1)) * (np.exp(2 * g * part @ model["landmarks"].T)
-                                                                   @ model["beta"])
+            similarity = np.exp(part @ landmarks, out=np.empty((len(part), landmarks.shape[1])))
+            out[i:i + 8192] = np.exp(-g * np.einsum("ij,ij->i", part, part)) * (similarity @ model["beta"])
         return out + x @ model["linear"]
     h = x
     for i, (w, b) in enumerate(model["weights"]):

@@ -12,7 +12,7 @@ import numpy as np
 from jcw.artifacts import default_predictor_path, load_torch_file
 from jcw.errors import JcwError
 from jcw.io import torch_save
-from jcw.predictor.features import genome_features
+from jcw.predictor.features import GenomeFeatures
 from jcw.predictor.models import KINDS, Standardizer, apply_model
 from jcw.space import SearchSpace
 
@@ -27,10 +27,11 @@ class Predictor:
         self.supernet_hash = supernet_hash
         self.report = report or {}
         self.folder: Path | None = None  # where it was loaded from; its dataset.csv holds the scored subnets
+        self.features = GenomeFeatures(space)
 
     def predict(self, genomes: np.ndarray) -> np.ndarray:
         """Predicted validation top-1 (percent) of each genome."""
-        x = self.x_norm(genome_features(self.space, genomes))
+        x = self.x_norm(self.features(genomes))
         return apply_model(self.model, x) * self.y_std + self.y_mean
 
     def check_supernet(self, supernet_hash: str) -> None:

@@ -56,11 +56,12 @@ def budget(table: str, space) -> float:
     return float(round(lo + 0.6 * (hi - lo), 4))
 
 
-def run(table: str, genes: str, seed: int, b: float) -> dict:
+def run(table: str, genes: str, seed: int, b: float, extra: tuple[str, ...] = ()) -> dict:
+    """One search as a user runs it; `extra` adds options (another supernet and its predictor)."""
     out = Path(tempfile.mkdtemp()) / "run"
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "jcw.cli", "search", "--device", table, "--latency", f"{b}ms", "--genes",
-                    genes, "--seed", str(seed), "--no-export", "--out", str(out)], cwd=ROOT, check=True,
+                    genes, "--seed", str(seed), "--no-export", "--out", str(out), *extra], cwd=ROOT, check=True,
                    capture_output=True)
     front = pd.read_csv(out / "pareto.csv")
     lat, top = front["latency_ms"].to_numpy(), front["top1"].to_numpy()
@@ -81,11 +82,35 @@ def commit() -> str:
     return out.stdout.strip() + ("+changes" if dirty else "")
 
 
-def cached_runs() -> dict[tuple, dict]:
-    if not CACHE.exists():
+def cached_runs(cache: Path = CACHE) -> dict[tuple, dict]:
+    if not cache.exists():
         return {}
-    rows = [json.loads(line) for line in CACHE.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in cache.read_text().splitlines() if line.strip()]
     return {(r["table"], r["budget_ms"], r["genes"], r["seed"]): r for r in rows}
+
+
+def cached_run(done: dict[tuple, dict], cache: Path, label: str, table: str, genes: str, seed: int, b: float,
+               extra: tuple[str, ...] = ()) -> dict:
+    """A search's row from `cache` if it ran before, else run it and append its row there."""
+    row = done.get((label, b, genes, seed))
+    if row is None:
+        row = {"table": label, "budget_ms": b, "commit": commit(), **run(table, genes, seed, b, extra)}
+        with cache.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+    print(row, flush=True)
+    return row
+
+
+def result_table(frame: pd.DataFrame) -> list[str]:
+    """Markdown rows: each table and gene set's hypervolume and best picks, mean (sd) over seeds."""
+    lines = ["| table | B (ms) | genes | hypervolume | best @0.5B | best @0.75B | best @B | mean density |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for (label, genes), g in frame.groupby(["table", "genes"], sort=False):
+        cells = [f"{g.hv.mean():.4f} ({g.hv.std():.4f})"] + [f"{g[c].mean():.2f}" for c in
+                                                             ("best@0.5B", "best@0.75B", "best@1B")]
+        lines.append(f"| {label} | {g.budget_ms.iloc[0]:g} | {genes} | " + " | ".join(cells)
+                     + f" | {g.mean_density.mean():.3f} |")
+    return lines
 
 
 def main() -> None:
@@ -109,13 +134,7 @@ def main() -> None:
         genes = ("joint", "channels") if label.startswith(("pixel4 (", "host")) else ("joint",)
         for seed in args.seeds:
             for g in genes:
-                row = done.get((label, b, g, seed))
-                if row is None:
-                    row = {"table": label, "budget_ms": b, "commit": commit(), **run(table, g, seed, b)}
-                    with CACHE.open("a") as f:
-                        f.write(json.dumps(row) + "\n")
-                rows.append(row)
-                print(row, flush=True)
+                rows.append(cached_run(done, CACHE, label, table, g, seed, b))
     frame = pd.DataFrame(rows)
     lines = ["## 10. Sparsity under XNNPACK's rules (benchmarks/xnnpack_rules.py)", "",
              f"`jcw search --device T --latency B --genes G --seed N`, defaults otherwise, seeds {args.seeds}, on the "
@@ -128,13 +147,7 @@ def main() -> None:
              "two-thirds rule holds, the search gives its 1x1 convs one shared density gene (jcw/search/repair.py). "
              "Sections 1-5 were measured before the tables knew their runtime: their pixel4 is today's "
              "pixel4-jcw-arm.", "",
-             "| table | B (ms) | genes | hypervolume | best @0.5B | best @0.75B | best @B | mean density |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for (label, genes), g in frame.groupby(["table", "genes"], sort=False):
-        cells = [f"{g.hv.mean():.4f} ({g.hv.std():.4f})"] + [f"{g[c].mean():.2f}" for c in
-                                                             ("best@0.5B", "best@0.75B", "best@1B")]
-        lines.append(f"| {label} | {g.budget_ms.iloc[0]:g} | {genes} | " + " | ".join(cells)
-                     + f" | {g.mean_density.mean():.3f} |")
+             *result_table(frame)]
     channels = frame[(frame.table == "pixel4 (XNNPACK rules)") & (frame.genes == "channels")].hv.mean()
     lines += ["", "Joint hypervolume minus pixel4's channels-only front (mean over seeds): " + "; ".join(
         f"{label} {g.hv.mean() - channels:+.4f}" for label, g in frame[frame.genes == "joint"].groupby(

@@ -27,7 +27,7 @@ FASHION_FILES = {
     "test_x": "t10k-images-idx3-ubyte.gz",
     "test_y": "t10k-labels-idx1-ubyte.gz",
 }
-DATASETS = ("fashion-mnist", "cifar10", "cifar100", "imagefolder")
+DATASETS = ("fashion-mnist", "fashion-mnist-rgb", "cifar10", "cifar100", "imagefolder")
 VAL_SIZE = 5000
 SPLIT_SEED = 0
 
@@ -173,7 +173,10 @@ def find_fashion_mnist(data_dir: str | os.PathLike | None = None) -> Path | None
     return None
 
 
-def load_fashion_mnist(data_dir: str | os.PathLike | None = None, download: bool = True) -> InMemoryData:
+def load_fashion_mnist(data_dir: str | os.PathLike | None = None, download: bool = True,
+                       rgb: bool = False) -> InMemoryData:
+    """`rgb` repeats the gray channel three times: the same images, in the 3-channel form that TFLite's XNNPACK needs
+    at a network's stem before it runs any weight sparse."""
     folder, why = find_fashion_mnist(data_dir), ""
     if folder is None and download:
         folder, why = _torchvision_download(data_dir)
@@ -182,8 +185,10 @@ def load_fashion_mnist(data_dir: str | os.PathLike | None = None, download: bool
         raise JcwError(f"Fashion-MNIST not found in {where}"
                        f"{why}; install it with `sudo apt-get install dataset-fashion-mnist` or pass --data-dir DIR")
     arrays = {k: torch.from_numpy(_read_idx(folder / f).copy()) for k, f in FASHION_FILES.items()}
-    return InMemoryData("fashion-mnist", arrays["train_x"][:, None], arrays["train_y"], arrays["test_x"][:, None],
-                        arrays["test_y"], num_classes=10)
+    channels = 3 if rgb else 1
+    images = {k: arrays[k][:, None].expand(-1, channels, -1, -1).contiguous() for k in ("train_x", "test_x")}
+    return InMemoryData("fashion-mnist-rgb" if rgb else "fashion-mnist", images["train_x"], arrays["train_y"],
+                        images["test_x"], arrays["test_y"], num_classes=10)
 
 
 def _torchvision_download(data_dir: str | os.PathLike | None) -> tuple[Path | None, str]:
@@ -222,8 +227,9 @@ def load_dataset(name: str = "fashion-mnist", data_dir: str | os.PathLike | None
     `input_size` is the side images are cropped to: ImageFolder trees take any (default 224); the in-memory datasets
     have one, and another is an error rather than a silent resize.
     """
-    if name in ("fashion-mnist", "cifar10", "cifar100"):
-        data = load_fashion_mnist(data_dir) if name == "fashion-mnist" else load_cifar(name, data_dir)
+    if name in ("fashion-mnist", "fashion-mnist-rgb", "cifar10", "cifar100"):
+        data = load_fashion_mnist(data_dir, rgb=name.endswith("rgb")) if name.startswith("fashion") else \
+            load_cifar(name, data_dir)
         if input_size not in (None, data.input_size):
             raise JcwError(f"{name} images are {data.input_size} px; --input {input_size} applies to imagefolder only")
         return data

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import ROOT
 from jcw.latency.xnnpack import SPARSE_FRACTION, is_1x1, runs_sparse, sparse_subgraph
 from jcw.models import create_model
 from jcw.models.graph import analyse
@@ -29,6 +30,12 @@ def test_the_sparse_subgraph_runs_from_the_rgb_stride2_stem_to_the_global_pool()
     assert len(subgraph.convs) == 34 and subgraph.reason == ""
     demo = sparse_subgraph(space_of("mbv2_small", 28, 1).layers, 1)
     assert not demo.possible and "3x3 stride-1 conv on 1-channel images" in demo.reason
+    # the demo with a stride-2 stem on 3-channel images: every 1x1 conv can run sparse, at the same block resolutions
+    small, s2 = space_of("mbv2_small", 28, 1), space_of("mbv2_small_s2", 28, 3)
+    ready = sparse_subgraph(s2.layers, 3)
+    assert [s2.layers[i].name for i in ready.convs] == [l.name for l in s2.layers if is_1x1(l)] and ready.convs
+    assert [(l.name, l.h // l.stride, l.out_group) for l in s2.layers[1:]] == \
+        [(l.name, l.h // l.stride, l.out_group) for l in small.layers[1:]]
     resnet = sparse_subgraph(space_of("resnet18", 32, 3).layers, 3)
     assert not resnet.possible and "7x7 stride-2" in resnet.reason
     # a dense 3x3 conv inside the chain breaks the NCHW subgraph
@@ -36,6 +43,17 @@ def test_the_sparse_subgraph_runs_from_the_rgb_stride2_stem_to_the_global_pool()
     layers[5] = type(layers[5])(**{**layers[5].__dict__, "kernel": 3, "depthwise": False})
     broken = sparse_subgraph(layers, 3)
     assert not broken.possible and layers[5].name in broken.reason and "dense 3x3 conv" in broken.reason
+
+
+def test_fashion_mnist_rgb_is_the_same_split_with_the_grey_channel_three_times(data):
+    from jcw.data import load_dataset
+
+    rgb = load_dataset("fashion-mnist-rgb")
+    assert (rgb.name, rgb.in_channels, rgb.input_size) == ("fashion-mnist-rgb", 3, 28)
+    for split in ("train", "val", "test"):
+        (x, y), (grey, labels) = rgb.splits[split], data.splits[split]
+        assert x.shape[1] == 3 and torch.equal(y, labels) and all(torch.equal(x[:, c], grey[:, 0]) for c in range(3))
+    assert torch.allclose(rgb.mean, data.mean.expand(3)) and torch.allclose(rgb.std, data.std.expand(3))
 
 
 def test_two_thirds_of_the_1x1_weights_counted_together_must_be_zero():
@@ -195,3 +213,16 @@ def test_the_demo_space_never_runs_sparse_on_pixel4(tiny_supernet):
     dense = genomes.copy()
     dense[:, len(space.groups):] = 0
     assert np.array_equal(bound.latency(genomes), bound.latency(dense))
+
+
+def test_the_shipped_sparse_ready_supernet_runs_its_1x1_convs_sparse_on_pixel4_past_two_thirds_zero():
+    from jcw.latency.table import load_table
+    from jcw.search.repair import SharedSubgraphDensity
+    from jcw.supernet.supernet import load_supernet
+
+    space = load_supernet(ROOT / "supernets/mbv2_small_s2_fmnist_rgb/supernet.pt").space
+    bound = load_table("pixel4").bind(space)  # the shipped table covers its layers
+    assert bound.subgraph.possible and len(SharedSubgraphDensity(bound).genes) == 16
+    dense = bound.latency(space.largest())[0]
+    at = {d: bound.latency(with_densities(space, space.largest(), d))[0] for d in (0.4, 0.3, 0.2)}
+    assert at[0.4] == dense > at[0.3] > at[0.2]  # 60% zero buys nothing; 70% does

@@ -20,13 +20,17 @@ TINY_MBV2_SETTING = [[1, 16, 1, 2], [6, 24, 2, 1], [6, 32, 3, 2], [6, 64, 2, 1]]
 SMALL_MBV2_SETTING = [[1, 16, 1, 2], [6, 32, 2, 1], [6, 64, 3, 2], [6, 96, 2, 1]]
 
 
-def _reduced_mbv2(setting: list[list[int]], head: int, num_classes: int, in_channels: int) -> nn.Module:
-    """A reduced MobileNetV2 for small images: stride-1 stem, two block resolutions, a narrow head.
+def _reduced_mbv2(setting: list[list[int]], head: int, num_classes: int, in_channels: int,
+                  stem_stride: int = 1) -> nn.Module:
+    """A reduced MobileNetV2 for small images: a 3x3 stem, two block resolutions, a narrow head.
 
-    Built from torchvision's MobileNetV2 so that it has the same block structure as the ImageNet model.
+    Built from torchvision's MobileNetV2 so that it has the same block structure as the ImageNet model. A stride-2
+    stem takes over the first block's downsampling, so the blocks see the same resolutions either way.
     """
+    if stem_stride == 2:
+        setting = [[t, c, n, 1 if i == 0 else s] for i, (t, c, n, s) in enumerate(setting)]
     model = tvm.MobileNetV2(num_classes=num_classes, inverted_residual_setting=setting)
-    model.features[0] = Conv2dNormActivation(in_channels, 32, stride=1, norm_layer=nn.BatchNorm2d,
+    model.features[0] = Conv2dNormActivation(in_channels, 32, stride=stem_stride, norm_layer=nn.BatchNorm2d,
                                              activation_layer=nn.ReLU6)
     model.features[-1] = Conv2dNormActivation(setting[-1][1], head, kernel_size=1, norm_layer=nn.BatchNorm2d,
                                               activation_layer=nn.ReLU6)
@@ -45,6 +49,12 @@ def mbv2_small(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     return _reduced_mbv2(SMALL_MBV2_SETTING, 384, num_classes, in_channels)
 
 
+def mbv2_small_s2(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """mbv2_small with a stride-2 stem: on 3-channel images (fashion-mnist-rgb, CIFAR), the stem that TFLite's XNNPACK
+    starts its sparse subgraph at, so that the 1x1 convs' density genes can pay on phones (jcw/latency/xnnpack.py)."""
+    return _reduced_mbv2(SMALL_MBV2_SETTING, 384, num_classes, in_channels, stem_stride=2)
+
+
 def _torchvision(name: str) -> Callable[..., nn.Module]:
     def build(num_classes: int = 1000, in_channels: int = 3) -> nn.Module:
         if in_channels != 3:
@@ -58,6 +68,7 @@ def _torchvision(name: str) -> Callable[..., nn.Module]:
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mbv2_tiny": mbv2_tiny,
     "mbv2_small": mbv2_small,
+    "mbv2_small_s2": mbv2_small_s2,
     **{name: _torchvision(name) for name in ("mobilenet_v2", "resnet18", "resnet34", "resnet50")},
 }
 PRETRAINED = {"mobilenet_v2": tvm.MobileNet_V2_Weights, "resnet18": tvm.ResNet18_Weights,

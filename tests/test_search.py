@@ -3,9 +3,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from conftest import ROOT
 from jcw.errors import JcwError
 from jcw.search.archive import pareto_mask
 from jcw.search.budget import parse_budget, parse_budgets
+from jcw.search.repair import SharedSubgraphDensity
 from jcw.search.run import SearchConfig, search
 from jcw.supernet.supernet import load_supernet
 
@@ -82,3 +84,16 @@ def test_density_genes_stay_dense_where_the_runtime_never_runs_them_sparse(tmp_p
     genomes = np.array([json.loads(g) for g in history["genome"]])
     n_groups = len(load_supernet().space.groups)
     assert (genomes[:, n_groups:] == 0).all() and genomes[:, :n_groups].any()
+
+
+def test_the_note_counts_the_density_genes_that_leave_the_genome(tmp_path):
+    """On the sparse-ready demo XNNPACK can run the 16 1x1 convs sparse; the stem's and classifier's genes leave."""
+    from jcw.search.run import _Context
+
+    s2 = "mbv2_small_s2_fmnist_rgb"
+    ctx = _Context(_small(tmp_path, "note", supernet=str(ROOT / "supernets" / s2 / "supernet.pt"),
+                          predictor=str(ROOT / "predictors" / s2)))
+    assert ctx.dense_only.sum() == 2 and len(SharedSubgraphDensity(ctx.bound).genes) == 16
+    note = ctx.dense_only_note()
+    assert note.startswith("note: tflite-xnnpack on pixel4 runs only 16 of 18 sparse layers of mbv2_small_s2 sparse")
+    assert note.endswith("the other 2 density genes stay at 1.0")

@@ -132,9 +132,9 @@ class _Context:
         if not self.dense_only.any() or self.cfg.genes == "channels":
             return ""
         n, total = int(self.dense_only.sum()), len(self.dense_only)
-        what = "no layer" if n == total else f"{n} of {total} sparse layers"
+        what = "no layer" if n == total else f"only {total - n} of {total} sparse layers"
         return (f"note: {self.table.runtime} on {self.cfg.device} runs {what} of {self.space.model} sparse "
-                f"({self._why_dense()}): {'their' if n < total else 'all'} density genes stay at 1.0")
+                f"({self._why_dense()}): {f'the other {n}' if n < total else 'all'} density genes stay at 1.0")
 
     @contextmanager
     def timed(self, phase: str):

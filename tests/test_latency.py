@@ -167,6 +167,11 @@ def test_user_tables_shadow_shipped_ones_and_a_host_table_from_another_cpu_warns
     with warnings.catch_warnings():
         warnings.simplefilter("error", JcwWarning)  # measured on this CPU: no warning
         assert load_table("host").folder == mine
+    # one model name, another generation: virtual machines report "AMD EPYC" for chips that time 2x apart
+    meta["cpu"] = {**cpu_identity(), "generation": "cpu family 1 model 1 stepping 1"}
+    (mine / "host.json").write_text(json.dumps(meta))
+    with pytest.warns(JcwWarning, match="generation: cpu family 1 model 1 stepping 1 there"):
+        load_table("host")
     meta["cpu"] = {**cpu_identity(), "model": "Some Other CPU", "flags": ["neon"]}
     (mine / "host.json").write_text(json.dumps(meta))
     with pytest.warns(JcwWarning, match="measured on another CPU .model: Some Other CPU there") as caught:

@@ -82,6 +82,9 @@ class TrainConfig:
     weight_decay: float = 2e-4  # on weights, not on biases or batch norm
     label_smoothing: float = 0.1  # on the largest subnet's labels
     n_random: int = 1  # random subnets per step besides the largest and the smallest
+    # how the random subnets draw densities: "independent" per layer, or "xnnpack": as TFLite's XNNPACK runs them,
+    # one density shared by its sparse subgraph's 1x1 convs and every other layer dense (jcw/xnnpack.py)
+    random_densities: str = "independent"
     warmup_epochs: float = 0.5
     seed: int = 0
     threads: int = 0  # 0: torch's default

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from jcw.latency.xnnpack import SPARSE_FRACTION, is_1x1, runs_sparse, sparse_subgraph
+from jcw.xnnpack import SPARSE_FRACTION, is_1x1, runs_sparse, sparse_subgraph
 from jcw.models import create_model
 from jcw.models.graph import analyse
 
@@ -226,3 +226,30 @@ def test_the_shipped_sparse_ready_supernet_runs_its_1x1_convs_sparse_on_pixel4_p
     dense = bound.latency(space.largest())[0]
     at = {d: bound.latency(with_densities(space, space.largest(), d))[0] for d in (0.4, 0.3, 0.2)}
     assert at[0.4] == dense > at[0.3] > at[0.2]  # 60% zero buys nothing; 70% does
+
+
+def test_xnnpack_random_densities_train_subnets_as_xnnpack_runs_them(tiny_supernet):
+    from dataclasses import replace
+
+    from jcw.config import SupernetConfig, TrainConfig
+    from jcw.errors import JcwError
+    from jcw.xnnpack import as_xnnpack_runs
+    from jcw.supernet.supernet import Supernet
+    from jcw.supernet.train import _Sandwich
+
+    net = Supernet(SupernetConfig(model="mbv2_small_s2", in_channels=3))
+    space, n = net.space, len(net.space.groups)
+    shared = [n + space.layers[i].sparse for i in sparse_subgraph(space.layers, 3).convs]
+    sandwich = _Sandwich(net, None, replace(TrainConfig(), random_densities="xnnpack", n_random=3))
+    sandwich.begin_epoch(0)
+    draws = []
+    for _ in range(20):
+        sandwich.begin_step()
+        draws += sandwich.subnets[1:]
+    draws = np.array(draws)
+    assert len(shared) == 16 and (draws[:, shared] == draws[:, shared[:1]]).all()
+    others = np.setdiff1d(np.arange(n, space.n_genes), shared)
+    assert (draws[:, others] == 0).all() and len(set(draws[:, shared[0]])) > 3 and draws[:, :n].std(0).all()
+    assert np.array_equal(sandwich.subnets[0], space.smallest())  # the sandwich's smallest stays as it is
+    with pytest.raises(JcwError, match="XNNPACK runs no layer of mbv2_small sparse: its stem is a 3x3 stride-1"):
+        as_xnnpack_runs(tiny_supernet.space, tiny_supernet.space.largest()[None])

@@ -23,7 +23,8 @@ def _supernet_train(args) -> None:
     config = SupernetConfig(model=args.model, dataset=args.dataset, min_ratio=args.min_ratio, block=args.block,
                             pretrained=args.pretrained, weights=args.weights)
     recipe = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                         label_smoothing=args.label_smoothing, n_random=args.n_random, seed=args.seed,
+                         label_smoothing=args.label_smoothing, n_random=args.n_random,
+                         random_densities=args.random_densities, seed=args.seed,
                          threads=args.threads, limit_train=args.limit_train, val_images=args.val_images,
                          accumulate=args.accumulate, accelerator=args.accelerator)
     common = dict(config=config, recipe=recipe, data_dir=args.data_dir, resume=args.resume, force=args.force,
@@ -185,8 +186,8 @@ def build_parser() -> Parser:
     sn_sub = action_group(sub, "supernet", "train or evaluate a weight-sharing supernet")
     tr = sn_sub.add_parser("train", help="train a supernet with the sandwich rule")
     tr.add_argument("--model",
-                    help="mbv2_tiny, mbv2_small, mobilenet_v2, resnet18, resnet34, resnet50")
-    tr.add_argument("--dataset", help="fashion-mnist, cifar10, cifar100, imagefolder")
+                    help="mbv2_tiny, mbv2_small, mbv2_small_s2, mobilenet_v2, resnet18, resnet34, resnet50")
+    tr.add_argument("--dataset", help="fashion-mnist, fashion-mnist-rgb, cifar10, cifar100, imagefolder")
     tr.add_argument("--input", type=int, metavar="PX", help="image side for imagefolder (default 224); recorded")
     data_opt(tr)
     tr.add_argument("--out", default="supernets/mine")
@@ -196,6 +197,9 @@ def build_parser() -> Parser:
     tr.add_argument("--weight-decay", type=float, help="on weights, not on biases or batch norm")
     tr.add_argument("--label-smoothing", type=float, help="on the largest subnet's labels")
     tr.add_argument("--n-random", type=int, help="random subnets per step besides largest and smallest")
+    tr.add_argument("--random-densities", choices=("independent", "xnnpack"),
+                    help="independent per layer, or as XNNPACK runs them: one for its sparse subgraph's 1x1 convs, "
+                         "the rest dense")
     tr.add_argument("--min-ratio", type=float, help="smallest width as a fraction of the base")
     tr.add_argument("--block", type=int, choices=(1, 4), help="4: JCW's SIMD blocks of 4 out-channels")
     tr.add_argument("--pretrained", action="store_true",

@@ -1,7 +1,7 @@
 """TFLite export of a subnet file, with its sparse 1x1 weights encoded for XNNPACK's sparse path.
 
 The subnet runs in jcw's TFLite runtime (`jcw.latency.tflite_runtime`); the export checks its outputs against torch
-in LiteRT's interpreter and reports, per layer, what XNNPACK will do with it (`jcw.latency.xnnpack` holds the rules).
+in LiteRT's interpreter and reports, per layer, what XNNPACK will do with it (`jcw.xnnpack` holds the rules).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from jcw.errors import JcwError
 from jcw.io import atomic_path, write_csv
 from jcw.latency.host_runtime import cpu_runtime
 from jcw.latency.tflite_runtime import convert, densified_convs, interpreter, run_tflite
-from jcw.latency.xnnpack import SPARSE_FRACTION, is_1x1, runs_sparse, sparse_subgraph
+from jcw.xnnpack import SPARSE_FRACTION, is_1x1, runs_sparse, sparse_subgraph
 from jcw.models.graph import analyse
 from jcw.supernet.slicing import bake_masks
 from jcw.supernet.subnet import load_subnet

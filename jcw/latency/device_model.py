@@ -2,7 +2,7 @@
 
 An op costs  fixed + MB moved x ms_per_mb + MMACs x ms_per_mmac[category]  (a linear roofline-style model, fit by
 non-negative least squares). Weight sparsity follows one of two kernels: XNNPACK's (the default; only 1x1 convs, and
-only where `jcw.latency.xnnpack`'s rules let them run sparse; `jcw.latency.sparse_model` fits its time ratio to
+only where `jcw.xnnpack`'s rules let them run sparse; `jcw.latency.sparse_model` fits its time ratio to
 published measurements), or JCW's own unnamed ARM kernel (every conv and linear layer, the density-to-time curve the
 JCW authors measured). Every number this produces is derived, and the fit's leave-one-out error is stored beside it.
 """

@@ -19,7 +19,7 @@ from jcw.artifacts import artifact_dir
 from jcw.errors import JcwError, JcwWarning
 from jcw.io import write_csv, write_json
 from jcw.latency.cpu import cpu_mismatch
-from jcw.latency.xnnpack import runs_sparse, sparse_subgraph
+from jcw.xnnpack import runs_sparse, sparse_subgraph
 from jcw.space import Layer, SearchSpace
 
 COLUMNS = ["kind", "h", "w", "kernel", "stride", "depthwise", "c_in", "c_out", "density", "latency_ms", "std_ms",
@@ -27,7 +27,7 @@ COLUMNS = ["kind", "h", "w", "kernel", "stride", "depthwise", "c_in", "c_out", "
 KEY = ["kind", "h", "w", "kernel", "stride", "depthwise"]
 # What a table prices, and so where its sparse entries apply: torch (per entry, dense or CSR, whichever the table
 # found faster), onnxruntime (always dense), tflite-xnnpack (1x1 convs, only inside a sparse-enough NCHW subgraph:
-# jcw.latency.xnnpack), jcw-arm (JCW's own kernel: every conv and linear layer at its density).
+# jcw.xnnpack), jcw-arm (JCW's own kernel: every conv and linear layer at its density).
 RUNTIMES = ("torch", "onnxruntime", "tflite-xnnpack", "jcw-arm")
 
 

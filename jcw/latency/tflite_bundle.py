@@ -2,7 +2,7 @@
 
 Every entry becomes a .tflite micro-model, timed on the phone by TFLite's standard `benchmark_model` (XNNPACK,
 1 thread, pinned to a big core, warm-up, repeats). A dense entry is the layer alone. XNNPACK runs a 1x1 conv sparse
-only inside a sparse subgraph (`jcw.latency.xnnpack`), so a sparse 1x1 entry is timed inside the smallest one: a
+only inside a sparse subgraph (`jcw.xnnpack`), so a sparse 1x1 entry is timed inside the smallest one: a
 3x3 stride-2 stem on a 3-channel image, the entry, an all-zero 1x1 "ballast" conv that takes the subgraph past two
 thirds zero, and a global mean; the same subgraph without the entry is timed too, and the entry's time is the
 difference. `import_results` parses benchmark_model's output files into a measured tflite-xnnpack table.
@@ -29,7 +29,7 @@ from jcw.latency.host_runtime import cpu_runtime
 from jcw.latency.ops import micro_model, sparse_weight
 from jcw.latency.table import COLUMNS, LatencyTable
 from jcw.latency.tflite_runtime import convert
-from jcw.latency.xnnpack import SPARSE_FRACTION
+from jcw.xnnpack import SPARSE_FRACTION
 from jcw.space import Layer, SearchSpace
 
 RUN_SH = r"""#!/usr/bin/env bash

@@ -51,7 +51,7 @@ def mbv2_small(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
 
 def mbv2_small_s2(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     """mbv2_small with a stride-2 stem: on 3-channel images (fashion-mnist-rgb, CIFAR), the stem that TFLite's XNNPACK
-    starts its sparse subgraph at, so that the 1x1 convs' density genes can pay on phones (jcw/latency/xnnpack.py)."""
+    starts its sparse subgraph at, so that the 1x1 convs' density genes can pay on phones (jcw/xnnpack.py)."""
     return _reduced_mbv2(SMALL_MBV2_SETTING, 384, num_classes, in_channels, stem_stride=2)
 
 

@@ -21,6 +21,7 @@ from jcw.config import TrainConfig
 from jcw.data import load_dataset
 from jcw.errors import JcwError
 from jcw.io import write_json
+from jcw.xnnpack import as_xnnpack_runs
 from jcw.runtime import torch_threads
 from jcw.supernet.accuracy import score_genome
 from jcw.supernet.loop import Replica, Schedule, train_loop
@@ -48,7 +49,10 @@ class _Sandwich:
         self.drawn = hashlib.sha256()
 
     def begin_step(self) -> None:
-        self.subnets = [self.smallest, *self.net.space.sample(self.cfg.n_random, self.rng)]
+        drawn = self.net.space.sample(self.cfg.n_random, self.rng)
+        if self.cfg.random_densities == "xnnpack":
+            drawn = as_xnnpack_runs(self.net.space, drawn)
+        self.subnets = [self.smallest, *drawn]
         self.drawn.update(np.ascontiguousarray(self.subnets, dtype=np.int64).tobytes())
 
     def epoch_digest(self) -> str:
@@ -86,6 +90,10 @@ def train_supernet(net: Supernet, data, out_dir: str | Path, cfg: TrainConfig, r
 
     With a `replica` (a Ray Train worker), this process trains its slice of every batch and only rank 0 writes.
     """
+    if cfg.random_densities not in ("independent", "xnnpack"):
+        raise JcwError(f"random densities {cfg.random_densities!r}: use 'independent' or 'xnnpack'")
+    if cfg.random_densities == "xnnpack":
+        as_xnnpack_runs(net.space, net.space.largest()[None])  # before anything is written: a space it cannot run
     out = Path(out_dir)
     chief = replica is None or replica.rank == 0
     if chief:

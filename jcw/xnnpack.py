@@ -1,5 +1,5 @@
-"""When TFLite's XNNPACK delegate runs a network's weights sparse: one place for the rules that pricing, the search
-and the TFLite export all follow.
+"""When TFLite's XNNPACK delegate runs a network's weights sparse: one place for the rules that pricing, the search,
+supernet training and the TFLite export all follow.
 
 XNNPACK runs sparse only inside an NCHW subgraph: it begins at a 3x3 stride-2 conv (padding 1) on the 3-channel
 image, holds only 1x1 stride-1 convs, depthwise 3x3 or 5x5 convs (stride 1 or 2, explicit padding), adds and
@@ -15,7 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
-from jcw.space import Layer
+from jcw.errors import JcwError
+from jcw.space import Layer, SearchSpace
 
 SPARSE_FRACTION = 2 / 3  # zeros among the subgraph's 1x1 conv weights, counted together, must exceed this
 SOURCE = ("google/XNNPACK src/subgraph.c @75db3c09 (xnn_check_nchw_compatibility, xnn_subgraph_rewrite_for_nchw: "
@@ -82,3 +83,18 @@ def runs_sparse(weights: np.ndarray, nonzeros: np.ndarray) -> np.ndarray:
     """Whether XNNPACK runs the subgraph sparse, from its 1x1 convs' weight and nonzero counts summed (any shape)."""
     weights = np.asarray(weights, dtype=float)
     return (weights - np.asarray(nonzeros)) * 3 > weights * 2 * (1 + 1e-12)
+
+
+def as_xnnpack_runs(space: SearchSpace, genomes: np.ndarray) -> np.ndarray:
+    """`genomes` with the densities XNNPACK can run: the subgraph's 1x1 convs share the first one's density, and
+    every other layer is dense. Training on such subnets spends the supernet's capacity where a TFLite search looks."""
+    subgraph = sparse_subgraph(space.layers, space.in_channels)
+    if not subgraph.possible:
+        raise JcwError(f"XNNPACK runs no layer of {space.model} sparse: {subgraph.reason}")
+    n_groups = len(space.groups)
+    shared = [n_groups + space.layers[i].sparse for i in subgraph.convs if space.layers[i].sparse >= 0]
+    genomes = np.asarray(genomes, dtype=np.int64)
+    out = genomes.copy()
+    out[:, n_groups:] = 0
+    out[:, shared] = genomes[:, shared[:1]]
+    return out

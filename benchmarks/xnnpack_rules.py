@@ -1,7 +1,7 @@
 """Does the density half of the genome pay under a runtime's real sparse rules, and which rule costs the most?
 
 The README search (defaults otherwise) at one budget per table, joint genes against channels only, several seeds:
-- pixel4: XNNPACK's rules as they are (`jcw.latency.xnnpack`);
+- pixel4: XNNPACK's rules as they are (`jcw.xnnpack`);
 - pixel4 without the stem rule (what-if: any stem starts the sparse subgraph);
 - pixel4 without the stem and the two-thirds rules (what-if: every 1x1 conv runs sparse at its own density);
 - pixel4-jcw-arm: JCW's own kernel, every conv and linear layer sparse at its density;

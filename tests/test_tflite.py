@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from conftest import ROOT
-from jcw.xnnpack import SPARSE_FRACTION, is_1x1, runs_sparse, sparse_subgraph
 from jcw.models import create_model
 from jcw.models.graph import analyse
+from jcw.xnnpack import SPARSE_FRACTION, is_1x1, runs_sparse, sparse_subgraph
 
 
 def space_of(model: str, size: int, channels: int):

@@ -17,10 +17,10 @@ from jcw.errors import JcwError
 from jcw.io import atomic_path, write_csv
 from jcw.latency.host_runtime import cpu_runtime
 from jcw.latency.tflite_runtime import convert, densified_convs, interpreter, run_tflite
-from jcw.xnnpack import SPARSE_FRACTION, is_1x1, runs_sparse, sparse_subgraph
 from jcw.models.graph import analyse
 from jcw.supernet.slicing import bake_masks
 from jcw.supernet.subnet import load_subnet
+from jcw.xnnpack import SPARSE_FRACTION, is_1x1, runs_sparse, sparse_subgraph
 
 TOLERANCE = 1e-4
 

@@ -11,10 +11,10 @@ from jcw.errors import JcwError
 from jcw.latency.device_model import DEVICES, SPARSE_KERNELS, DeviceModel, fit_device
 from jcw.latency.grid import merge_entries, space_entries
 from jcw.latency.ops import op_features
-from jcw.xnnpack import SOURCE as XNNPACK_RULES
 from jcw.latency.table import LatencyTable, known_devices, load_table, user_table_dir
 from jcw.space import SearchSpace
 from jcw.supernet.supernet import load_supernet
+from jcw.xnnpack import SOURCE as XNNPACK_RULES
 
 
 def table_name(device: str, sparse_kernel: str = "xnnpack") -> str:

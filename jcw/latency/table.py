@@ -19,8 +19,8 @@ from jcw.artifacts import artifact_dir
 from jcw.errors import JcwError, JcwWarning
 from jcw.io import write_csv, write_json
 from jcw.latency.cpu import cpu_mismatch
-from jcw.xnnpack import runs_sparse, sparse_subgraph
 from jcw.space import Layer, SearchSpace
+from jcw.xnnpack import runs_sparse, sparse_subgraph
 
 COLUMNS = ["kind", "h", "w", "kernel", "stride", "depthwise", "c_in", "c_out", "density", "latency_ms", "std_ms",
            "n", "impl"]

@@ -29,8 +29,8 @@ from jcw.latency.host_runtime import cpu_runtime
 from jcw.latency.ops import micro_model, sparse_weight
 from jcw.latency.table import COLUMNS, LatencyTable
 from jcw.latency.tflite_runtime import convert
-from jcw.xnnpack import SPARSE_FRACTION
 from jcw.space import Layer, SearchSpace
+from jcw.xnnpack import SPARSE_FRACTION
 
 RUN_SH = r"""#!/usr/bin/env bash
 # Time every micro-model of this bundle on an attached Android phone with TFLite's benchmark_model and write

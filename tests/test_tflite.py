@@ -1,4 +1,6 @@
 """XNNPACK's sparse rules, in the TFLite export and in pricing: what a phone runtime really runs sparse."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -226,6 +228,10 @@ def test_the_shipped_sparse_ready_supernet_runs_its_1x1_convs_sparse_on_pixel4_p
     dense = bound.latency(space.largest())[0]
     at = {d: bound.latency(with_densities(space, space.largest(), d))[0] for d in (0.4, 0.3, 0.2)}
     assert at[0.4] == dense > at[0.3] > at[0.2]  # 60% zero buys nothing; 70% does
+    # its twin trained with --random-densities xnnpack: the same space, the recipe recorded beside it
+    twin = ROOT / "supernets/mbv2_small_s2_fmnist_rgb_xnnpack"
+    assert load_supernet(twin / "supernet.pt").space.layers == space.layers
+    assert json.loads((twin / "train_config.json").read_text())["train"]["random_densities"] == "xnnpack"
 
 
 def test_xnnpack_random_densities_train_subnets_as_xnnpack_runs_them(tiny_supernet):

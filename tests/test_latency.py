@@ -87,6 +87,18 @@ def test_derived_pixel4_prices_reference_models_within_10pct():
     assert meta["source"] == "derived" and meta["error"]["mape_pct"] > 0
 
 
+def test_grouped_convs_are_priced_by_their_own_macs():
+    """nn-Meter's integration data gives resnext50_32x4d and wide_resnet50_2 one latency, 1218.8905 ms to the
+    digit: wide_resnet50_2's row under both names (11.4 GMACs against resnext50's 4.3). The wide ResNet checks the
+    bottleneck pricing against it; resnext50's grouped 3x3 convs must price near resnet50 (4.1 GMACs), not there."""
+    from jcw.latency.device_model import predict_model
+
+    ms = {m: predict_model("pixel4", f"torchvision:{m}")["latency_ms"]
+          for m in ("resnet50", "resnext50_32x4d", "wide_resnet50_2")}
+    assert abs(ms["wide_resnet50_2"] - 1218.8905) / 1218.8905 < 0.10
+    assert ms["resnet50"] < ms["resnext50_32x4d"] < 1.5 * ms["resnet50"] < ms["wide_resnet50_2"]
+
+
 def test_deriving_another_space_keeps_the_models_already_priced(tiny_supernet):
     from jcw.latency.derive import derive_table
     from jcw.supernet.supernet import Supernet, SupernetConfig

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import MISSING, dataclass, fields
 
+from jcw.errors import JcwError
 from jcw.space import DEFAULT_DENSITIES
 
 CALIBRATION_IMAGES = 2000  # batch-norm recalibration images per scored subnet
@@ -62,6 +63,12 @@ class SupernetConfig:
     block: int = 1  # 1: unstructured masks; 4: JCW's blocks of 4 output channels
     pretrained: bool = False  # start from torchvision's ImageNet weights, with a fresh head for the dataset's classes
     weights: str | None = None  # or from this local state_dict file, likewise
+
+    def __post_init__(self):
+        d = self.densities
+        if not d or d[0] != 1.0 or any(b >= a for a, b in zip(d, d[1:])) or d[-1] <= 0:
+            raise JcwError(f"densities {', '.join(f'{x:g}' for x in d)}: give choices from 1 (dense, the first) "
+                           "down, each below the one before and above 0")
 
     @classmethod
     def from_dict(cls, d: dict) -> "SupernetConfig":

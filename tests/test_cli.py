@@ -24,6 +24,8 @@ def test_help_and_version():
     (["search", "--device", "pixel4", "--latency", ""], ["empty latency budget"]),
     (["search", "--device", "pixel4", "--latency", "1us"], ["least achievable"]),
     (["supernet", "train", "--input", "32", "--out", "/tmp/jcw-x"], ["fashion-mnist images are 28 px"]),
+    (["supernet", "train", "--densities", "1,0.5,0.7", "--out", "/tmp/jcw-x"], ["densities 1, 0.5, 0.7", "from 1"]),
+    (["supernet", "train", "--densities", "0.5,0.2", "--out", "/tmp/jcw-x"], ["densities 0.5, 0.2", "dense, the first"]),
     (["supernet", "train", "--random-densities", "xnnpack", "--out", "/tmp/jcw-x"],
      ["XNNPACK runs no layer of mbv2_small sparse", "3-channel images"]),
     (["search", "--device", "pixel4", "--latency", "0.1ms,30ms"], ["budget 0.1ms is below", "least achievable"]),

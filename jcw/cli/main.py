@@ -15,13 +15,17 @@ from jcw.cli.parser import Parser, accelerator_opt, action_group, data_opt, ray_
 from jcw.errors import JcwError, one_line_warnings
 
 
+def density_list(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(","))
+
+
 # Each handler imports the one API function it calls: the library pulls in torch, which `jcw --help` never needs.
 def _supernet_train(args) -> None:
     from jcw.supernet.supernet import SupernetConfig
     from jcw.supernet.train import TrainConfig, train
 
     config = SupernetConfig(model=args.model, dataset=args.dataset, min_ratio=args.min_ratio, block=args.block,
-                            pretrained=args.pretrained, weights=args.weights)
+                            densities=args.densities, pretrained=args.pretrained, weights=args.weights)
     recipe = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                          label_smoothing=args.label_smoothing, n_random=args.n_random,
                          random_densities=args.random_densities, seed=args.seed,
@@ -201,6 +205,8 @@ def build_parser() -> Parser:
                     help="independent per layer, or as XNNPACK runs them: one for its sparse subgraph's 1x1 convs, "
                          "the rest dense")
     tr.add_argument("--min-ratio", type=float, help="smallest width as a fraction of the base")
+    tr.add_argument("--densities", type=density_list, metavar="1,0.3,...",
+                    help="the density choices of every sparse layer, dense first (default 1,0.9,...,0.2)")
     tr.add_argument("--block", type=int, choices=(1, 4), help="4: JCW's SIMD blocks of 4 out-channels")
     tr.add_argument("--pretrained", action="store_true",
                     help="start from torchvision's ImageNet weights; the classifier is made for the dataset's classes")

@@ -232,6 +232,10 @@ def test_the_shipped_sparse_ready_supernet_runs_its_1x1_convs_sparse_on_pixel4_p
     twin = ROOT / "supernets/mbv2_small_s2_fmnist_rgb_xnnpack"
     assert load_supernet(twin / "supernet.pt").space.layers == space.layers
     assert json.loads((twin / "train_config.json").read_text())["train"]["random_densities"] == "xnnpack"
+    # and with only the densities XNNPACK runs faster: the table prices them too, down to 0.1
+    fine = load_supernet(ROOT / "supernets/mbv2_small_s2_fmnist_rgb_fine/supernet.pt").space
+    assert fine.densities == (1.0, 0.3, 0.25, 0.2, 0.15, 0.1) and fine.layers == space.layers
+    assert load_table("pixel4").bind(fine).latency(fine.smallest())[0] < bound.latency(space.smallest())[0]
 
 
 def test_xnnpack_random_densities_train_subnets_as_xnnpack_runs_them(tiny_supernet):

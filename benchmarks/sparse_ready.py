@@ -18,10 +18,9 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from sections import write_section
-from xnnpack_rules import ROOT, budget, cached_run, cached_runs, result_table, what_if
+from xnnpack_rules import ROOT, budget, cached_run, cached_runs, result_table, summary_lines, what_if
 
 from jcw.supernet.supernet import load_supernet
 
@@ -55,7 +54,6 @@ def main() -> None:
             rows += [cached_run(done, CACHE, f"pixel4 (XNNPACK rules), {how}", "pixel4", g, seed, b, trained)
                      for seed in args.seeds for g in ("joint", "channels")]
     frame = pd.DataFrame(rows)
-    channels = frame[(frame.table == "pixel4 (XNNPACK rules)") & (frame.genes == "channels")].hv.mean()
     lines = ["## 12. Sparsity under XNNPACK's rules, on a supernet XNNPACK can run sparse (benchmarks/sparse_ready.py)",
              "",
              f"`jcw search --device T --latency B --genes G --seed N --supernet {SUPERNET} --predictor {PREDICTOR}`, "
@@ -70,12 +68,7 @@ def main() -> None:
              "the rest dense). The rows 'trained so, densities 1 and 0.3-0.1' search "
              "supernets/mbv2_small_s2_fmnist_rgb_fine: that recipe with `--densities 1,0.3,0.25,0.2,0.15,0.1`, "
              "only choices past XNNPACK's two-thirds-zero threshold.", "",
-             *result_table(frame), "",
-             "Joint hypervolume minus the first supernet's channels-only front on pixel4 (mean over seeds): "
-             + "; ".join(f"{label} {g.hv.mean() - channels:+.4f}" for label, g in frame[frame.genes == "joint"].groupby(
-                 "table", sort=False)) + ".",
-             "", f"Search wall time: median {np.median(frame.seconds):.0f} s; searches run at "
-             f"{', '.join(sorted(set(frame['commit'])))}."]
+             *result_table(frame), *summary_lines(frame, "the first supernet's channels-only front on pixel4")]
     write_section("sparse_ready.py", "\n".join(lines))
     print("\n".join(lines))
 

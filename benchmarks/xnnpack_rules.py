@@ -113,6 +113,16 @@ def result_table(frame: pd.DataFrame) -> list[str]:
     return lines
 
 
+def summary_lines(frame: pd.DataFrame, baseline: str) -> list[str]:
+    """Each joint front's hypervolume over pixel4's first channels-only front, and where and how long searches ran."""
+    channels = frame[(frame.table == "pixel4 (XNNPACK rules)") & (frame.genes == "channels")].hv.mean()
+    return ["", f"Joint hypervolume minus {baseline} (mean over seeds): " + "; ".join(
+        f"{label} {g.hv.mean() - channels:+.4f}" for label, g in frame[frame.genes == "joint"].groupby(
+            "table", sort=False) if not label.startswith("host")) + ".",
+            "", f"Search wall time: median {np.median(frame.seconds):.0f} s; searches run at "
+            f"{', '.join(sorted(set(frame['commit'])))}."]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -147,13 +157,7 @@ def main() -> None:
              "two-thirds rule holds, the search gives its 1x1 convs one shared density gene (jcw/search/repair.py). "
              "Sections 1-5 were measured before the tables knew their runtime: their pixel4 is today's "
              "pixel4-jcw-arm.", "",
-             *result_table(frame)]
-    channels = frame[(frame.table == "pixel4 (XNNPACK rules)") & (frame.genes == "channels")].hv.mean()
-    lines += ["", "Joint hypervolume minus pixel4's channels-only front (mean over seeds): " + "; ".join(
-        f"{label} {g.hv.mean() - channels:+.4f}" for label, g in frame[frame.genes == "joint"].groupby(
-            "table", sort=False) if not label.startswith("host")) + ".",
-              "", f"Search wall time: median {np.median(frame.seconds):.0f} s; searches run at "
-              f"{', '.join(sorted(set(frame['commit'])))}."]
+             *result_table(frame), *summary_lines(frame, "pixel4's channels-only front")]
     write_section("xnnpack_rules.py", "\n".join(lines))
     print("\n".join(lines))
 

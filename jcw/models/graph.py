@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
 from jcw.errors import JcwError
+from jcw.models.handlers import Prunable
 from jcw.space import DEFAULT_DENSITIES, ChannelGroup, Layer, SearchSpace, width_choices
 
 ADD_OPS = {operator.add, operator.iadd, torch.add}
@@ -112,8 +113,8 @@ class GraphInfo:
 
     space: SearchSpace
     producers: dict[int, list[str]] = field(default_factory=dict)  # group -> convs whose output rows it owns
-    norms: dict[int, list[str]] = field(default_factory=dict)  # group -> batch norms over its channels
     weight_layers: dict[str, Layer] = field(default_factory=dict)  # conv/linear module name -> its layer
+    prunable: list[Prunable] = field(default_factory=list)  # every module a subnet slices, batch norms included
 
 
 class _UnionFind:
@@ -213,12 +214,14 @@ def analyse(model: nn.Module, model_name: str, input_size: int, in_channels: int
         layers.append(layer)
         if spec["kind"] in ("conv", "linear"):
             info.weight_layers[spec["name"]] = layer
+            kind = "depthwise" if layer.depthwise else spec["kind"]
+            info.prunable.append(Prunable(layer.name, kind, layer.out_group, layer.in_group, layer.sparse))
         if spec["kind"] == "conv" and not group_names[layer.out_group]:
             group_names[layer.out_group] = spec["name"]
     for name, g in raw_producers:
         info.producers.setdefault(idx(g), []).append(name)
     for name, g in raw_norms:
-        info.norms.setdefault(idx(g), []).append(name)
+        info.prunable.append(Prunable(name, "norm", idx(g), idx(g)))
     groups = [ChannelGroup(group_names[i], b, width_choices(b, min_ratio, step, divisor)) for i, b in enumerate(base)]
     info.space = SearchSpace(model=model_name, input_size=input_size, in_channels=in_channels,
                              num_classes=num_classes, groups=groups, layers=layers, sparse=sparse,

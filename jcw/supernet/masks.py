@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from jcw.models.handlers import Prunable, keep_mask
+
 
 class ActiveSubnet:
     """The subnet every mask reads: per-group channel masks and per-layer densities."""
@@ -54,46 +56,34 @@ def magnitude_mask(weight: torch.Tensor, slice_mask: torch.Tensor, density: floa
     return mask.view_as(slice_mask)
 
 
-class WeightMask(nn.Module):
-    """Parametrization of a conv or linear weight: slice of kept channels x magnitude mask."""
-
-    def __init__(self, active: ActiveSubnet, in_group: int, out_group: int, sparse: int, depthwise: bool,
-                 row_order: torch.Tensor | None):
-        super().__init__()
-        self.active = active
-        self.in_group, self.out_group, self.sparse, self.depthwise = in_group, out_group, sparse, depthwise
-        self.row_order = row_order
-
-    def slice_mask(self, weight: torch.Tensor) -> torch.Tensor:
-        shape = [1] * weight.dim()
-        mask = torch.ones_like(weight)
-        if self.out_group >= 0:
-            rows = self.active.channel_masks[self.out_group]
-            mask = mask * rows.view(-1, *shape[1:])
-        if self.in_group >= 0 and not self.depthwise:
-            cols = self.active.channel_masks[self.in_group]
-            mask = mask * cols.view(1, -1, *shape[2:])
-        return mask
-
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        if not self.active.channel_masks:  # no subnet set: the full network
-            return weight
-        mask = self.slice_mask(weight)
-        if self.sparse >= 0:
-            mask = magnitude_mask(weight, mask, self.active.densities[self.sparse], self.active.block,
-                                  self.row_order)
-        return weight * mask
-
-
 class ChannelMask(nn.Module):
-    """Parametrization of a batch norm's weight or bias (or a conv bias): zero the removed channels."""
+    """Parametrization of one of a prunable module's tensors: zero the removed channels along each channel dimension."""
 
-    def __init__(self, active: ActiveSubnet, group: int):
+    def __init__(self, active: ActiveSubnet, prunable: Prunable, tensor: str):
         super().__init__()
         self.active = active
-        self.group = group
+        self.prunable = prunable
+        self.roles = prunable.handler.tensors[tensor]
+
+    def slice_mask(self, value: torch.Tensor) -> torch.Tensor:
+        return keep_mask(value, self.roles, self.prunable.per_role(self.active.channel_masks))
 
     def forward(self, value: torch.Tensor) -> torch.Tensor:
-        if not self.active.channel_masks:
+        if not self.active.channel_masks:  # no subnet set: the full network
             return value
-        return value * self.active.channel_masks[self.group]
+        return value * self.slice_mask(value)
+
+
+class WeightMask(ChannelMask):
+    """Parametrization of a sparse conv or linear weight: slice of kept channels x magnitude mask."""
+
+    def __init__(self, active: ActiveSubnet, prunable: Prunable, row_order: torch.Tensor | None):
+        super().__init__(active, prunable, "weight")
+        self.row_order = row_order
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if not self.active.channel_masks:
+            return weight
+        mask = magnitude_mask(weight, self.slice_mask(weight), self.active.densities[self.prunable.sparse],
+                              self.active.block, self.row_order)
+        return weight * mask

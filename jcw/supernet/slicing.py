@@ -15,6 +15,7 @@ from torch.nn.utils import parametrize
 
 from jcw.models import create_model
 from jcw.models.graph import GraphInfo
+from jcw.models.handlers import take
 
 
 class FixedMask(nn.Module):
@@ -36,34 +37,8 @@ def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
 def shrink(model: nn.Module, info: GraphInfo, kept: list[torch.Tensor]) -> nn.Module:
     """Replace every conv, batch norm and linear with one holding only the `kept` channels of each group."""
     modules = dict(model.named_modules())
-    for name, layer in info.weight_layers.items():
-        old = modules[name]
-        rows = kept[layer.out_group] if layer.out_group >= 0 else torch.arange(old.weight.shape[0])
-        if isinstance(old, nn.Linear):
-            cols = kept[layer.in_group] if layer.in_group >= 0 else torch.arange(old.in_features)
-            new = nn.Linear(len(cols), len(rows), bias=old.bias is not None)
-            new.weight.data = old.weight.data[rows][:, cols].clone()
-        elif layer.depthwise:
-            new = nn.Conv2d(len(rows), len(rows), old.kernel_size, old.stride, old.padding, old.dilation,
-                            groups=len(rows), bias=old.bias is not None)
-            new.weight.data = old.weight.data[rows].clone()
-        else:
-            cols = kept[layer.in_group] if layer.in_group >= 0 else torch.arange(old.in_channels)
-            new = nn.Conv2d(len(cols), len(rows), old.kernel_size, old.stride, old.padding, old.dilation,
-                            bias=old.bias is not None)
-            new.weight.data = old.weight.data[rows][:, cols].clone()
-        if old.bias is not None:
-            new.bias.data = old.bias.data[rows].clone()
-        _set_module(model, name, new)
-    for g, names in info.norms.items():
-        for name in names:
-            old = modules[name]
-            idx = kept[g]
-            new = nn.BatchNorm2d(len(idx), eps=old.eps, momentum=old.momentum)
-            new.weight.data, new.bias.data = old.weight.data[idx].clone(), old.bias.data[idx].clone()
-            new.running_mean.data, new.running_var.data = old.running_mean[idx].clone(), old.running_var[idx].clone()
-            new.num_batches_tracked.data = old.num_batches_tracked.clone()
-            _set_module(model, name, new)
+    for p in info.prunable:
+        _set_module(model, p.name, p.handler.shrink(modules[p.name], p.per_role(kept)))
     return model
 
 
@@ -78,26 +53,16 @@ def subnet_from_supernet(supernet, genome) -> tuple[nn.Module, dict]:
     """A physically smaller copy of the supernet's subnet (with its current batch-norm statistics)."""
     supernet.set_genome(np.asarray(genome))
     modules = dict(supernet.base.named_modules())
-    masks = {}
+    sparse = [p for p in supernet.info.prunable if p.sparse >= 0]
     with torch.no_grad():
-        for name, layer in supernet.info.weight_layers.items():
-            if layer.sparse >= 0:
-                masks[name] = modules[name].weight.detach().clone()  # effective (masked) weight
+        effective = {p.name: modules[p.name].weight.detach().clone() for p in sparse}  # masked by the genome
     groups = len(supernet.space.groups)
     kept = [supernet.kept_channels(g) for g in range(groups)]
     base = create_model(supernet.config.model, supernet.config.num_classes, supernet.config.in_channels)
     base.load_state_dict(supernet.raw_state_dict())
     small = shrink(base, supernet.info, kept)
-    small_modules = dict(small.named_modules())
-    sliced_masks = {}
-    for name, effective in masks.items():
-        layer = supernet.info.weight_layers[name]
-        rows = kept[layer.out_group] if layer.out_group >= 0 else torch.arange(effective.shape[0])
-        w = effective[rows]
-        if layer.in_group >= 0:
-            w = w[:, kept[layer.in_group]]
-        sliced_masks[name] = (w != 0).float()
-        assert sliced_masks[name].shape == small_modules[name].weight.shape
+    sliced_masks = {p.name: (take(effective[p.name], p.handler.tensors["weight"], p.per_role(kept)) != 0).float()
+                    for p in sparse}
     add_masks(small, sliced_masks)
     arch = {"model": supernet.config.model, "num_classes": supernet.config.num_classes,
             "in_channels": supernet.config.in_channels, "input_size": supernet.config.input_size,

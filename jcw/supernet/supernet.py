@@ -24,6 +24,7 @@ from jcw.errors import JcwError, JcwWarning
 from jcw.io import torch_save
 from jcw.models import create_model
 from jcw.models.graph import GraphInfo, analyse
+from jcw.models.handlers import take
 from jcw.space import SearchSpace
 from jcw.supernet.masks import ActiveSubnet, ChannelMask, WeightMask, magnitude_mask
 from jcw.supernet.slicing import shrink
@@ -53,21 +54,30 @@ class Supernet(nn.Module):
         self.active.block = config.block
         if config.block > 1 and state_dict is None:  # said once, when the supernet is made, not on every load
             self._warn_unblockable_layers()
-        for name, layer in self.info.weight_layers.items():
-            module = modules[name]
-            row_order = self.group_order(layer.out_group) if layer.out_group >= 0 else None
-            parametrize.register_parametrization(
-                module, "weight", WeightMask(self.active, layer.in_group, layer.out_group, layer.sparse,
-                                             layer.depthwise, row_order), unsafe=True)
-            if layer.kind == "conv" and module.bias is not None:
-                parametrize.register_parametrization(module, "bias", ChannelMask(self.active, layer.out_group))
-        for g, names in self.info.norms.items():
-            for name in names:
-                parametrize.register_parametrization(modules[name], "weight", ChannelMask(self.active, g))
-                parametrize.register_parametrization(modules[name], "bias", ChannelMask(self.active, g))
+        self._mask_tensors(modules)
         self.genome: np.ndarray | None = None
         self._skeletons: dict[tuple[int, ...], nn.Module] = {}
         self._by_name = modules  # looked up on every sliced pass
+
+    def _mask_tensors(self, modules: dict[str, nn.Module]) -> None:
+        """Parametrize every parameter with a channel group, so that each forward pass sees the active subnet.
+
+        Sparse weights get a magnitude mask too. Running statistics stay whole (the batch norm's masked affine zeroes
+        a removed channel), and so does a parameter of fixed width only (the classifier's bias).
+        """
+        for p in self.info.prunable:
+            module = modules[p.name]
+            for tensor, roles in p.handler.tensors.items():
+                if not isinstance(getattr(module, tensor), nn.Parameter):
+                    continue
+                if tensor == "weight" and p.sparse >= 0:
+                    row_order = self.group_order(p.out_group) if p.out_group >= 0 else None
+                    mask = WeightMask(self.active, p, row_order)
+                elif any(p.group(role) >= 0 for role in roles):
+                    mask = ChannelMask(self.active, p, tensor)
+                else:
+                    continue
+                parametrize.register_parametrization(module, tensor, mask, unsafe=True)
 
     def _warn_unblockable_layers(self) -> None:
         """Blocks need the kept rows to divide by the block size; other widths fall back to unstructured masks."""
@@ -143,35 +153,22 @@ class Supernet(nn.Module):
         g = self.space.check(genome)[0]
         widths = self.space.widths(g)[0]
         densities = self.space.density_values(g)[0]
-        full = [int(w) == grp.base for w, grp in zip(widths, self.space.groups)]
-        kept = [self.group_order(i)[: int(w)] for i, w in enumerate(widths)]
-        modules = self._by_name
-
-        def take(t: torch.Tensor, group: int, dim: int = 0) -> torch.Tensor:
-            return t if group < 0 or full[group] else t.index_select(dim, kept[group])
-
+        kept = [None if int(w) == grp.base else self.group_order(i)[: int(w)]
+                for i, (w, grp) in enumerate(zip(widths, self.space.groups))]
         tensors: dict[str, torch.Tensor] = {}
-        for name, layer in self.info.weight_layers.items():
-            module = modules[name]
-            w = take(module.parametrizations.weight.original, layer.out_group)
-            if not layer.depthwise:
-                w = take(w, layer.in_group, 1)
-            if layer.sparse >= 0 and densities[layer.sparse] < 1.0:
-                rows = torch.arange(w.shape[0])  # rows are already in importance order
-                w = w * magnitude_mask(w, torch.ones_like(w), float(densities[layer.sparse]), self.config.block,
-                                       rows)
-            tensors[f"{name}.weight"] = w
-            if module.bias is not None:
-                bias = (module.parametrizations.bias.original if parametrize.is_parametrized(module, "bias")
-                        else module.bias)
-                tensors[f"{name}.bias"] = take(bias, layer.out_group)
-        for group, names in self.info.norms.items():
-            for name in names:
-                bn = modules[name]
-                tensors[f"{name}.weight"] = take(bn.parametrizations.weight.original, group)
-                tensors[f"{name}.bias"] = take(bn.parametrizations.bias.original, group)
-                tensors[f"{name}.running_mean"] = take(bn.running_mean, group)
-                tensors[f"{name}.running_var"] = take(bn.running_var, group)
+        for p in self.info.prunable:
+            module = self._by_name[p.name]
+            for tensor, roles in p.handler.tensors.items():
+                if getattr(module, tensor) is None:
+                    continue
+                shared = (getattr(module.parametrizations, tensor).original
+                          if parametrize.is_parametrized(module, tensor) else getattr(module, tensor))
+                t = take(shared, roles, p.per_role(kept))
+                if tensor == "weight" and p.sparse >= 0 and densities[p.sparse] < 1.0:
+                    rows = torch.arange(t.shape[0])  # rows are already in importance order
+                    t = t * magnitude_mask(t, torch.ones_like(t), float(densities[p.sparse]), self.config.block,
+                                           rows)
+                tensors[f"{p.name}.{tensor}"] = t
         skeleton = self._skeleton(tuple(int(w) for w in widths))
         skeleton.train(self.training)
         return functional_call(skeleton, tensors, (x.contiguous(memory_format=torch.channels_last),), strict=False)
@@ -224,5 +221,6 @@ def load_supernet(path: str | Path | None = None) -> Supernet:
                        f"{str(exc).splitlines()[0]})") from None
     net.path = str(path)
     net.hash = file_hash(path)
+    net.recipe = ckpt.get("training") or {}  # how it was trained (TrainConfig), where the file records it
     net.eval()
     return net

@@ -84,7 +84,9 @@ def readme_search(tree: Path, seed: int) -> dict:
     config = json.loads((out / "config.json").read_text())
     front, pick = pd.read_csv(out / "pareto.csv"), pd.read_csv(out / "summary.csv").iloc[0]
     return {"seed": seed, "wall": wall, "timings": config.get("timings_s", {}), "top1": float(pick["top1"]),
-            "id": int(pick["id"]), "scored": int(pd.read_csv(out / "history.csv")["true_top1"].notna().sum()),
+            "test_top1": float(pick.get("test_top1", float("nan"))), "sparse": int((front["mean_density"] < 1).sum()),
+            "front": len(front), "id": int(pick["id"]),
+            "scored": int(pd.read_csv(out / "history.csv")["true_top1"].notna().sum()),
             "hv": hypervolume(front["latency_ms"].to_numpy(), front["top1"].to_numpy(), 1.0, 80.0)}
 
 
@@ -95,11 +97,14 @@ def section(searches: dict[str, list[dict]], rates: dict, scaling: dict, genomes
              "running.", "",
              "README search (`jcw search --device pixel4 --latency 1ms`), wall time with the CLI's start-up; "
              "hypervolume of the true front against (1 ms, 80%):", "",
-             "| code | seed | wall s | subnets scored | HV | picked id | top-1 (val) at 1 ms |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| code | seed | wall s | subnets scored | HV | front (sparse members) | picked id | top-1 at 1 ms, "
+             "val | test |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for code, runs in searches.items():
-        lines += [f"| {code} | {s['seed']} | {s['wall']:.1f} | {s['scored']} | {s['hv']:.4f} | {s['id']} | "
-                  f"{s['top1']:.2f}% |" for s in runs]
+        lines += [f"| {code} | {s['seed']} | {s['wall']:.1f} | {s['scored']} | {s['hv']:.4f} | {s['front']} "
+                  f"({s['sparse']}) | {s['id']} | {s['top1']:.2f}% | "
+                  f"{'-' if s['test_top1'] != s['test_top1'] else format(s['test_top1'], '.2f') + '%'} |"
+                  for s in runs]
     for code, runs in searches.items():
         lines.append(f"\n{code}: median wall {np.median([s['wall'] for s in runs]):.1f} s, HV mean "
                      f"{np.mean([s['hv'] for s in runs]):.4f} (sd {np.std([s['hv'] for s in runs], ddof=1):.4f}), "

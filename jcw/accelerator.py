@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
+from jcw.config import CHOICES
 from jcw.errors import JcwError
 
-ACCELERATORS = ("auto", "cpu", "cuda")
+ACCELERATORS = CHOICES["accelerator"]
 
 
 @dataclass(frozen=True)

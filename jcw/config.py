@@ -11,11 +11,21 @@ from dataclasses import MISSING, dataclass, fields
 from jcw.errors import JcwError
 from jcw.space import DEFAULT_DENSITIES
 
+VAL_SPLIT = 5000  # training images held out as the validation split, unless a supernet records another
 CALIBRATION_IMAGES = 2000  # batch-norm recalibration images per scored subnet
 DEFAULT_SAMPLES = 1000  # subnets a predictor fit scores
 
 
 GENE_MODES = ("joint", "channels", "density")
+# every option with a fixed set of values, by its field name: the CLI offers these and the library checks them
+CHOICES = {
+    "accelerator": ("auto", "cpu", "cuda"),  # jcw/accelerator.py
+    "genes": GENE_MODES,
+    "evaluator": ("predictor", "supernet"),
+    "survival": ("nsga2", "jcw"),  # jcw/search/survival.py
+    "random_densities": ("independent", "xnnpack"),  # jcw/xnnpack.py
+    "block": (1, 4),
+}
 
 
 @dataclass
@@ -28,7 +38,7 @@ class SearchConfig:
     generations: int = 100
     seed: int = 0
     out: str | None = None
-    workers: int | None = None  # None: one Ray actor per CPU; 0: serial, in-process
+    workers: int | None = None  # None: serial on 2 CPUs or fewer, else one Ray actor per CPU; 0: serial, in-process
     ray_address: str | None = None
     evaluator: str = "predictor"  # predictor | supernet
     survival: str = "nsga2"  # nsga2 (rank and crowding) | jcw (multi-target); benchmarks/selection.py
@@ -61,6 +71,9 @@ class SupernetConfig:
     divisor: int = 8
     densities: tuple[float, ...] = DEFAULT_DENSITIES
     block: int = 1  # 1: unstructured masks; 4: JCW's blocks of 4 output channels
+    # training images held out as the validation split that scoring (search, predictor) reads: the supernet never
+    # trained on them, so every later command must carve the same ones
+    val_split: int = VAL_SPLIT
     pretrained: bool = False  # start from torchvision's ImageNet weights, with a fresh head for the dataset's classes
     weights: str | None = None  # or from this local state_dict file, likewise
 
@@ -110,7 +123,7 @@ class PredictorFitConfig:
     scored: str | None = None  # an earlier fit's dataset.csv on this supernet, reused without rescoring
     calibration_images: int = CALIBRATION_IMAGES
     val_images: int | None = None  # cap on validation images per scored subnet (None: the whole split)
-    workers: int | None = None  # Ray scoring actors (None: one per CPU; 0: serial, in-process)
+    workers: int | None = None  # Ray scoring actors (None: serial on 2 CPUs or fewer, else one per CPU; 0: serial)
     ray_address: str | None = None
     data_dir: str | None = None
     force: bool = False

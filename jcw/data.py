@@ -3,8 +3,9 @@
 Small datasets (Fashion-MNIST, CIFAR) live in memory as uint8 tensors and are augmented a batch at a time, which is
 several times faster on a CPU than per-sample PIL transforms. ImageFolder trees stream through a DataLoader.
 
-The search scores on a validation split carved deterministically from the training set; the test set is only for
-reporting final accuracy.
+The search scores on a validation split carved deterministically from the training set (the first `val_size` images
+of one fixed permutation, so a larger split holds every image of a smaller one); the test set is only for reporting
+final accuracy. The supernet records the split it was trained beside, and every later command carves the same one.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from jcw.config import VAL_SPLIT as VAL_SIZE, SupernetConfig
 from jcw.errors import JcwError
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -28,7 +30,6 @@ FASHION_FILES = {
     "test_y": "t10k-labels-idx1-ubyte.gz",
 }
 DATASETS = ("fashion-mnist", "fashion-mnist-rgb", "cifar10", "cifar100", "imagefolder")
-VAL_SIZE = 5000
 SPLIT_SEED = 0
 
 
@@ -47,7 +48,7 @@ class InMemoryData:
         self.num_classes = num_classes
         self.flip = flip
         order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(SPLIT_SEED))
-        val_size = min(val_size, len(train_x) // 5)
+        val_size = min(val_size, len(train_x) // 4)
         val_idx, train_idx = order[:val_size], order[val_size:]
         self.splits = {
             "train": (train_x[train_idx], train_y[train_idx]),
@@ -62,6 +63,12 @@ class InMemoryData:
 
     def size(self, split: str) -> int:
         return len(self.splits[split][1])
+
+    def resize(self, side: int) -> None:
+        """Serve every batch at `side` px. Batches are resized as they are drawn (after augmentation, at the stored
+        size), which keeps start-up and memory as they are at the stored size; the normalisation statistics stay the
+        stored images' (bilinear resizing barely moves them)."""
+        self.input_size = side
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float() / 255
@@ -96,7 +103,7 @@ class InMemoryData:
             images = x[idx]
             if augment:
                 images = self.augment(images, gen)
-            yield Batch(self.normalize(images), y[idx].long())
+            yield Batch(self.normalize(resized(images, self.input_size)), y[idx].long())
 
 
 class ImageFolderData:
@@ -123,7 +130,7 @@ class ImageFolderData:
         test = datasets.ImageFolder(root / "val")
         self.num_classes = len(train.classes)
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(SPLIT_SEED)).tolist()
-        val_size = min(val_size, len(train) // 5)
+        val_size = min(val_size, len(train) // 4)
         self.indices = {"train": order[val_size:], "val": order[:val_size], "test": list(range(len(test)))}
         self.sources = {"train": train, "val": train, "test": test}
 
@@ -174,7 +181,7 @@ def find_fashion_mnist(data_dir: str | os.PathLike | None = None) -> Path | None
 
 
 def load_fashion_mnist(data_dir: str | os.PathLike | None = None, download: bool = True,
-                       rgb: bool = False) -> InMemoryData:
+                       rgb: bool = False, val_size: int = VAL_SIZE) -> InMemoryData:
     """`rgb` repeats the gray channel three times: the same images, in the 3-channel form that TFLite's XNNPACK needs
     at a network's stem before it runs any weight sparse."""
     folder, why = find_fashion_mnist(data_dir), ""
@@ -188,7 +195,7 @@ def load_fashion_mnist(data_dir: str | os.PathLike | None = None, download: bool
     channels = 3 if rgb else 1
     images = {k: arrays[k][:, None].expand(-1, channels, -1, -1).contiguous() for k in ("train_x", "test_x")}
     return InMemoryData("fashion-mnist-rgb" if rgb else "fashion-mnist", images["train_x"], arrays["train_y"],
-                        images["test_x"], arrays["test_y"], num_classes=10)
+                        images["test_x"], arrays["test_y"], num_classes=10, val_size=val_size)
 
 
 def _torchvision_download(data_dir: str | os.PathLike | None) -> tuple[Path | None, str]:
@@ -205,7 +212,7 @@ def _torchvision_download(data_dir: str | os.PathLike | None) -> tuple[Path | No
     return find_fashion_mnist(root), ""
 
 
-def load_cifar(name: str, data_dir: str | os.PathLike | None) -> InMemoryData:
+def load_cifar(name: str, data_dir: str | os.PathLike | None, val_size: int = VAL_SIZE) -> InMemoryData:
     from torchvision.datasets import CIFAR10, CIFAR100
 
     cls, classes = (CIFAR10, 10) if name == "cifar10" else (CIFAR100, 100)
@@ -217,25 +224,43 @@ def load_cifar(name: str, data_dir: str | os.PathLike | None) -> InMemoryData:
                        f"(`torchvision.datasets.{cls.__name__}(ROOT, download=True)`) and pass --data-dir ROOT")
     as_tensor = lambda d: torch.from_numpy(np.ascontiguousarray(d.data)).permute(0, 3, 1, 2).contiguous()
     return InMemoryData(name, as_tensor(train), torch.tensor(train.targets), as_tensor(test),
-                        torch.tensor(test.targets), num_classes=classes)
+                        torch.tensor(test.targets), num_classes=classes, val_size=val_size)
+
+
+def resized(images: torch.Tensor, side: int) -> torch.Tensor:
+    """uint8 NCHW images resized bilinearly (antialiased when shrinking), rounded back to uint8 so that a resized
+    image is the same at training, scoring and export."""
+    if images.shape[-1] == side:
+        return images
+    out = F.interpolate(images.float(), size=(side, side), mode="bilinear", align_corners=False,
+                        antialias=side < images.shape[-1])
+    return out.round().clamp(0, 255).to(torch.uint8)
 
 
 def load_dataset(name: str = "fashion-mnist", data_dir: str | os.PathLike | None = None,
-                 input_size: int | None = None) -> InMemoryData | ImageFolderData:
+                 input_size: int | None = None, val_size: int = VAL_SIZE) -> InMemoryData | ImageFolderData:
     """Load a dataset by name; every failure is a `JcwError` that says how to get the data.
 
-    `input_size` is the side images are cropped to: ImageFolder trees take any (default 224); the in-memory datasets
-    have one, and another is an error rather than a silent resize.
+    `input_size` is the side images are cropped (ImageFolder, default 224) or resized to (the in-memory datasets,
+    default their own: 28 px Fashion-MNIST at 56 px lets a stride-2 stem start XNNPACK's sparse subgraph while the
+    blocks see the 28 px network's resolutions). `val_size` images of the training set form the validation split.
     """
     if name in ("fashion-mnist", "fashion-mnist-rgb", "cifar10", "cifar100"):
-        data = load_fashion_mnist(data_dir, rgb=name.endswith("rgb")) if name.startswith("fashion") else \
-            load_cifar(name, data_dir)
+        data = load_fashion_mnist(data_dir, rgb=name.endswith("rgb"), val_size=val_size) \
+            if name.startswith("fashion") else load_cifar(name, data_dir, val_size)
         if input_size not in (None, data.input_size):
-            raise JcwError(f"{name} images are {data.input_size} px; --input {input_size} applies to imagefolder only")
+            if not 8 <= input_size <= 512:
+                raise JcwError(f"--input {input_size}: give an image side from 8 to 512 px")
+            data.resize(input_size)
         return data
     if name == "imagefolder":
         if not data_dir or not (Path(data_dir) / "train").is_dir() or not (Path(data_dir) / "val").is_dir():
             raise JcwError(f"--data-dir {data_dir!r} must hold train/ and val/ folders of class folders "
                            "(the ImageNet layout)")
-        return ImageFolderData(Path(data_dir), input_size=input_size or 224)
+        return ImageFolderData(Path(data_dir), input_size=input_size or 224, val_size=val_size)
     raise JcwError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+def supernet_data(config: SupernetConfig, data_dir: str | os.PathLike | None = None) -> InMemoryData | ImageFolderData:
+    """The data a supernet was trained beside: its dataset at its input size, with the validation split it held out."""
+    return load_dataset(config.dataset, data_dir, config.input_size, config.val_split)

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from jcw.accelerator import Accelerator
-from jcw.config import FinetuneConfig
-from jcw.data import load_dataset
+from jcw.config import FinetuneConfig, SupernetConfig
+from jcw.data import supernet_data
 from jcw.errors import JcwError
 from jcw.io import write_json
 from jcw.supernet.accuracy import evaluate, recalibrate_bn
@@ -60,7 +60,7 @@ def finetune(subnet_path: str | Path, cfg: FinetuneConfig | None = None, out: st
     subnet_path = Path(subnet_path)
     accel = Accelerator.choose(cfg.accelerator)
     model = accel.module(load_subnet(subnet_path))
-    data = load_dataset(model.jcw_arch["supernet_config"]["dataset"], data_dir, model.jcw_arch["input_size"])
+    data = supernet_data(SupernetConfig.from_dict(model.jcw_arch["supernet_config"]), data_dir)
     out = Path(out) if out else subnet_path.with_name(subnet_path.stem + "-finetuned")
     out.mkdir(parents=True, exist_ok=True)
     teacher = None

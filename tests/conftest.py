@@ -109,10 +109,11 @@ def write_imagefolder(root: Path, classes: int = 2, per_class: int = 12) -> Path
 
 
 @pytest.fixture(scope="session")
-def data():
-    from jcw.data import load_dataset
+def data(supernet):
+    """The shipped supernet's data: its dataset at its input size, with its validation split held out."""
+    from jcw.data import supernet_data
 
-    return load_dataset("fashion-mnist")
+    return supernet_data(supernet.config)
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,7 @@ def test_help_and_version():
     (["search", "--device", "pixel4", "--latency", "30 parsecs"], ["latency budget"]),
     (["search", "--device", "pixel4", "--latency", ""], ["empty latency budget"]),
     (["search", "--device", "pixel4", "--latency", "1us"], ["least achievable"]),
-    (["supernet", "train", "--input", "32", "--out", "/tmp/jcw-x"], ["fashion-mnist images are 28 px"]),
+    (["supernet", "train", "--input", "4", "--out", "/tmp/jcw-x"], ["--input 4", "from 8 to 512 px"]),
     (["supernet", "train", "--densities", "1,0.5,0.7", "--out", "/tmp/jcw-x"], ["densities 1, 0.5, 0.7", "from 1"]),
     (["supernet", "train", "--densities", "0.5,0.2", "--out", "/tmp/jcw-x"], ["densities 0.5, 0.2", "dense, the first"]),
     (["supernet", "train", "--random-densities", "xnnpack", "--out", "/tmp/jcw-x"],

@@ -36,6 +36,12 @@ def test_mobilenet_v2_at_224px_from_a_weights_file_to_a_finetuned_30ms_subnet(tm
     table = str(tmp_path / "tables" / "pixel4.csv")
     jcw("predictor", "fit", "--supernet", str(sn / "supernet.pt"), "--out", str(tmp_path / "pred"), *d,
         "--samples", "12", "--calibration-images", "8", "--workers", "0", check=True)
+    # the fit kept which validation images each subnet got right, and the ceiling they put on any predictor's tau
+    noise = json.loads((tmp_path / "pred" / "report.json").read_text())["label_noise"]
+    scored = pd.read_csv(tmp_path / "pred" / "dataset.csv")
+    with np.load(tmp_path / "pred" / "correct.npz") as labels:
+        assert labels["bits"].shape[0] == len(scored) == noise["subnets"] and int(labels["images"]) == noise["images"]
+    assert -1 <= noise["perfect_predictor_tau"] <= 1 and noise["top1_sd_points"] > 0
     run = tmp_path / "run"
     jcw("search", "--device", table, "--latency", "30ms", "--supernet", str(sn / "supernet.pt"), "--predictor",
         str(tmp_path / "pred"), *d, "--population", "8", "--generations", "2", "--rescore", "2",

@@ -1,4 +1,5 @@
 """The package's shape: no import cycles (function-local imports counted), short modules, CLI defaults = library's."""
+import argparse
 import ast
 import dataclasses
 from collections import defaultdict
@@ -136,3 +137,21 @@ def test_every_subpackage_is_installed():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(ROOT).parts) for p in PACKAGE.rglob("__init__.py")}
     assert found - listed == set()
+
+
+def test_every_cli_choice_is_configs():
+    """An option with fixed values offers exactly config.CHOICES' values, in every command that has it."""
+    from jcw.cli import build_parser
+    from jcw.config import CHOICES
+
+    seen = set()
+    stack = [build_parser()]
+    while stack:
+        parser = stack.pop()
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                stack.extend(action.choices.values())
+            elif action.dest in CHOICES and action.choices is not None:
+                assert tuple(action.choices) == CHOICES[action.dest], (parser.prog, action.dest)
+                seen.add(action.dest)
+    assert seen == set(CHOICES)

@@ -134,3 +134,21 @@ def test_shipped_dataset_ranks_unseen_subnets_and_shuffled_labels_do_not(superne
     shuffled = fit_kind(supernet.space, genomes[train], np.random.default_rng(1).permutation(top1[train]), kind,
                         supernet.hash)
     assert abs(kendalltau(shuffled.predict(genomes[test]), top1[test]).statistic) < 0.15
+
+
+def test_a_killed_fits_partial_scores_survive_a_torn_last_line(tmp_path):
+    """Scores are appended a row at a time; a kill mid-row leaves a torn line that is skipped, not the whole file."""
+    from jcw.predictor.dataset import _read_partial
+    from jcw.predictor.label_noise import label_ceiling, unpack
+
+    right = np.random.default_rng(0).random((3, 20)) < 0.8
+    rows = [f'"[{i}, 0]",{100 * r.mean()},0.5,{np.packbits(r).tobytes().hex()},20,key' for i, r in enumerate(right)]
+    text = "genome,top1,loss,correct,images,scoring\n" + "\n".join(rows) + "\n"
+    (tmp_path / "p.csv").write_text(text[:-9])  # the last row torn inside its scoring key
+    done = _read_partial(tmp_path / "p.csv", "key")
+    assert list(done) == ["[0, 0]", "[1, 0]"]
+    assert np.array_equal(unpack(done["[1, 0]"]["correct"], 20), right[1])
+    assert _read_partial(tmp_path / "p.csv", "other scoring") == {}
+    # a perfect predictor ranks subnets far apart perfectly, and one draw of noise is as good as the labels allow
+    apart = np.array([np.arange(400) < k for k in (100, 200, 300)])
+    assert label_ceiling(apart, redraws=20)["perfect_predictor_tau"] == 1.0

@@ -4,10 +4,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import ROOT
+
+OLD_DEFAULT = ROOT / "supernets" / "mbv2_small_fmnist"  # grey 28 px images, a stride-1 stem: nothing sparse on pixel4
 from jcw.errors import JcwError
 from jcw.search.archive import pareto_mask
 from jcw.search.budget import parse_budget, parse_budgets
-from jcw.search.repair import SharedSubgraphDensity
+from jcw.search.repair import XnnpackDensities
 from jcw.search.run import SearchConfig, search
 from jcw.supernet.supernet import load_supernet
 
@@ -77,12 +79,13 @@ def test_density_genes_stay_dense_where_the_runtime_never_runs_them_sparse(tmp_p
     import pandas as pd
 
     lines: list[str] = []
-    search(_small(tmp_path, "dense", generations=2), log=lines.append)
+    search(_small(tmp_path, "dense", generations=2, supernet=str(OLD_DEFAULT / "supernet.pt"),
+                  predictor=str(ROOT / "predictors" / OLD_DEFAULT.name)), log=lines.append)
     assert any(line.startswith("note: tflite-xnnpack on pixel4 runs no layer of mbv2_small sparse (its stem is")
                and line.endswith("all density genes stay at 1.0") for line in lines)
     history = pd.read_csv(tmp_path / "dense" / "history.csv")
     genomes = np.array([json.loads(g) for g in history["genome"]])
-    n_groups = len(load_supernet().space.groups)
+    n_groups = len(load_supernet(OLD_DEFAULT / "supernet.pt").space.groups)
     assert (genomes[:, n_groups:] == 0).all() and genomes[:, :n_groups].any()
 
 
@@ -93,7 +96,33 @@ def test_the_note_counts_the_density_genes_that_leave_the_genome(tmp_path):
     s2 = "mbv2_small_s2_fmnist_rgb"
     ctx = _Context(_small(tmp_path, "note", supernet=str(ROOT / "supernets" / s2 / "supernet.pt"),
                           predictor=str(ROOT / "predictors" / s2)))
-    assert ctx.dense_only.sum() == 2 and len(SharedSubgraphDensity(ctx.bound).genes) == 16
-    note = ctx.dense_only_note()
-    assert note.startswith("note: tflite-xnnpack on pixel4 runs only 16 of 18 sparse layers of mbv2_small_s2 sparse")
-    assert note.endswith("the other 2 density genes stay at 1.0")
+    assert ctx.dense_only.sum() == 2 and len(XnnpackDensities(ctx.bound).genes) == 16
+    assert ctx.dense_only_note() == ""  # the shared gene's note says it all, in one line
+    note = ctx.repair.note()
+    assert note.startswith("note: XNNPACK runs only its NCHW subgraph's 16 1x1 convs sparse, and only as a whole")
+    assert note.endswith("the other 2 sparse layers stay dense")
+
+
+def test_no_candidate_carries_zeros_that_xnnpack_runs_dense(tmp_path):
+    """The s2 demo's grid (1, 0.9, ..., 0.2) has six densities XNNPACK runs dense: a pixel4 search repairs them to
+    dense, so every genome it prices (the front included) is dense or past XNNPACK's two thirds of zeros."""
+    import json
+
+    import pandas as pd
+
+    from jcw.latency.table import load_table
+
+    s2 = "mbv2_small_s2_fmnist_rgb"
+    net = load_supernet(ROOT / "supernets" / s2 / "supernet.pt")
+    cfg = _small(tmp_path, "repair", supernet=str(net.path), predictor=str(ROOT / "predictors" / s2),
+                 budgets_ms=[1.0], generations=4, rescore=2)
+    search(cfg)
+    bound = load_table("pixel4").bind(net.space)
+    genes = len(net.space.groups) + np.array(bound.subgraph_sparse())
+    history = pd.read_csv(tmp_path / "repair" / "history.csv")
+    genomes = np.array([json.loads(g) for g in history["genome"]])
+    sparse = bound.runs_sparse(genomes)
+    assert sparse.any() and (~sparse).any()
+    assert (genomes[~sparse][:, genes] == 0).all()
+    front = np.array([json.loads(g) for g in pd.read_csv(tmp_path / "repair" / "pareto.csv")["genome"]])
+    assert (bound.runs_sparse(front) | (front[:, genes] == 0).all(axis=1)).all()

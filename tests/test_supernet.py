@@ -140,3 +140,21 @@ def test_raw_state_dict_round_trips_into_a_parametrized_supernet(tiny_supernet):
     other.load_raw_state_dict(tiny_supernet.raw_state_dict())
     mine, theirs = tiny_supernet.raw_state_dict(), other.raw_state_dict()
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+
+def test_a_resized_dataset_with_a_larger_validation_split_keeps_the_smaller_splits_images():
+    """`--input 56 --val-split 15000`: batches come at 56 px, the split holds every image of the default 5,000 (the
+    first of one permutation), training never sees them, and the test set is untouched."""
+    import torch
+
+    from jcw.data import load_dataset
+
+    small, large = load_dataset("fashion-mnist-rgb"), load_dataset("fashion-mnist-rgb", input_size=56, val_size=15000)
+    assert (large.size("train"), large.size("val"), large.size("test")) == (45000, 15000, 10000)
+    assert torch.equal(large.splits["val"][0][:5000], small.splits["val"][0])
+    batch = next(large.batches("val", 8))
+    assert batch.images.shape == (8, 3, 56, 56)
+    # the same images, twice the side: pooled back to 28 px they are the stored ones within rounding
+    pixels = batch.images * large.std[None, :, None, None] + large.mean[None, :, None, None]
+    pooled = torch.nn.functional.avg_pool2d(pixels, 2) * 255
+    assert (pooled - small.splits["val"][0][:8].float()).abs().mean() < 3

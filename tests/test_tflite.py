@@ -163,20 +163,24 @@ def test_the_search_gives_the_subgraphs_1x1_convs_one_density(mobilenet, xnnpack
     from pymoo.core.population import Population
 
     from jcw.latency.table import load_table
-    from jcw.search.repair import SharedSubgraphDensity
+    from jcw.search.repair import XnnpackDensities
 
     space = mobilenet.space
     genomes = space.sample(20, np.random.default_rng(0))
     pop = Population.new(X=genomes)
-    repair = SharedSubgraphDensity(xnnpack_table)
+    repair = XnnpackDensities(xnnpack_table)
     repair.do(None, pop)
     tied = pop.get("X")
     assert len(repair.genes) == 34  # every 1x1 conv of the subgraph
-    assert (tied[:, repair.genes] == genomes[:, repair.genes[:1]]).all()
+    sparse = xnnpack_table.runs_sparse(tied)
+    assert 0 < sparse.sum() < len(sparse)
+    # one density for all, the first gene's where XNNPACK runs it sparse, else dense: no zeros it ignores
+    assert (tied[sparse][:, repair.genes] == genomes[sparse][:, repair.genes[:1]]).all()
+    assert (tied[~sparse][:, repair.genes] == 0).all()
     others = np.setdiff1d(np.arange(space.n_genes), repair.genes)
     assert np.array_equal(tied[:, others], genomes[:, others])
     # no subgraph, nothing tied: the demo on pixel4
-    assert not SharedSubgraphDensity(load_table("pixel4").bind(tiny_supernet.space)).genes
+    assert not XnnpackDensities(load_table("pixel4").bind(tiny_supernet.space)).genes
 
 
 def test_pricing_and_the_tflite_export_agree_on_what_runs_sparse(mobilenet, xnnpack_table, tmp_path):
@@ -219,12 +223,12 @@ def test_the_demo_space_never_runs_sparse_on_pixel4(tiny_supernet):
 
 def test_the_shipped_sparse_ready_supernet_runs_its_1x1_convs_sparse_on_pixel4_past_two_thirds_zero():
     from jcw.latency.table import load_table
-    from jcw.search.repair import SharedSubgraphDensity
+    from jcw.search.repair import XnnpackDensities
     from jcw.supernet.supernet import load_supernet
 
     space = load_supernet(ROOT / "supernets/mbv2_small_s2_fmnist_rgb/supernet.pt").space
     bound = load_table("pixel4").bind(space)  # the shipped table covers its layers
-    assert bound.subgraph.possible and len(SharedSubgraphDensity(bound).genes) == 16
+    assert bound.subgraph.possible and len(XnnpackDensities(bound).genes) == 16
     dense = bound.latency(space.largest())[0]
     at = {d: bound.latency(with_densities(space, space.largest(), d))[0] for d in (0.4, 0.3, 0.2)}
     assert at[0.4] == dense > at[0.3] > at[0.2]  # 60% zero buys nothing; 70% does

@@ -25,7 +25,8 @@ def _supernet_train(args) -> None:
     from jcw.supernet.train import TrainConfig, train
 
     config = SupernetConfig(model=args.model, dataset=args.dataset, min_ratio=args.min_ratio, block=args.block,
-                            densities=args.densities, pretrained=args.pretrained, weights=args.weights)
+                            densities=args.densities, pretrained=args.pretrained, weights=args.weights,
+                            val_split=args.val_split)
     recipe = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                          label_smoothing=args.label_smoothing, n_random=args.n_random,
                          random_densities=args.random_densities, seed=args.seed,
@@ -83,12 +84,13 @@ def _search(args) -> None:
                        export=not args.no_export, resume=args.resume, force=args.force, data_dir=args.data_dir,
                        accelerator=args.accelerator)
     result = search(cfg, log=lambda line: print(line, flush=True))
-    print("\nbudget      id   latency_ms   top-1 (val)")
+    print("\nbudget      id   latency_ms   top-1 (val)   top-1 (test)")
     for row in result.summary.itertuples():
         if row.id is None or row.id != row.id:
             print(f"{row.budget_ms:>8g}ms   -   no subnet within budget")
         else:
-            print(f"{row.budget_ms:>8g}ms {int(row.id):>5} {row.latency_ms:>12.4f}   {row.top1:.2f}%")
+            test = "-" if row.test_top1 is None or row.test_top1 != row.test_top1 else f"{row.test_top1:.2f}%"
+            print(f"{row.budget_ms:>8g}ms {int(row.id):>5} {row.latency_ms:>12.4f}   {row.top1:>10.2f}%   {test:>11}")
     out = result.out
     print(f"\npareto: {out / 'pareto.csv'}\nplot: {out / 'pareto.png'}\nhistory: {out / 'history.csv'}")
     if (out / "subnets").is_dir():
@@ -167,11 +169,11 @@ def build_parser() -> Parser:
     se.add_argument("--seed", type=int)
     se.add_argument("--out", help="run folder (default: runs/<time>-<device>-<budget>)")
     ray_opts(se)
-    se.add_argument("--evaluator", choices=("predictor", "supernet"))
-    se.add_argument("--survival", choices=("jcw", "nsga2"),
+    se.add_argument("--evaluator", choices=config.CHOICES["evaluator"])
+    se.add_argument("--survival", choices=config.CHOICES["survival"],
                     help="jcw: multi-target selection; nsga2: plain rank and crowding")
     se.add_argument("--targets", type=int, help="latency targets for jcw selection")
-    se.add_argument("--genes", choices=("joint", "channels", "density"),
+    se.add_argument("--genes", choices=config.CHOICES["genes"],
                     help="what may shrink: both, channels only, or weight density only")
     se.add_argument("--rescore", type=int, help="front members re-scored on the supernet")
     se.add_argument("--refine", type=int,
@@ -190,9 +192,14 @@ def build_parser() -> Parser:
     sn_sub = action_group(sub, "supernet", "train or evaluate a weight-sharing supernet")
     tr = sn_sub.add_parser("train", help="train a supernet with the sandwich rule")
     tr.add_argument("--model",
-                    help="mbv2_tiny, mbv2_small, mbv2_small_s2, mobilenet_v2, resnet18, resnet34, resnet50")
+                    help="mbv2_tiny, mbv2_small, mbv2_small_s2, mbv2_small_56, mobilenet_v2, resnet18, resnet34, resnet50")
     tr.add_argument("--dataset", help="fashion-mnist, fashion-mnist-rgb, cifar10, cifar100, imagefolder")
-    tr.add_argument("--input", type=int, metavar="PX", help="image side for imagefolder (default 224); recorded")
+    tr.add_argument("--input", type=int, metavar="PX",
+                    help="image side: imagefolder crops to it (default 224), the others resize to it (default their "
+                         "own); recorded")
+    tr.add_argument("--val-split", type=int, metavar="N",
+                    help="training images held out as the validation split the search and predictor score on; "
+                         "recorded")
     data_opt(tr)
     tr.add_argument("--out", default="supernets/mine")
     tr.add_argument("--epochs", type=int)
@@ -201,13 +208,13 @@ def build_parser() -> Parser:
     tr.add_argument("--weight-decay", type=float, help="on weights, not on biases or batch norm")
     tr.add_argument("--label-smoothing", type=float, help="on the largest subnet's labels")
     tr.add_argument("--n-random", type=int, help="random subnets per step besides largest and smallest")
-    tr.add_argument("--random-densities", choices=("independent", "xnnpack"),
+    tr.add_argument("--random-densities", choices=config.CHOICES["random_densities"],
                     help="independent per layer, or as XNNPACK runs them: one for its sparse subgraph's 1x1 convs, "
                          "the rest dense")
     tr.add_argument("--min-ratio", type=float, help="smallest width as a fraction of the base")
     tr.add_argument("--densities", type=density_list, metavar="1,0.3,...",
                     help="the density choices of every sparse layer, dense first (default 1,0.9,...,0.2)")
-    tr.add_argument("--block", type=int, choices=(1, 4), help="4: JCW's SIMD blocks of 4 out-channels")
+    tr.add_argument("--block", type=int, choices=config.CHOICES["block"], help="4: JCW's SIMD blocks of 4 out-channels")
     tr.add_argument("--pretrained", action="store_true",
                     help="start from torchvision's ImageNet weights; the classifier is made for the dataset's classes")
     tr.add_argument("--weights", metavar="FILE", help="start from a local state_dict or torchvision checkpoint")
@@ -231,7 +238,7 @@ def build_parser() -> Parser:
     ev.add_argument("--supernet", default=None)
     ev.add_argument("--genome", default="largest,smallest", help="largest, smallest, random:N, or a file")
     ev.add_argument("--split", default="val", choices=("val", "test"))
-    ev.add_argument("--calibration-images", type=int, default=2000)
+    ev.add_argument("--calibration-images", type=int, default=config.CALIBRATION_IMAGES)
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--json", action="store_true")
     accelerator_opt(ev)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from jcw.config import CHOICES
+
 
 class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr and exit code 2."""
@@ -26,11 +28,12 @@ def data_opt(p: argparse.ArgumentParser) -> None:
 
 
 def accelerator_opt(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--accelerator", choices=("auto", "cpu", "cuda"), default="auto",
+    p.add_argument("--accelerator", choices=CHOICES["accelerator"], default="auto",
                    help="where training and scoring run (default auto: CUDA when torch sees a GPU, with autocast)")
 
 
 def ray_opts(p: argparse.ArgumentParser, default_workers: int | None = None) -> None:
     p.add_argument("--workers", type=int, default=default_workers,
-                   help="Ray scoring actors (default: one per CPU; 0: serial, in-process)")
+                   help="Ray scoring actors (default: in this process on 2 CPUs or fewer, else one per CPU; "
+                        "0: in this process)")
     p.add_argument("--ray-address", default=None, help="join an existing Ray cluster")

@@ -21,13 +21,14 @@ SMALL_MBV2_SETTING = [[1, 16, 1, 2], [6, 32, 2, 1], [6, 64, 3, 2], [6, 96, 2, 1]
 
 
 def _reduced_mbv2(setting: list[list[int]], head: int, num_classes: int, in_channels: int,
-                  stem_stride: int = 1) -> nn.Module:
+                  stem_stride: int = 1, stem_takes_first_stride: bool = True) -> nn.Module:
     """A reduced MobileNetV2 for small images: a 3x3 stem, two block resolutions, a narrow head.
 
     Built from torchvision's MobileNetV2 so that it has the same block structure as the ImageNet model. A stride-2
-    stem takes over the first block's downsampling, so the blocks see the same resolutions either way.
+    stem takes over the first block's downsampling (unless told not to, for images twice the side), so the blocks
+    see the same resolutions either way.
     """
-    if stem_stride == 2:
+    if stem_stride == 2 and stem_takes_first_stride:
         setting = [[t, c, n, 1 if i == 0 else s] for i, (t, c, n, s) in enumerate(setting)]
     model = tvm.MobileNetV2(num_classes=num_classes, inverted_residual_setting=setting)
     model.features[0] = Conv2dNormActivation(in_channels, 32, stride=stem_stride, norm_layer=nn.BatchNorm2d,
@@ -55,6 +56,15 @@ def mbv2_small_s2(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     return _reduced_mbv2(SMALL_MBV2_SETTING, 384, num_classes, in_channels, stem_stride=2)
 
 
+def mbv2_small_56(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """mbv2_small for 56 px 3-channel images (Fashion-MNIST resized, `--input 56`): a stride-2 stem, where XNNPACK
+    starts its sparse subgraph, and the first block's stride kept, so that every block sees the resolutions (14 and
+    7 px) and costs what it does in mbv2_small on 28 px images. mbv2_small_s2 instead runs its stem and first block at
+    14 px, which cost it about a point of top-1 (benchmarks/RESULTS.md section 12)."""
+    return _reduced_mbv2(SMALL_MBV2_SETTING, 384, num_classes, in_channels, stem_stride=2,
+                         stem_takes_first_stride=False)
+
+
 def _torchvision(name: str) -> Callable[..., nn.Module]:
     def build(num_classes: int = 1000, in_channels: int = 3) -> nn.Module:
         if in_channels != 3:
@@ -69,6 +79,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "mbv2_tiny": mbv2_tiny,
     "mbv2_small": mbv2_small,
     "mbv2_small_s2": mbv2_small_s2,
+    "mbv2_small_56": mbv2_small_56,
     **{name: _torchvision(name) for name in ("mobilenet_v2", "resnet18", "resnet34", "resnet50")},
 }
 PRETRAINED = {"mobilenet_v2": tvm.MobileNet_V2_Weights, "resnet18": tvm.ResNet18_Weights,

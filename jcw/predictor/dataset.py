@@ -1,6 +1,7 @@
 """A predictor's training data: subnets scored on the supernet, checkpointed as they are scored, read back."""
 from __future__ import annotations
 
+import csv
 import json
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from tqdm import tqdm
 
 from jcw.errors import JcwError
 from jcw.io import write_csv
+from jcw.predictor.label_noise import LABELS, load_labels, unpack
 from jcw.space import SearchSpace
 from jcw.supernet.pool import DataSpec, scoring_pool
 
@@ -34,16 +36,25 @@ def _scoring_key(supernet_hash: str, spec) -> str:
 
 
 def _read_partial(path: Path, key: str) -> dict[str, dict]:
-    """Scores checkpointed by a killed fit, by genome, if they were made the way this fit makes them."""
+    """Scores checkpointed by a killed fit, by genome, if they were made the way this fit makes them. Rows are
+    appended one at a time, so a kill mid-write can leave a short last line: it is skipped."""
     if not path.exists():
         return {}
-    try:
-        table = pd.read_csv(path)
-        table = table[table["scoring"] == key]
-        return {g: {"top1": float(t), "loss": float(l)} for g, t, l in zip(table["genome"], table["top1"],
-                                                                            table["loss"])}
-    except (KeyError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
+    lines = path.read_text().splitlines()
+    if not lines:
         return {}
+    header, done = next(csv.reader(lines[:1])), {}
+    for line in lines[1:]:
+        try:
+            row = dict(zip(header, next(csv.reader([line]), []), strict=True))
+            if row["scoring"] == key:
+                score = {"top1": float(row["top1"]), "loss": float(row["loss"])}
+                if row.get("correct"):
+                    score.update(correct=row["correct"], images=int(row["images"]))
+                done[row["genome"]] = score
+        except (csv.Error, KeyError, ValueError):  # a short or broken line: the kill's, or another format's
+            continue
+    return done
 
 
 def score_subnets(supernet, genomes: np.ndarray, spec: DataSpec, workers: int | None, ray_address: str | None,
@@ -57,9 +68,19 @@ def score_subnets(supernet, genomes: np.ndarray, spec: DataSpec, workers: int | 
     if done:
         print(f"resuming: {len(done)} of {len(names)} subnets already scored in {partial}", file=sys.stderr)
 
+    columns = ["genome", "top1", "loss", *(["correct", "images"] if spec.per_image else []), "scoring"]
+    if not partial.exists() or list(pd.read_csv(partial, nrows=0).columns) != columns:
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        write_csv(partial, pd.DataFrame([{"genome": n, **s, "scoring": key} for n, s in done.items()],
+                                        columns=columns))
+
     def checkpoint(i: int, score: dict) -> None:
+        """One row appended per score: rewriting the file each time costs more than scoring once it holds
+        thousands of per-image bit strings."""
         done[names[todo[i]]] = score
-        write_csv(partial, pd.DataFrame([{"genome": n, **s, "scoring": key} for n, s in done.items()]))
+        with open(partial, "a") as f:
+            pd.DataFrame([{"genome": names[todo[i]], **score, "scoring": key}], columns=columns).to_csv(
+                f, header=False, index=False)
 
     if todo:
         pool = scoring_pool(supernet, spec, workers, ray_address)
@@ -74,7 +95,8 @@ def score_subnets(supernet, genomes: np.ndarray, spec: DataSpec, workers: int | 
 
 
 def read_scored(path: str | Path, space: SearchSpace, supernet_hash: str) -> tuple[np.ndarray, list[dict]]:
-    """Genomes and scores from a predictor's dataset.csv, refusing rows scored on another supernet."""
+    """Genomes and scores from a predictor's dataset.csv, refusing rows scored on another supernet; with the
+    per-image bits of its correct.npz where that lies beside it."""
     try:
         table = pd.read_csv(path)
         genomes = np.array([json.loads(g) for g in table["genome"]], dtype=np.int64)
@@ -89,4 +111,18 @@ def read_scored(path: str | Path, space: SearchSpace, supernet_hash: str) -> tup
         raise JcwError(f"--scored {path} was scored on supernet {', '.join(map(str, sorted(hashes)))}, not on "
                        f"{supernet_hash}; refit without --scored to score afresh")
     space.check(genomes)
+    labels = Path(path).with_name(LABELS)
+    if labels.exists():
+        correct = load_labels(labels)
+        if len(correct) == len(scores):
+            scores = [{**s, "correct_bits": c} for s, c in zip(scores, correct)]
     return genomes, scores
+
+
+def per_image_labels(scores: list[dict]) -> np.ndarray | None:
+    """(subnets, images) booleans where every score carries its per-image bits, else None."""
+    rows = [s["correct_bits"] if "correct_bits" in s else
+            unpack(s["correct"], int(s["images"])) if isinstance(s.get("correct"), str) else None for s in scores]
+    if not rows or any(r is None for r in rows) or len({len(r) for r in rows}) != 1:
+        return None
+    return np.stack(rows)

@@ -26,8 +26,10 @@ def write_report(predictor: Predictor, folder: str | Path, dataset: pd.DataFrame
     lo, hi = min(rows["true"] + rows["predicted"]), max(rows["true"] + rows["predicted"])
     ax.plot([lo, hi], [lo, hi], color="gray", lw=1)
     m = rep["models"][rep["kept"]]
-    ax.set_title(f"{rep['kept']}, each subnet held out once: RMSE {m['rmse']:.2f}, tau {m['kendall_tau']:.3f}",
-                 fontsize=9)
+    ceiling = rep.get("label_noise", {}).get("perfect_predictor_tau")
+    ax.set_title(f"{rep['kept']}, each subnet held out once: RMSE {m['rmse']:.2f}, tau {m['kendall_tau']:.3f}"
+                 + (f"\n(a perfect predictor: tau {ceiling:.3f} on these {rep['label_noise']['images']}-image labels)"
+                    if ceiling else ""), fontsize=9)
     ax.set_xlabel("true validation top-1 (%)")
     ax.set_ylabel("predicted top-1 (%)")
     fig.tight_layout()

@@ -9,13 +9,15 @@ import numpy as np
 from jcw.accelerator import Accelerator
 from jcw.config import DEFAULT_SAMPLES, PredictorFitConfig
 from jcw.errors import JcwError, JcwWarning
-from jcw.predictor.dataset import PARTIAL, dataset_frame, read_scored, score_subnets
+from jcw.predictor.dataset import PARTIAL, dataset_frame, per_image_labels, read_scored, score_subnets
+from jcw.predictor.label_noise import LABELS, label_ceiling, save_labels
 from jcw.predictor.fit import fit_predictor
 from jcw.predictor.predictor import Predictor
 from jcw.predictor.report import write_report
 from jcw.supernet.accuracy import CALIBRATION_IMAGES
 from jcw.supernet.pool import DataSpec
 from jcw.supernet.supernet import load_supernet
+from jcw.xnnpack import as_xnnpack_runs
 
 def fit(cfg: PredictorFitConfig) -> Predictor:
     """Fit a predictor folder as `cfg` says; refuses to overwrite one without `force`."""
@@ -46,11 +48,16 @@ def fit_on_supernet(supernet, samples: int, out: str | Path, seed: int = 0, work
     space, out = supernet.space, Path(out)
     genomes, scores = (np.zeros((0, space.n_genes), np.int64), []) if scored is None else \
         read_scored(scored, space, supernet.hash)
+    sampling = getattr(supernet, "recipe", {}).get("random_densities", "independent")
     if samples > 0:
-        new = np.unique(space.sample_spread(samples, np.random.default_rng(seed)), axis=0)
+        new = space.sample_spread(samples, np.random.default_rng(seed))
+        if sampling == "xnnpack":  # the subnets it was trained on, and the only ones a TFLite search visits
+            new = as_xnnpack_runs(space, new)
+        new = np.unique(new, axis=0)
         new = new[np.random.default_rng(seed).permutation(len(new))]
         new = new[~(new[:, None, :] == genomes[None, :, :]).all(-1).any(1)] if len(genomes) else new
-        spec = DataSpec(supernet.config.dataset, data_dir, calibration_images, "val", val_images, accelerator)
+        spec = DataSpec(supernet.config.dataset, data_dir, calibration_images, "val", val_images, accelerator,
+                        per_image=True)
         genomes, scores = np.concatenate([genomes, new]), scores + score_subnets(supernet, new, spec, workers,
                                                                                   ray_address, out / PARTIAL)
     top1 = np.array([s["top1"] for s in scores])
@@ -59,7 +66,13 @@ def fit_on_supernet(supernet, samples: int, out: str | Path, seed: int = 0, work
                       f"to rank (Kendall tau undefined); score more validation images (--val-images) or train the "
                       f"supernet longer", JcwWarning, stacklevel=2)
     predictor = fit_predictor(space, genomes, top1, supernet.hash, seed)
+    predictor.report["sampling"] = sampling
+    labels = per_image_labels(scores)
+    if labels is not None:  # how far any predictor could rank these labels, beside how far this one does
+        predictor.report["label_noise"] = label_ceiling(labels, seed=seed)
     predictor.save(out)
+    if labels is not None:
+        save_labels(out / LABELS, labels)
     dataset = dataset_frame(space, genomes, scores, supernet.hash)
     write_report(predictor, out, dataset)
     (out / PARTIAL).unlink(missing_ok=True)

@@ -14,7 +14,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
@@ -34,29 +34,20 @@ from tqdm import tqdm
 
 from jcw import __version__
 from jcw.artifacts import default_predictor_path
-from jcw.config import GENE_MODES, SearchConfig
+from jcw.config import CHOICES, SearchConfig
 from jcw.accelerator import Accelerator
 from jcw.errors import JcwError
 from jcw.latency.table import load_table
 from jcw.predictor.fit import refine
 from jcw.predictor.predictor import load_predictor
-from jcw.search.archive import (best_within_budget, describe, genomes_from_column, hypervolume, pareto_mask,
-                                spread_pick)
+from jcw.search.archive import genomes_from_column, hypervolume, pareto_mask, spread_pick
 from jcw.search.budget import format_ms
-from jcw.search.members import export_member
-from jcw.search.plot import plot_run
-from jcw.search.repair import SharedSubgraphDensity
+from jcw.search.front import SearchResult, rescore_front, score_column, write_outputs
+from jcw.search.repair import XnnpackDensities
 from jcw.search.rundir import RunDir
 from jcw.search.survival import MultiTargetSurvival, latency_targets
 from jcw.supernet.pool import DataSpec, check_ray_address, scoring_pool
 from jcw.supernet.supernet import load_supernet
-
-@dataclass
-class SearchResult:
-    out: Path
-    pareto: pd.DataFrame
-    history: pd.DataFrame
-    summary: pd.DataFrame
 
 
 def default_run_name(cfg: SearchConfig) -> str:
@@ -68,12 +59,10 @@ class _Context:
 
     def __init__(self, cfg: SearchConfig):
         self.timings: dict[str, float] = defaultdict(float)  # seconds per phase, for config.json and the last line
-        if cfg.evaluator not in ("predictor", "supernet"):
-            raise JcwError(f"--evaluator must be predictor or supernet, not {cfg.evaluator!r}")
-        if cfg.survival not in ("jcw", "nsga2"):
-            raise JcwError(f"--survival must be jcw or nsga2, not {cfg.survival!r}")
-        if cfg.genes not in GENE_MODES:
-            raise JcwError(f"--genes must be one of {', '.join(GENE_MODES)}, not {cfg.genes!r}")
+        for option in ("evaluator", "survival", "genes"):
+            if getattr(cfg, option) not in CHOICES[option]:
+                raise JcwError(f"--{option} must be one of {', '.join(CHOICES[option])}, not "
+                               f"{getattr(cfg, option)!r}")
         if cfg.population < 4 or cfg.generations < 1:
             raise JcwError("--population must be at least 4 and --generations at least 1")
         if cfg.refine < 0 or cfg.refine_every < 1:
@@ -106,7 +95,7 @@ class _Context:
             raise JcwError(f"--genes density has nothing to search: {self.table.runtime} on {cfg.device} runs no "
                            f"layer of {self.space.model} sparse ({self._why_dense()})")
         self.upper[n_groups:][self.dense_only] = 0
-        self.repair = SharedSubgraphDensity(self.bound)
+        self.repair = XnnpackDensities(self.bound)
         smallest = self.upper.copy()
         self.smallest_ms = float(self.bound.latency(smallest)[0])
         if self.smallest_ms > min(cfg.budgets_ms):
@@ -128,8 +117,9 @@ class _Context:
         return "its table prices them dense at every density"
 
     def dense_only_note(self) -> str:
-        """One line where some density genes leave the genome, else ''."""
-        if not self.dense_only.any() or self.cfg.genes == "channels":
+        """One line where some density genes leave the genome, else '' (also where XNNPACK's shared gene is left,
+        whose own note says which layers stay dense)."""
+        if not self.dense_only.any() or self.cfg.genes == "channels" or self.repair.genes:
             return ""
         n, total = int(self.dense_only.sum()), len(self.dense_only)
         what = "no layer" if n == total else f"only {total - n} of {total} sparse layers"
@@ -268,9 +258,9 @@ def _search(cfg: SearchConfig, ctx: _Context, out: RunDir, log) -> SearchResult:
             out.save_checkpoint({"problem": problem, "algorithm": algorithm, "rows": rows})
         _progress_line(log, gen, cfg, rows, ctx.predictor is not None, time.time() - t0)
     ctx.timings["generations"] = time.time() - t0
-    history = _rescore_front(cfg, ctx, pd.DataFrame(rows))
+    history = rescore_front(cfg, ctx, pd.DataFrame(rows))
     with ctx.timed("outputs"):
-        return _write_outputs(cfg, ctx, out, history)
+        return write_outputs(cfg, ctx, out, history)
 
 
 def _refine(cfg: SearchConfig, ctx: _Context, problem, algorithm, rows: list[dict], gen: int, log) -> None:
@@ -307,13 +297,9 @@ def _refit(ctx: _Context, rows: list[dict], seed: int):
     return refine(ctx.shipped_predictor, genomes, np.array([r["true_top1"] for r in scored]), seed)
 
 
-def _score_column(history: pd.DataFrame, predicted: bool) -> np.ndarray:
-    return (history["predicted_top1"] if predicted else history["true_top1"]).to_numpy(dtype=float)
-
-
 def _progress_line(log, gen: int, cfg: SearchConfig, rows: list[dict], predicted: bool, seconds: float) -> None:
     frame = pd.DataFrame(rows)
-    lat, top1 = frame["latency_ms"].to_numpy(), _score_column(frame, predicted)
+    lat, top1 = frame["latency_ms"].to_numpy(), score_column(frame, predicted)
     inside = lat <= max(cfg.budgets_ms)
     front = pareto_mask(lat[inside], top1[inside]).sum() if inside.any() else 0
     bests = []
@@ -323,78 +309,3 @@ def _progress_line(log, gen: int, cfg: SearchConfig, rows: list[dict], predicted
     hv = hypervolume(lat[inside], top1[inside], max(cfg.budgets_ms)) if inside.any() else 0.0
     log(f"gen {gen:>3}/{cfg.generations}  front {front:>3}  best {'  '.join(bests)}  HV {hv:.4f}  "
         f"evaluated {len(frame)}  {seconds:.1f}s")
-
-
-def uniform_genomes(space, upper: np.ndarray) -> np.ndarray:
-    """Uniform-width reference subnets, dense: every group at the same fraction of its base width."""
-    ratios = np.linspace(1.0, 0.25, 7)
-    out = []
-    for r in ratios:
-        g = np.zeros(space.n_genes, dtype=np.int64)
-        for i, grp in enumerate(space.groups):
-            g[i] = int(np.argmin([abs(c - r * grp.base) for c in grp.choices]))
-        out.append(np.minimum(g, upper))
-    return np.unique(np.array(out), axis=0)
-
-
-def _rescore_front(cfg: SearchConfig, ctx: _Context, history: pd.DataFrame) -> pd.DataFrame:
-    """True top-1 for the predicted front (spread picks, at most cfg.rescore) and the uniform-width references.
-
-    References the search never visited are appended with kind "reference"; `uniform` marks them all. Of those over
-    the largest budget only the cheapest is kept, to show where uniform width crosses it: the rest would cost
-    scoring time and say nothing about the budget.
-    """
-    history = history.assign(kind="search")
-    uniform = uniform_genomes(ctx.space, ctx.upper)
-    lat = ctx.bound.latency(uniform)
-    keep = lat <= max(cfg.budgets_ms)
-    if not keep.all():
-        keep[np.flatnonzero(~keep)[np.argmin(lat[~keep])]] = True
-    refs = [json.dumps([int(v) for v in g]) for g in uniform[keep]]
-    missing = [r for r in refs if r not in set(history["genome"])]
-    if missing:
-        genomes = genomes_from_column(pd.Series(missing))
-        extra = pd.DataFrame({"id": np.arange(len(history), len(history) + len(missing)), "generation": -1,
-                              "latency_ms": ctx.bound.latency(genomes),
-                              "predicted_top1": ctx.predictor.predict(genomes) if ctx.predictor else np.nan,
-                              "true_top1": np.nan, "genome": missing, "kind": "reference"})
-        history = pd.concat([history, extra], ignore_index=True)
-    history["uniform"] = history["genome"].isin(refs)
-    lat = history["latency_ms"].to_numpy()
-    candidates = np.flatnonzero((lat <= max(cfg.budgets_ms)) & (history["kind"] == "search").to_numpy())
-    score = _score_column(history, ctx.predictor is not None)
-    front = candidates[pareto_mask(lat[candidates], score[candidates])]
-    picks = front[spread_pick(lat[front], cfg.rescore)]
-    todo = [i for i in np.concatenate([picks, np.flatnonzero(history["uniform"].to_numpy())])
-            if np.isnan(history.at[i, "true_top1"])]
-    if todo:
-        genomes = genomes_from_column(history.loc[todo, "genome"])
-        history.loc[todo, "true_top1"] = ctx.true_top1(genomes, "re-scoring the front on the supernet",
-                                                       "final re-scoring")
-    return history
-
-
-def _write_outputs(cfg: SearchConfig, ctx: _Context, out: RunDir, history: pd.DataFrame) -> SearchResult:
-    scored = history[history["true_top1"].notna() & (history["kind"] == "search")
-                     & (history["latency_ms"] <= max(cfg.budgets_ms))]
-    keep = pareto_mask(scored["latency_ms"].to_numpy(), scored["true_top1"].to_numpy())
-    front = scored[keep].sort_values("latency_ms")
-    details = describe(ctx.space, genomes_from_column(front["genome"]))
-    pareto = pd.DataFrame({"id": front["id"].to_numpy(), "latency_ms": front["latency_ms"].round(6).to_numpy(),
-                           "top1": front["true_top1"].round(4).to_numpy(),
-                           "predicted_top1": front["predicted_top1"].round(4).to_numpy()})
-    pareto = pd.concat([pareto, details], axis=1)
-    summary_rows = []
-    for b in cfg.budgets_ms:
-        best = best_within_budget(pareto, b)
-        row = ({"id": None, "latency_ms": None, "top1": None} if best is None else
-               {"id": int(best["id"]), "latency_ms": float(best["latency_ms"]), "top1": float(best["top1"])})
-        # a budget the largest subnet meets says nothing about the space: the summary keeps that beside the pick
-        summary_rows.append({"budget_ms": b, **row, "largest_fits": b >= ctx.largest_ms})
-    summary = pd.DataFrame(summary_rows)
-    out.write_tables(history, pareto, summary)
-    plot_run(out.path, ctx.space)
-    if cfg.export:
-        for row in summary.dropna(subset=["id"]).itertuples():
-            export_member(out, int(row.id), supernet=ctx.supernet, device=cfg.device)
-    return SearchResult(out=out.path, pareto=pareto, history=history, summary=summary)

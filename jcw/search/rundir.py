@@ -96,6 +96,9 @@ class RunDir:
     def write_tables(self, history: pd.DataFrame, pareto: pd.DataFrame, summary: pd.DataFrame) -> None:
         write_csv(self.history, history.round({"latency_ms": 6, "predicted_top1": 4, "true_top1": 4}))
         write_csv(self.pareto, pareto)
+        self.write_summary(summary)
+
+    def write_summary(self, summary: pd.DataFrame) -> None:
         write_csv(self.summary, summary)
 
     def save_checkpoint(self, state: dict) -> None:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.fx.experimental.optimization import fuse
 
 from jcw.accelerator import Accelerator, device_of
-from jcw.data import load_dataset
+from jcw.data import supernet_data
 from jcw.space import parse_genomes
 from jcw.supernet.slicing import bake_masks, subnet_from_supernet
 from jcw.supernet.supernet import load_supernet
@@ -28,6 +28,7 @@ from jcw.config import CALIBRATION_IMAGES  # noqa: E402 (re-exported: scoring's 
 class Score:
     top1: float  # percent
     loss: float
+    correct: np.ndarray | None = None  # per image, whether the top guess was right (when asked for)
 
 
 @torch.no_grad()
@@ -50,26 +51,29 @@ def recalibrate_bn(net: nn.Module, data, images: int = CALIBRATION_IMAGES, batch
 
 
 @torch.no_grad()
-def evaluate(net: nn.Module, data, split: str = "val", batch_size: int = 100, limit: int | None = None) -> Score:
-    """Top-1 and mean loss in eval mode. Batches of 100 keep every activation under the allocator's 32 MiB mmap
-    threshold (see `jcw.allocator`), which made scoring about 1.5x faster than batches of 500."""
+def evaluate(net: nn.Module, data, split: str = "val", batch_size: int = 100, limit: int | None = None,
+             per_image: bool = False) -> Score:
+    """Top-1 and mean loss in eval mode (and with `per_image`, which images it got right: how noisy top-1 is as a
+    label follows from them). Batches of 100 keep every activation under the allocator's 32 MiB mmap threshold
+    (see `jcw.allocator`), which made scoring about 1.5x faster than batches of 500."""
     was_training = net.training
     net.eval()
-    correct, total, loss = 0, 0, 0.0
+    right, loss = [], 0.0
     accel = device_of(net)
     for batch in data.batches(split, batch_size, limit=limit):
         images, labels = accel.tensors(batch.images, batch.labels)
         with accel.autocast():
             logits = net(images)
         loss += F.cross_entropy(logits.float(), labels, reduction="sum").item()
-        correct += (logits.argmax(1) == labels).sum().item()
-        total += len(labels)
+        right.append((logits.argmax(1) == labels).cpu())
     net.train(was_training)
-    return Score(top1=100.0 * correct / max(total, 1), loss=loss / max(total, 1))
+    correct = torch.cat(right).numpy() if right else np.zeros(0, bool)
+    total = max(len(correct), 1)
+    return Score(top1=100.0 * int(correct.sum()) / total, loss=loss / total, correct=correct if per_image else None)
 
 
 def score_genome(supernet, genome, data, split: str = "val", calibration_images: int = CALIBRATION_IMAGES,
-                 eval_images: int | None = None) -> Score:
+                 eval_images: int | None = None, per_image: bool = False) -> Score:
     """True top-1 of one subnet, with its own batch-norm statistics.
 
     Scores the physically sliced subnet (the exported network, tested equal to the masked supernet), not the masked
@@ -80,7 +84,7 @@ def score_genome(supernet, genome, data, split: str = "val", calibration_images:
     small, _ = subnet_from_supernet(supernet, np.asarray(genome))
     small = bake_masks(small).to(memory_format=torch.channels_last)
     recalibrate_bn(small, data, calibration_images)
-    return evaluate(fuse(small.eval()), data, split, limit=eval_images)
+    return evaluate(fuse(small.eval()), data, split, limit=eval_images, per_image=per_image)
 
 
 def evaluate_genomes(supernet: str | None, genomes: str, split: str = "val",
@@ -88,7 +92,7 @@ def evaluate_genomes(supernet: str | None, genomes: str, split: str = "val",
                      data_dir: str | None = None, accelerator: str = "auto") -> Iterator[dict]:
     """`jcw supernet eval`: each named genome's readable form, top-1 and loss, yielded as it is scored."""
     net = Accelerator.choose(accelerator).module(load_supernet(supernet))
-    data = load_dataset(net.config.dataset, data_dir, net.config.input_size)
+    data = supernet_data(net.config, data_dir)
     for label, g in parse_genomes(genomes, net.space, seed):
         s = score_genome(net, g, data, split, calibration_images)
         yield {"label": label, "genome": [int(v) for v in g], **net.space.decode(g), "top1": round(s.top1, 4),

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from jcw.config import TrainConfig
-from jcw.data import load_dataset
+from jcw.data import supernet_data
 from jcw.errors import JcwError
 from jcw.supernet.loop import Replica
 from jcw.supernet.pool import start_ray
@@ -73,7 +73,7 @@ def _worker(job: dict) -> None:
     replica = RayTrainReplica(ctx.get_world_rank(), ctx.get_world_size())
     config, recipe = SupernetConfig.from_dict(job["config"]), TrainConfig(**job["recipe"])
     recipe.threads = job["threads"]
-    data = load_dataset(config.dataset, job["data_dir"], config.input_size)
+    data = supernet_data(config, job["data_dir"])
     net = initial_supernet(config, recipe)
     restored = ray.train.get_checkpoint()  # set when Ray Train restarted the group after a failure
     if restored is None:

@@ -16,7 +16,7 @@ import torch
 
 from jcw.accelerator import Accelerator
 from jcw.allocator import keep_freed_memory
-from jcw.data import load_dataset
+from jcw.data import supernet_data
 from jcw.errors import JcwError
 from jcw.supernet.accuracy import CALIBRATION_IMAGES, score_genome
 from jcw.supernet.supernet import Supernet, SupernetConfig
@@ -34,6 +34,15 @@ class DataSpec:
     split: str = "val"
     val_images: int | None = None  # cap on scored images (None: the whole split)
     accelerator: str = "auto"  # where each scorer runs (jcw/accelerator.py); Ray actors use CUDA only if given a GPU
+    per_image: bool = False  # also return which images each subnet got right (packed bits, hex): label noise
+
+
+def _scored(s, spec: DataSpec) -> dict:
+    """A score as plain values: top-1, loss and, where the spec asks, the per-image bits as a hex string."""
+    out = {"top1": s.top1, "loss": s.loss}
+    if spec.per_image:
+        out.update(correct=np.packbits(s.correct).tobytes().hex(), images=len(s.correct))
+    return out
 
 
 def _supernet_from_payload(payload: dict) -> Supernet:
@@ -58,7 +67,7 @@ class SerialPool:
         keep_freed_memory()
         self.supernet = Accelerator.choose(data_spec.accelerator).module(supernet)
         self.spec = data_spec
-        self.data = load_dataset(data_spec.dataset, data_spec.data_dir, supernet.config.input_size)
+        self.data = supernet_data(supernet.config, data_spec.data_dir)
 
         self.scored_by: list[dict] = []  # the last call's genomes: which process scored each, at how many threads
 
@@ -66,8 +75,8 @@ class SerialPool:
         out, self.scored_by = [], []
         for i, g in enumerate(genomes):
             s = score_genome(self.supernet, np.asarray(g), self.data, self.spec.split, self.spec.calibration_images,
-                             self.spec.val_images)
-            out.append({"top1": s.top1, "loss": s.loss})
+                             self.spec.val_images, self.spec.per_image)
+            out.append(_scored(s, self.spec))
             self.scored_by.append({"genome": i, "worker": os.getpid(), "threads": torch.get_num_threads()})
             if on_scored:
                 on_scored(i, out[-1])
@@ -82,12 +91,12 @@ class _ScoringActor:
     every call carries: a ref among an actor's constructor arguments is one Ray cannot promise to a restarted actor
     (ray-project/ray#53727), and Ray prints an error line at every such start."""
 
-    def __init__(self, spec: DataSpec, threads: int, input_size: int):
+    def __init__(self, spec: DataSpec, threads: int, config: SupernetConfig):
         keep_freed_memory()
         torch.set_num_threads(threads)
         self.spec = spec
         self.supernet = None
-        self.data = load_dataset(spec.dataset, spec.data_dir, input_size)
+        self.data = supernet_data(config, spec.data_dir)
 
     def score(self, payload: list, genome, index: int) -> dict:
         if self.supernet is None:
@@ -96,10 +105,9 @@ class _ScoringActor:
             built = _supernet_from_payload(ray.get(payload[0]))  # a ref in a list: Ray passes it unresolved
             self.supernet = Accelerator.choose(self.spec.accelerator).module(built)
         s = score_genome(self.supernet, np.asarray(genome), self.data, self.spec.split, self.spec.calibration_images,
-                         self.spec.val_images)
+                         self.spec.val_images, self.spec.per_image)
         # where it ran, as the worker sees it: benchmarks and tests report threads measured here, not requested
-        return {"top1": s.top1, "loss": s.loss, "index": index, "worker": os.getpid(),
-                "threads": torch.get_num_threads()}
+        return {**_scored(s, self.spec), "index": index, "worker": os.getpid(), "threads": torch.get_num_threads()}
 
     def pid(self) -> int:
         return os.getpid()
@@ -184,7 +192,7 @@ class RayPool:
         # SPREAD: one actor per node before doubling up, so losing a node loses as few actors as it can
         actor_cls = ray.remote(num_cpus=min(self.threads, cpus), num_gpus=gpus_per_actor, max_restarts=max_restarts,
                                max_task_retries=max_restarts, scheduling_strategy="SPREAD")(_ScoringActor)
-        self.actors = [actor_cls.remote(data_spec, self.threads, supernet.config.input_size)
+        self.actors = [actor_cls.remote(data_spec, self.threads, supernet.config)
                        for _ in range(self.workers)]
         self._wait_until_started(start_timeout, cpus)
         self.scored_by: list[dict] = []  # the last call's genomes: which actor process scored each, at how many threads
@@ -265,8 +273,14 @@ def _cluster_gpus(ray, accelerator: str) -> int:
     return gpus
 
 
+SERIAL_UP_TO_CPUS = 2  # where `workers=None` scores in this process rather than on Ray actors
+
+
 def scoring_pool(supernet, data_spec: DataSpec, workers: int | None, address: str | None = None):
-    """`workers=0` scores in this process; otherwise Ray actors (None: one per CPU)."""
-    if workers == 0:
+    """`workers=0` scores in this process, N on N Ray actors. None chooses by the machine: with no cluster named and
+    at most SERIAL_UP_TO_CPUS CPUs, this process at all its threads, which scores as fast as one actor per CPU there
+    and saves Ray's start-up (RESULTS.md section 6); else one actor per CPU (or GPU)."""
+    if workers == 0 or (workers is None and address is None
+                        and len(os.sched_getaffinity(0)) <= SERIAL_UP_TO_CPUS):
         return SerialPool(supernet, data_spec)
     return RayPool(supernet, data_spec, workers, address)

@@ -17,20 +17,25 @@ from jcw.errors import JcwError
 from jcw.io import torch_save
 from jcw.models import create_model
 from jcw.models.graph import analyse
-from jcw.supernet.accuracy import CALIBRATION_IMAGES, recalibrate_bn
+from jcw.supernet.accuracy import CALIBRATION_IMAGES, evaluate, recalibrate_bn
 from jcw.supernet.slicing import add_masks, shrink, subnet_from_supernet
 
 FORMAT = "jcw-subnet/1"
 
 
 def export_subnet(supernet, genome, path: str | Path, data=None, metadata: dict | None = None,
-                  calibration_images: int = CALIBRATION_IMAGES) -> Path:
-    """Write a subnet file; with `data`, batch norm is recalibrated for this subnet first."""
+                  calibration_images: int = CALIBRATION_IMAGES, test: bool = False) -> Path:
+    """Write a subnet file; with `data`, batch norm is recalibrated for this subnet first, and with `test` its top-1
+    on the test split goes into the metadata too: a member chosen on validation images is overrated there, so its
+    test top-1 is what it is worth."""
     small, arch = subnet_from_supernet(supernet, genome)
+    metadata = dict(metadata or {})
     if data is not None:
         recalibrate_bn(small, data, calibration_images)
+        if test:
+            metadata["test_top1"] = round(evaluate(small, data, "test").top1, 4)
     meta = {"genome": [int(v) for v in np.asarray(genome)], **supernet.space.decode(genome),
-            "supernet_hash": getattr(supernet, "hash", None), "jcw_version": __version__, **(metadata or {})}
+            "supernet_hash": getattr(supernet, "hash", None), "jcw_version": __version__, **metadata}
     save_subnet(path, small, arch, meta)
     return Path(path)
 
@@ -39,9 +44,18 @@ def save_subnet(path: str | Path, model: nn.Module, arch: dict, metadata: dict) 
     torch_save(path, {"format": FORMAT, "arch": arch, "state_dict": model.state_dict(), "metadata": metadata})
 
 
+def read_subnet_metadata(path: str | Path) -> dict:
+    """A subnet file's metadata (genome, scores, where it came from) without rebuilding the network."""
+    return _read(path)["metadata"]
+
+
+def _read(path: str | Path) -> dict:
+    return load_torch_file(path, "subnet file", FORMAT, "make one with `jcw export RUN --id K`", "export it again")
+
+
 def load_subnet(path: str | Path) -> nn.Module:
     """Rebuild an exported subnet as a plain nn.Module; `module.jcw_metadata` holds its genome and scores."""
-    ckpt = load_torch_file(path, "subnet file", FORMAT, "make one with `jcw export RUN --id K`", "export it again")
+    ckpt = _read(path)
     try:
         arch = ckpt["arch"]
         base = create_model(arch["model"], arch["num_classes"], arch["in_channels"])

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from jcw.accelerator import Accelerator
-from jcw.config import TrainConfig
-from jcw.data import load_dataset
+from jcw.config import CHOICES, TrainConfig
+from jcw.data import load_dataset, supernet_data
 from jcw.errors import JcwError
 from jcw.io import write_json
 from jcw.xnnpack import as_xnnpack_runs
@@ -90,8 +90,9 @@ def train_supernet(net: Supernet, data, out_dir: str | Path, cfg: TrainConfig, r
 
     With a `replica` (a Ray Train worker), this process trains its slice of every batch and only rank 0 writes.
     """
-    if cfg.random_densities not in ("independent", "xnnpack"):
-        raise JcwError(f"random densities {cfg.random_densities!r}: use 'independent' or 'xnnpack'")
+    if cfg.random_densities not in CHOICES["random_densities"]:
+        raise JcwError(f"random densities {cfg.random_densities!r}: use one of "
+                       f"{', '.join(CHOICES['random_densities'])}")
     if cfg.random_densities == "xnnpack":
         as_xnnpack_runs(net.space, net.space.largest()[None])  # before anything is written: a space it cannot run
     out = Path(out_dir)
@@ -125,7 +126,7 @@ def prepare(out: Path, config: SupernetConfig | None, recipe: TrainConfig | None
     Accelerator.choose((recipe or TrainConfig()).accelerator)  # before the data loads
     if resume:
         config = SupernetConfig.from_dict(read_checkpoint(out / "checkpoint.pt")["config"])
-        data = load_dataset(config.dataset, data_dir, config.input_size)
+        data = supernet_data(config, data_dir)
         saved = out / "train_config.json"
         if saved.exists():
             recipe = TrainConfig(**json.loads(saved.read_text())["train"])
@@ -133,7 +134,7 @@ def prepare(out: Path, config: SupernetConfig | None, recipe: TrainConfig | None
         if (out / "supernet.pt").exists() and not force:
             raise JcwError(f"{out} already holds a trained supernet; pass --resume to continue or --force to retrain")
         config = config or SupernetConfig()
-        data = load_dataset(config.dataset, data_dir, input_size)
+        data = load_dataset(config.dataset, data_dir, input_size, config.val_split)
         config = replace(config, input_size=data.input_size, in_channels=data.in_channels,
                          num_classes=data.num_classes)
     return config, recipe or TrainConfig(), data

@@ -1,6 +1,6 @@
 """Where a search's time goes, how fast subnets are scored, and how Ray scales, on this machine, in one run.
 
-    python benchmarks/speed.py [--old-tree DIR ...] [--genomes 12] [--seeds 0 1 2]
+    python benchmarks/speed.py [--old-tree DIR ...] [--genomes 12] [--seeds 0 1 2] [--searches-only]
 
 - The README's search (`jcw search --device pixel4 --latency 1ms`) once per seed: wall time with the CLI's start-up,
   and the phases the search records in its config.json (`timings_s`), for this tree and each --old-tree.
@@ -93,8 +93,8 @@ def readme_search(tree: Path, seed: int) -> dict:
 def section(searches: dict[str, list[dict]], rates: dict, scaling: dict, genomes: int) -> str:
     lines = ["## 6. Speed (benchmarks/speed.py)", "",
              f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node()} "
-             f"({cpu_identity()['model']}, {os.cpu_count()} CPUs), one measurement after another, nothing else "
-             "running.", "",
+             f"({cpu_identity()['model']}, {cpu_identity()['generation']}, {os.cpu_count()} CPUs), one measurement "
+             "after another, nothing else running.", "",
              "README search (`jcw search --device pixel4 --latency 1ms`), wall time with the CLI's start-up; "
              "hypervolume of the true front against (1 ms, 80%):", "",
              "| code | seed | wall s | subnets scored | HV | front (sparse members) | picked id | top-1 at 1 ms, "
@@ -119,6 +119,8 @@ def section(searches: dict[str, list[dict]], rates: dict, scaling: dict, genomes
     for phase in phases:
         v = float(np.median([s["timings"].get(phase, 0.0) for s in searches]))
         lines.append(f"| {phase} | {v:.1f} | {100 * v / total:.0f}% |")
+    if not rates:
+        return "\n".join(lines)
     lines += ["", f"Scoring with the search's default settings on the default Ray pool ({genomes} sampled subnets, "
               "after the actors are warm):", "", "| code | workers x threads (reported by the workers) | "
               "calibration images | genomes/s |", "| --- | --- | --- | --- |"]
@@ -140,6 +142,7 @@ def main() -> None:
     ap.add_argument("--old-tree", type=Path, nargs="+", default=[], help="checkouts of older jcw to compare with")
     ap.add_argument("--genomes", type=int, default=12)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--searches-only", action="store_true", help="skip the scoring-rate and Ray-scaling runs")
     args = ap.parse_args()
     trees = {"this tree": ROOT, **{f"older tree ({t.name})": t for t in args.old_tree}}
     searches = {name: [] for name in trees}
@@ -147,6 +150,9 @@ def main() -> None:
         for name, tree in trees.items():
             searches[name].append(readme_search(tree, seed))
     print(f"searches: { {k: [round(s['wall'], 1) for s in v] for k, v in searches.items()} }", flush=True)
+    if args.searches_only:
+        write_section("speed.py", section(searches, {}, {}, args.genomes))
+        return
     rates = {name: scoring_rate(tree, 0, args.genomes) for name, tree in trees.items()}
     print(f"rates: {rates}", flush=True)
     scaling = {w: scoring_rate(ROOT, w, args.genomes, threads=1) for w in (1, 2)}

@@ -6,8 +6,9 @@ the genes are tied: the search copies the first into the others in every genome 
 section 10 measured the tie against independent genes).
 
 A shared density short of the threshold buys no time, since XNNPACK runs it dense, but its zeros still cost
-accuracy, and on a small validation split a noisy few of them win anyway and reach the front (RESULTS.md section
-13). Such genomes are repaired to dense, so every front member's zeros are zeros the phone skips.
+accuracy, and on a small validation split a noisy few of them win anyway and reach the front (on the sparse-ready
+demo, four such members led their dense twins on validation and trailed them on the test split). Such genomes are
+repaired to dense, so every front member's zeros are zeros the phone skips.
 """
 from __future__ import annotations
 

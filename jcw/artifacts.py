@@ -15,8 +15,8 @@ import jcw
 from jcw.errors import JcwError
 
 KINDS = ("latency_tables", "predictors", "supernets")
-DEFAULT_SUPERNET = "mbv2_small_56_fmnist_rgb/supernet.pt"
-DEFAULT_PREDICTOR = "mbv2_small_56_fmnist_rgb"
+DEFAULT_SUPERNET = "mbv2_small_fmnist/supernet.pt"
+DEFAULT_PREDICTOR = "mbv2_small_fmnist"
 
 
 def artifact_dir(kind: str) -> Path:

@@ -33,6 +33,12 @@ DATASETS = ("fashion-mnist", "fashion-mnist-rgb", "cifar10", "cifar100", "imagef
 SPLIT_SEED = 0
 
 
+def val_cap(train_images: int, val_size: int) -> int:
+    """The most images a small training set gives the validation split: a fifth for the default split (as every
+    supernet trained before `--val-split` holds out), a quarter for a split asked for by size."""
+    return train_images // (5 if val_size == VAL_SIZE else 4)
+
+
 @dataclass
 class Batch:
     images: torch.Tensor
@@ -48,7 +54,7 @@ class InMemoryData:
         self.num_classes = num_classes
         self.flip = flip
         order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(SPLIT_SEED))
-        val_size = min(val_size, len(train_x) // 4)
+        val_size = min(val_size, val_cap(len(train_x), val_size))
         val_idx, train_idx = order[:val_size], order[val_size:]
         self.splits = {
             "train": (train_x[train_idx], train_y[train_idx]),
@@ -130,7 +136,7 @@ class ImageFolderData:
         test = datasets.ImageFolder(root / "val")
         self.num_classes = len(train.classes)
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(SPLIT_SEED)).tolist()
-        val_size = min(val_size, len(train) // 4)
+        val_size = min(val_size, val_cap(len(train), val_size))
         self.indices = {"train": order[val_size:], "val": order[:val_size], "test": list(range(len(test)))}
         self.sources = {"train": train, "val": train, "test": test}
 

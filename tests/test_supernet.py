@@ -154,7 +154,9 @@ def test_a_resized_dataset_with_a_larger_validation_split_keeps_the_smaller_spli
     assert torch.equal(large.splits["val"][0][:5000], small.splits["val"][0])
     batch = next(large.batches("val", 8))
     assert batch.images.shape == (8, 3, 56, 56)
-    # the same images, twice the side: pooled back to 28 px they are the stored ones within rounding
+    # the same images, twice the side: pooled back to 28 px they are near the stored ones (bilinear blurs the edges)
+    # and far from the other images of the batch
     pixels = batch.images * large.std[None, :, None, None] + large.mean[None, :, None, None]
     pooled = torch.nn.functional.avg_pool2d(pixels, 2) * 255
-    assert (pooled - small.splits["val"][0][:8].float()).abs().mean() < 3
+    stored = small.splits["val"][0][:8].float()
+    assert (pooled - stored).abs().mean() < 10 < (pooled - stored.roll(1, 0)).abs().mean()

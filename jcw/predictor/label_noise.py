@@ -39,7 +39,8 @@ def label_ceiling(correct: np.ndarray, redraws: int = 200, seed: int = 0) -> dic
     rng = np.random.default_rng(seed)
     draws = np.stack([right @ np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float32) / n
                       for _ in range(redraws)])
-    taus = [kendalltau(measured, d).statistic for d in draws]
-    return {"images": int(n), "subnets": int(right.shape[0]), "redraws": redraws,
-            "perfect_predictor_tau": round(float(np.median(taus)), 4),
+    taus = np.array([kendalltau(measured, d).statistic for d in draws], dtype=float)
+    # undefined (None) where every subnet scored alike, as on a handful of images: there is nothing to rank
+    ceiling = None if np.isnan(taus).all() else round(float(np.nanmedian(taus)), 4)
+    return {"images": int(n), "subnets": int(right.shape[0]), "redraws": redraws, "perfect_predictor_tau": ceiling,
             "top1_sd_points": round(float(100 * draws.std(0).mean()), 3)}

@@ -82,7 +82,7 @@ def main() -> None:
         lines.append(f"| {label} | {genes} | {g.hv.mean():.4f} ({g.hv.std():.4f}) | {g['best@0.5B'].mean():.2f} | "
                      f"{g.pick_val.mean():.2f} ({g.pick_val.std():.2f}) | {g.pick_test.mean():.2f} "
                      f"({g.pick_test.std():.2f}) | {g.pick_density.mean():.3f} | {g.front.mean():.1f} "
-                     f"({g.sparse.mean():.1f}) | {np.median(g.seconds):.0f} |")
+                     f"({g['sparse'].mean():.1f}) | {np.median(g.seconds):.0f} |")
     lines += ["", f"Searches run at {', '.join(sorted(set(frame['commit'])))}."]
     write_section("sparse_default.py", "\n".join(lines))
     print("\n".join(lines))

@@ -235,7 +235,7 @@ def load_cifar(name: str, data_dir: str | os.PathLike | None, val_size: int = VA
 
 def resized(images: torch.Tensor, side: int) -> torch.Tensor:
     """uint8 NCHW images resized bilinearly (antialiased when shrinking), rounded back to uint8 so that a resized
-    image is the same at training, scoring and export."""
+    image is the same at training and at scoring."""
     if images.shape[-1] == side:
         return images
     out = F.interpolate(images.float(), size=(side, side), mode="bilinear", align_corners=False,

@@ -30,6 +30,13 @@ def spread_pick(latency: np.ndarray, k: int) -> np.ndarray:
     return order[picks]
 
 
+def spread_front(latency: np.ndarray, top1: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
+    """At most `k` members of the Pareto front among `candidates` (row indices), spread over its latency range: the
+    ones refinement and the final re-scoring spend supernet time on."""
+    front = candidates[pareto_mask(latency[candidates], top1[candidates])]
+    return front[spread_pick(latency[front], k)]
+
+
 def describe(space: SearchSpace, genomes: np.ndarray) -> pd.DataFrame:
     """Readable columns for a set of genomes: params, MACs, mean density, channels, densities, genome."""
     g = np.asarray(genomes).reshape(-1, space.n_genes)

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from jcw.config import SearchConfig
-from jcw.search.archive import best_within_budget, describe, genomes_from_column, pareto_mask, spread_pick
+from jcw.search.archive import best_within_budget, describe, genomes_from_column, pareto_mask, spread_front
 from jcw.search.members import export_member
 from jcw.search.plot import plot_run
 from jcw.search.rundir import RunDir
@@ -71,8 +71,7 @@ def rescore_front(cfg: SearchConfig, ctx, history: pd.DataFrame) -> pd.DataFrame
     lat = history["latency_ms"].to_numpy()
     candidates = np.flatnonzero((lat <= max(cfg.budgets_ms)) & (history["kind"] == "search").to_numpy())
     score = score_column(history, ctx.predictor is not None)
-    front = candidates[pareto_mask(lat[candidates], score[candidates])]
-    picks = front[spread_pick(lat[front], cfg.rescore)]
+    picks = spread_front(lat, score, candidates, cfg.rescore)
     todo = [i for i in np.concatenate([picks, np.flatnonzero(history["uniform"].to_numpy())])
             if np.isnan(history.at[i, "true_top1"])]
     if todo:

@@ -40,7 +40,7 @@ from jcw.errors import JcwError
 from jcw.latency.table import load_table
 from jcw.predictor.fit import refine
 from jcw.predictor.predictor import load_predictor
-from jcw.search.archive import genomes_from_column, hypervolume, pareto_mask, spread_pick
+from jcw.search.archive import genomes_from_column, hypervolume, pareto_mask, spread_front
 from jcw.search.budget import format_ms
 from jcw.search.front import SearchResult, rescore_front, score_column, write_outputs
 from jcw.search.repair import XnnpackDensities
@@ -270,8 +270,7 @@ def _refine(cfg: SearchConfig, ctx: _Context, problem, algorithm, rows: list[dic
     candidates = np.flatnonzero((lat <= max(cfg.budgets_ms)) & frame["true_top1"].isna().to_numpy())
     if not len(candidates):
         return
-    front = candidates[pareto_mask(lat[candidates], predicted[candidates])]
-    picks = front[spread_pick(lat[front], cfg.refine)]
+    picks = spread_front(lat, predicted, candidates, cfg.refine)
     true = ctx.true_top1(genomes_from_column(frame["genome"].iloc[picks]), f"gen {gen} refining the predictor",
                          "refinement scoring")
     for i, t in zip(picks, true):

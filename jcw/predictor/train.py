@@ -48,7 +48,7 @@ def fit_on_supernet(supernet, samples: int, out: str | Path, seed: int = 0, work
     space, out = supernet.space, Path(out)
     genomes, scores = (np.zeros((0, space.n_genes), np.int64), []) if scored is None else \
         read_scored(scored, space, supernet.hash)
-    sampling = getattr(supernet, "recipe", {}).get("random_densities", "independent")
+    sampling = supernet.recipe.get("random_densities", "independent")
     if samples > 0:
         new = space.sample_spread(samples, np.random.default_rng(seed))
         if sampling == "xnnpack":  # the subnets it was trained on, and the only ones a TFLite search visits

@@ -56,6 +56,7 @@ class Supernet(nn.Module):
             self._warn_unblockable_layers()
         self._mask_tensors(modules)
         self.genome: np.ndarray | None = None
+        self.recipe: dict = {}  # how it was trained (TrainConfig), where its file records it
         self._skeletons: dict[tuple[int, ...], nn.Module] = {}
         self._by_name = modules  # looked up on every sliced pass
 
@@ -221,6 +222,6 @@ def load_supernet(path: str | Path | None = None) -> Supernet:
                        f"{str(exc).splitlines()[0]})") from None
     net.path = str(path)
     net.hash = file_hash(path)
-    net.recipe = ckpt.get("training") or {}  # how it was trained (TrainConfig), where the file records it
+    net.recipe = ckpt.get("training") or {}
     net.eval()
     return net

@@ -58,10 +58,25 @@ def finetune(subnet_path: str | Path, cfg: FinetuneConfig | None = None, out: st
     """Train the subnet with its masks held; write OUT/subnet.pt and return its test top-1 before and after."""
     cfg = cfg or FinetuneConfig()
     subnet_path = Path(subnet_path)
-    accel = Accelerator.choose(cfg.accelerator)
-    model = accel.module(load_subnet(subnet_path))
+    model = load_subnet(subnet_path)
     data = supernet_data(SupernetConfig.from_dict(model.jcw_arch["supernet_config"]), data_dir)
     out = Path(out) if out else subnet_path.with_name(subnet_path.stem + "-finetuned")
+    before, after = finetune_module(model, data, cfg, out, resume, progress, config={"subnet": str(subnet_path)})
+    meta = dict(model.jcw_metadata, test_top1_before_finetune=before, test_top1=after, finetune=asdict(cfg))
+    final = out / "subnet.pt"
+    save_subnet(final, model.cpu(), model.jcw_arch, meta)
+    return {"subnet": str(final), "test_top1_before": before, "test_top1": after,
+            "log": str(out / "finetune_log.csv")}
+
+
+def finetune_module(model: torch.nn.Module, data, cfg: FinetuneConfig, out: str | Path, resume: bool = False,
+                    progress: bool = True, config: dict | None = None) -> tuple[float, float]:
+    """Fine-tune any classifier in place (a subnet, or a network another pruner made) with `cfg`'s recipe, so that
+    networks from different pruners are compared after the same training; return its test top-1 before and after.
+    OUT gets the log, the checkpoint a resumed run starts from, and finetune_config.json (`config` added to it)."""
+    accel = Accelerator.choose(cfg.accelerator)
+    model = accel.module(model)
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     teacher = None
     if cfg.distill_from:
@@ -76,13 +91,8 @@ def finetune(subnet_path: str | Path, cfg: FinetuneConfig | None = None, out: st
     # a resumed run restores its own
     before = 0.0 if resume else evaluate(model, data, "test", limit=cfg.test_images).top1
     recipe = _MasksHeld(model, data, cfg, teacher, before)
-    write_json(out / "finetune_config.json", {"subnet": str(subnet_path), **asdict(cfg)})
+    write_json(out / "finetune_config.json", {**(config or {}), **asdict(cfg)})
     schedule = Schedule(cfg.epochs, cfg.batch_size, cfg.lr, seed=cfg.seed, limit_train=cfg.limit_train)
     groups = [{"params": list(model.parameters()), "weight_decay": cfg.weight_decay}]
     train_loop(recipe, groups, data, schedule, out, "finetune_log.csv", "finetune", resume, progress, accel)
-    after = evaluate(model, data, "test", limit=cfg.test_images).top1
-    meta = dict(model.jcw_metadata, test_top1_before_finetune=recipe.before, test_top1=after, finetune=asdict(cfg))
-    final = out / "subnet.pt"
-    save_subnet(final, model.cpu(), model.jcw_arch, meta)
-    return {"subnet": str(final), "test_top1_before": recipe.before, "test_top1": after,
-            "log": str(out / "finetune_log.csv")}
+    return recipe.before, evaluate(model, data, "test", limit=cfg.test_images).top1

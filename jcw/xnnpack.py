@@ -85,6 +85,17 @@ def runs_sparse(weights: np.ndarray, nonzeros: np.ndarray) -> np.ndarray:
     return (weights - np.asarray(nonzeros)) * 3 > weights * 2 * (1 + 1e-12)
 
 
+def subgraph_sparsity(layers: Sequence[Layer], in_channels: int, weights: dict[str, int],
+                      nonzeros: dict[str, float]) -> tuple[SparseSubgraph, float, bool]:
+    """A built network's subgraph, the fraction of its 1x1 weights that are zero (counted together), and whether
+    XNNPACK runs it sparse; `weights` and `nonzeros` count each weight layer's weights by the layer's name."""
+    subgraph = sparse_subgraph(layers, in_channels)
+    total = sum(weights[layers[i].name] for i in subgraph.convs)
+    nonzero = sum(nonzeros[layers[i].name] for i in subgraph.convs)
+    zero_fraction = 1 - nonzero / total if total else 0.0
+    return subgraph, zero_fraction, subgraph.possible and bool(runs_sparse(total, nonzero))
+
+
 def as_xnnpack_runs(space: SearchSpace, genomes: np.ndarray) -> np.ndarray:
     """`genomes` with the densities XNNPACK can run: the subgraph's 1x1 convs share the first one's density, and
     every other layer is dense. Training on such subnets spends the supernet's capacity where a TFLite search looks."""

@@ -20,7 +20,7 @@ from jcw.latency.tflite_runtime import convert, densified_convs, interpreter, ru
 from jcw.models.graph import analyse
 from jcw.supernet.slicing import bake_masks
 from jcw.supernet.subnet import load_subnet
-from jcw.xnnpack import SPARSE_FRACTION, is_1x1, runs_sparse, sparse_subgraph
+from jcw.xnnpack import SPARSE_FRACTION, is_1x1, subgraph_sparsity
 
 TOLERANCE = 1e-4
 
@@ -39,13 +39,12 @@ def xnnpack_report(model: nn.Module, arch: dict, flatbuffer: bytes) -> list[Laye
     """Per weight layer: its density, whether the file stores it sparse, and whether XNNPACK will run it sparse."""
     space = analyse(model, arch["model"], arch["input_size"], arch["in_channels"], arch["num_classes"]).space
     stored = densified_convs(flatbuffer)
-    subgraph = sparse_subgraph(space.layers, arch["in_channels"])
     weights = {name: module.weight for name, module in model.named_modules()
                if isinstance(module, (nn.Conv2d, nn.Linear))}
     density = {name: float((w != 0).float().mean()) for name, w in weights.items()}
-    total = sum(weights[space.layers[i].name].numel() for i in subgraph.convs)
-    nonzero = sum(density[space.layers[i].name] * weights[space.layers[i].name].numel() for i in subgraph.convs)
-    sparse = subgraph.possible and bool(runs_sparse(total, nonzero))
+    subgraph, zero_fraction, sparse = subgraph_sparsity(
+        space.layers, arch["in_channels"], {name: w.numel() for name, w in weights.items()},
+        {name: int((w != 0).sum()) for name, w in weights.items()})
     rows = []
     for index, layer in enumerate(space.layers):
         if layer.kind not in ("conv", "linear"):
@@ -61,7 +60,7 @@ def xnnpack_report(model: nn.Module, arch: dict, flatbuffer: bytes) -> list[Laye
         elif in_subgraph and sparse:
             why = "stored dense in the file: XNNPACK runs sparse only weights behind a DENSIFY op"
         elif in_subgraph:
-            why = (f"the subgraph's 1x1 weights are {100 * (1 - nonzero / total):.0f}% zero; XNNPACK needs "
+            why = (f"the subgraph's 1x1 weights are {100 * zero_fraction:.0f}% zero; XNNPACK needs "
                    f"{100 * SPARSE_FRACTION:.0f}%")
         elif op == "1x1 conv":
             why = subgraph.reason or "outside the NCHW subgraph"

@@ -16,16 +16,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch.nn as nn
+import torchvision.models as tvm
 import yaml
 from scipy.optimize import nnls
 
-import torchvision.models as tvm
-
 from jcw.artifacts import artifact_dir
 from jcw.errors import JcwError, JcwWarning
-from jcw.latency.ops import Op, model_ops, op_features
+from jcw.latency.ops import Op, model_ops, named_model_ops, op_features
 from jcw.latency.sparse_model import DATA as SPARSE_DATA
 from jcw.latency.sparse_model import NETWORKS, SparseKernelModel, fit_xnnpack_kernel
+from jcw.models.graph import analyse
+from jcw.xnnpack import subgraph_sparsity
 
 COMPUTE = ("conv", "conv1x1", "dwconv", "linear")
 PARAMS = ("fixed_ms", "ms_per_mb", *(f"ms_per_mmac_{c}" for c in COMPUTE))
@@ -60,6 +62,22 @@ class DeviceModel:
 
     def model_ms(self, ops: list[Op]) -> float:
         return float(sum(self.op_ms(op) for op in ops))
+
+    def module_ms(self, model: nn.Module, input_size: int, in_channels: int = 3) -> float:
+        """A built network's time, whoever pruned it (masks baked in), with each weight layer's own density priced
+        only where this runtime runs it sparse: under XNNPACK, the 1x1 convs of a subgraph that is sparse enough.
+        One ruler for jcw's subnets and other pruners' networks alike."""
+        layers = {name: m for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+        nonzeros = {name: int((m.weight != 0).sum()) for name, m in layers.items()}
+        density = {name: nonzeros[name] / m.weight.numel() for name, m in layers.items()}
+        if self.sparse_kernel == "xnnpack":
+            space = analyse(model, "module", input_size, in_channels, 1).space
+            subgraph, _, sparse = subgraph_sparsity(space.layers, in_channels,
+                                                    {n: m.weight.numel() for n, m in layers.items()}, nonzeros)
+            runs_sparse = {space.layers[i].name for i in subgraph.convs} if sparse else set()
+            density = {name: d if name in runs_sparse else 1.0 for name, d in density.items()}
+        return float(sum(self.op_ms(op, density.get(name, 1.0))
+                         for name, op in named_model_ops(model, input_size, in_channels)))
 
 
 def features(ops: list[Op]) -> np.ndarray:

@@ -146,7 +146,12 @@ def has_sparse_kernel(layer: Layer) -> bool:
 
 def model_ops(model: nn.Module, input_size: int, in_channels: int = 3) -> list[Op]:
     """Every priced op of a traceable classification CNN, for whole-model prediction."""
-    ops: list[Op] = []
+    return [op for _, op in named_model_ops(model, input_size, in_channels)]
+
+
+def named_model_ops(model: nn.Module, input_size: int, in_channels: int = 3) -> list[tuple[str, Op]]:
+    """`model_ops` with each op's module (or fx node) name, to price a layer's own weight density."""
+    ops: list[tuple[str, Op]] = []
     for node in trace(model.eval(), input_size, in_channels):
         mod = node.module
         if node.kind == "conv":
@@ -158,14 +163,14 @@ def model_ops(model: nn.Module, input_size: int, in_channels: int = 3) -> list[O
                 h_out, w_out = node.out_shape[-2:]
                 weights = c / mod.groups * mod.out_channels * area  # but every input channel is read once
                 moved = c * h * w + mod.out_channels * h_out * w_out + weights
-                ops.append(Op(per_group.category, per_group.macs, moved * 4 / 1e6))
+                ops.append((node.name, Op(per_group.category, per_group.macs, moved * 4 / 1e6)))
             else:
-                ops.append(op_features("conv", h, w, mod.kernel_size[0], mod.stride[0], mod.groups > 1, c,
-                                       mod.out_channels, kernel_area=area))
+                ops.append((node.name, op_features("conv", h, w, mod.kernel_size[0], mod.stride[0], mod.groups > 1,
+                                                   c, mod.out_channels, kernel_area=area)))
         elif node.kind == "linear":
-            ops.append(op_features("linear", 1, 1, 1, 1, False, mod.in_features, mod.out_features))
+            ops.append((node.name, op_features("linear", 1, 1, 1, 1, False, mod.in_features, mod.out_features)))
         elif node.kind == "pool":
-            ops.append(Op("pool", 0.0, (prod(node.in_shape) + prod(node.out_shape)) * 4 / 1e6))
+            ops.append((node.name, Op("pool", 0.0, (prod(node.in_shape) + prod(node.out_shape)) * 4 / 1e6)))
         elif node.kind in ("add", "cat"):
-            ops.append(Op("add", 0.0, 2 * prod(node.out_shape) * 4 / 1e6))
+            ops.append((node.name, Op("add", 0.0, 2 * prod(node.out_shape) * 4 / 1e6)))
     return ops

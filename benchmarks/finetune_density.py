@@ -1,0 +1,133 @@
+"""Does density pay after fine-tuning? Joint and channels-only picks at 0.4B, 0.5B and B, fine-tuned alike.
+
+Users deploy a front member after `jcw finetune`, so the inherited top-1 the search ranks by is not the last word:
+a sparse subnet may recover more (or less) than a narrower dense one. For each seed, each supernet and gene mode is
+searched as the README does, with the three budgets at once (`jcw search --device pixel4 --latency
+0.4ms,0.5ms,1ms --genes G --seed N`); each budget's pick is then fine-tuned with one recipe (`jcw finetune --epochs
+5 --seed N`: the same data order for every row of a seed) and scored on the test split, which nothing selects on.
+
+    python benchmarks/finetune_density.py [--seeds 0 1 2] [--epochs 5]
+
+Each finished search and fine-tune is appended to benchmarks/work/finetune_density.jsonl as it ends, and a rerun
+skips what is there (a killed fine-tune resumes from its checkpoint). Writes its section of benchmarks/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sections import write_section
+from xnnpack_rules import ROOT, commit
+
+from jcw.supernet.subnet import read_subnet_metadata
+
+BUDGET = 1.0
+# 0.3B (0.3 ms) is below every subnet of both supernets (0.308 ms is the least on pixel4): 0.4B stands for it
+FRACTIONS = (0.4, 0.5, 1.0)
+ROWS = [("sparse-ready (mbv2_small_56_fmnist_rgb)", "mbv2_small_56_fmnist_rgb", "joint"),
+        ("sparse-ready (mbv2_small_56_fmnist_rgb)", "mbv2_small_56_fmnist_rgb", "channels"),
+        # on pixel4 the default's density genes stay dense (its stem): its search is a channel search
+        ("default (mbv2_small_fmnist)", "mbv2_small_fmnist", "channels")]
+WORK = ROOT / "benchmarks" / "work" / "finetune_density"
+CACHE = WORK.with_suffix(".jsonl")
+
+
+def jcw(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "jcw.cli", *args], cwd=ROOT, check=True, capture_output=True)
+
+
+def search(name: str, genes: str, seed: int, out: Path) -> pd.DataFrame:
+    """The run's summary: one pick per budget (id NaN where nothing fits), reusing a finished run."""
+    if not (out / "summary.csv").exists():
+        budgets = ",".join(f"{f * BUDGET:g}ms" for f in FRACTIONS)
+        jcw("search", "--device", "pixel4", "--latency", budgets, "--genes", genes, "--seed", str(seed),
+            "--supernet", f"supernets/{name}/supernet.pt", "--predictor", f"predictors/{name}", "--out", str(out),
+            "--force")
+    return pd.read_csv(out / "summary.csv")
+
+
+def finetune(run: Path, subnet_id: int, seed: int, epochs: int) -> dict:
+    out = run / "finetuned" / str(subnet_id)
+    start = time.perf_counter()
+    resume = ["--resume"] if (out / "checkpoint.pt").exists() else []
+    jcw("finetune", str(run / "subnets" / f"{subnet_id}.pt"), "--epochs", str(epochs), "--seed", str(seed),
+        "--out", str(out), *resume)
+    meta = read_subnet_metadata(out / "subnet.pt")
+    return {"test_before": round(float(meta["test_top1_before_finetune"]), 2),
+            "test_after": round(float(meta["test_top1"]), 2), "finetune_s": round(time.perf_counter() - start)}
+
+
+def run_all(seeds: list[int], epochs: int) -> pd.DataFrame:
+    done = {}
+    if CACHE.exists():
+        done = {(r["supernet"], r["genes"], r["seed"], r["budget_ms"]): r
+                for r in map(json.loads, CACHE.read_text().splitlines()) if r.get("epochs") == epochs}
+    WORK.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for seed in seeds:
+        for label, name, genes in ROWS:
+            run = WORK / f"{name}-{genes}-s{seed}"
+            summary = None
+            for fraction in FRACTIONS:
+                key = (label, genes, seed, round(fraction * BUDGET, 6))
+                row = done.get(key)
+                if row is None:
+                    summary = search(name, genes, seed, run) if summary is None else summary
+                    pick = summary[np.isclose(summary["budget_ms"], key[3])].iloc[0]
+                    row = {"supernet": label, "genes": genes, "seed": seed, "budget_ms": key[3], "epochs": epochs,
+                           "commit": commit()}
+                    if not pd.isna(pick["id"]):
+                        front = pd.read_csv(run / "pareto.csv").set_index("id")
+                        row.update(id=int(pick["id"]), latency_ms=float(pick["latency_ms"]),
+                                   val=float(pick["top1"]), mean_density=float(front.at[int(pick["id"]),
+                                                                                       "mean_density"]),
+                                   **finetune(run, int(pick["id"]), seed, epochs))
+                    with CACHE.open("a") as f:
+                        f.write(json.dumps(row) + "\n")
+                print(row, flush=True)
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def section(frame: pd.DataFrame, seeds: list[int], epochs: int) -> str:
+    budgets = ",".join(f"{f * BUDGET:g}ms" for f in FRACTIONS)
+    lines = ["## 15. Density after fine-tuning (benchmarks/finetune_density.py)", "",
+             f"`jcw search --device pixel4 --latency {budgets} --genes G --seed N --supernet S --predictor P`, then "
+             f"`jcw finetune PICK --epochs {epochs} --seed N` on each budget's pick (best validation top-1 within the "
+             f"budget); seeds {seeds}, mean (sd) over seeds. Test top-1 is on the whole test split, before and after "
+             "fine-tuning; nothing selects on it.", "",
+             "| budget | supernet | genes | picks | latency ms | mean density | val (inherited) | test before | "
+             "test after fine-tuning |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for budget, by_budget in frame.groupby("budget_ms"):
+        for (label, genes), g in by_budget.groupby(["supernet", "genes"], sort=False):
+            g = g.dropna(subset=["test_after"]) if "test_after" in g else g.iloc[:0]
+            if g.empty:
+                lines.append(f"| {budget:g} ms | {label} | {genes} | 0 | no subnet fits | | | | |")
+                continue
+            lines.append(f"| {budget:g} ms | {label} | {genes} | {len(g)} | {g.latency_ms.mean():.3f} | "
+                         f"{g.mean_density.mean():.3f} | {g.val.mean():.2f} ({g.val.std():.2f}) | "
+                         f"{g.test_before.mean():.2f} ({g.test_before.std():.2f}) | "
+                         f"**{g.test_after.mean():.2f}** ({g.test_after.std():.2f}) |")
+    lines += ["", f"Runs at {', '.join(sorted(set(frame['commit'])))}."]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--epochs", type=int, default=5)
+    args = ap.parse_args()
+    frame = run_all(args.seeds, args.epochs)
+    text = section(frame, args.seeds, args.epochs)
+    write_section("finetune_density.py", text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

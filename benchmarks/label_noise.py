@@ -23,7 +23,7 @@ from scipy.stats import kendalltau
 from jcw.allocator import keep_freed_memory
 from jcw.data import load_dataset
 from jcw.predictor.dataset import read_scored
-from jcw.predictor.fit import fit_predictor
+from jcw.predictor.regression import fit_predictor
 from jcw.predictor.predictor import load_predictor
 from jcw.supernet.accuracy import recalibrate_bn
 from jcw.supernet.slicing import bake_masks, subnet_from_supernet

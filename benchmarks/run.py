@@ -23,9 +23,10 @@ from jcw.data import load_dataset  # noqa: E402
 from jcw.supernet.subnet import export_subnet  # noqa: E402
 from jcw.finetune import FinetuneConfig, finetune  # noqa: E402
 from jcw.latency.table import load_table  # noqa: E402
-from jcw.predictor.fit import rank_metrics  # noqa: E402
+from jcw.predictor.regression import rank_metrics  # noqa: E402
 from jcw.predictor.predictor import load_predictor  # noqa: E402
 from jcw.search.archive import genomes_from_column, hypervolume  # noqa: E402
+from jcw.accelerator import CPU  # noqa: E402
 from jcw.supernet.pool import DataSpec, RayPool, SerialPool  # noqa: E402
 from jcw.errors import JcwError  # noqa: E402
 from sections import kept_sections  # noqa: E402  (benchmarks/ is this script's folder)
@@ -201,7 +202,7 @@ def cost(net, search_seconds: float, n_genomes: int) -> str:
     warmup = list(net.space.sample(2, np.random.default_rng(1)))  # actor start-up and first-call costs, untimed
     genomes = list(net.space.sample(n_genomes, np.random.default_rng(0)))
     rates = {}
-    serial = SerialPool(net, spec)
+    serial = SerialPool(net, spec, CPU)
     serial.score(warmup)
     t0 = time.time()
     serial.score(genomes)

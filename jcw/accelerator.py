@@ -3,7 +3,8 @@
 Every training, batch-norm recalibration, scoring and fine-tuning path asks an `Accelerator` to move its model and
 batches, so `--accelerator auto|cpu|cuda` means the same everywhere. On CUDA it uses autocast (bf16 where the GPU
 has it, else fp16 with a gradient scaler), channels_last and non-blocking copies from pinned memory. On the CPU it
-changes nothing: the same float32 arithmetic as before it existed, so CPU results are unchanged.
+changes nothing: plain float32, so CPU results do not depend on it. Each process chooses once (a command at its
+start, a Ray worker when it starts) and hands the choice down.
 """
 from __future__ import annotations
 
@@ -64,11 +65,3 @@ class Accelerator:
 
 
 CPU = Accelerator(torch.device("cpu"))
-
-
-def device_of(net: torch.nn.Module) -> Accelerator:
-    """The accelerator a model already sits on (autocast on CUDA), for code handed a model rather than a choice."""
-    param = next(net.parameters(), None)
-    if param is None or param.device.type != "cuda":
-        return CPU
-    return Accelerator.choose("cuda")

@@ -58,6 +58,11 @@ class SearchConfig:
     runs_dir: str = "runs"
     accelerator: str = "auto"  # auto (CUDA when torch sees a GPU) | cpu | cuda; jcw/accelerator.py
 
+    @property
+    def largest_budget_ms(self) -> float:
+        """The budget that bounds the search: the front, the constraint and the hypervolume stop there."""
+        return max(self.budgets_ms)
+
 
 @dataclass
 class SupernetConfig:

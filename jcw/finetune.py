@@ -21,8 +21,9 @@ from jcw.supernet.supernet import load_supernet
 class _MasksHeld:
     """The loop's recipe for a subnet: cross-entropy, half of it on the teacher's soft labels when there is one."""
 
-    def __init__(self, model: torch.nn.Module, data, cfg: FinetuneConfig, teacher, before: float):
+    def __init__(self, model: torch.nn.Module, data, cfg: FinetuneConfig, teacher, before: float, accel: Accelerator):
         self.model, self.data, self.cfg, self.teacher, self.before = model, data, cfg, teacher, before
+        self.accel = accel
 
     def begin_epoch(self, epoch: int) -> None:
         self.model.train()
@@ -41,7 +42,8 @@ class _MasksHeld:
         return loss.item()
 
     def end_epoch(self, epoch: int, row: dict) -> None:
-        row["val_top1"] = round(evaluate(self.model, self.data, "val", limit=self.cfg.val_images).top1, 2)
+        row["val_top1"] = round(evaluate(self.model, self.data, "val", limit=self.cfg.val_images,
+                                         accel=self.accel).top1, 2)
         print(f"epoch {epoch + 1}/{self.cfg.epochs}: loss {row['train_loss']}, val top-1 {row['val_top1']}%",
               flush=True)
 
@@ -57,11 +59,12 @@ def finetune(subnet_path: str | Path, cfg: FinetuneConfig | None = None, out: st
              resume: bool = False, data_dir: str | None = None, progress: bool = True) -> dict:
     """Train the subnet with its masks held; write OUT/subnet.pt and return its test top-1 before and after."""
     cfg = cfg or FinetuneConfig()
+    accel = Accelerator.choose(cfg.accelerator)  # before anything is read or written
     subnet_path = Path(subnet_path)
     model = load_subnet(subnet_path)
     data = supernet_data(SupernetConfig.from_dict(model.jcw_arch["supernet_config"]), data_dir)
     out = Path(out) if out else subnet_path.with_name(subnet_path.stem + "-finetuned")
-    before, after = finetune_module(model, data, cfg, out, resume, progress, config={"subnet": str(subnet_path)})
+    before, after = finetune_module(model, data, cfg, out, resume, progress, {"subnet": str(subnet_path)}, accel)
     meta = dict(model.jcw_metadata, test_top1_before_finetune=before, test_top1=after, finetune=asdict(cfg))
     final = out / "subnet.pt"
     save_subnet(final, model.cpu(), model.jcw_arch, meta)
@@ -70,11 +73,13 @@ def finetune(subnet_path: str | Path, cfg: FinetuneConfig | None = None, out: st
 
 
 def finetune_module(model: torch.nn.Module, data, cfg: FinetuneConfig, out: str | Path, resume: bool = False,
-                    progress: bool = True, config: dict | None = None) -> tuple[float, float]:
+                    progress: bool = True, config: dict | None = None,
+                    accel: Accelerator | None = None) -> tuple[float, float]:
     """Fine-tune any classifier in place (a subnet, or a network another pruner made) with `cfg`'s recipe, so that
     networks from different pruners are compared after the same training; return its test top-1 before and after.
-    OUT gets the log, the checkpoint a resumed run starts from, and finetune_config.json (`config` added to it)."""
-    accel = Accelerator.choose(cfg.accelerator)
+    OUT gets the log, the checkpoint a resumed run starts from, and finetune_config.json (`config` added to it).
+    `accel` is the caller's choice for this process; without one, it is chosen here from `cfg`."""
+    accel = accel or Accelerator.choose(cfg.accelerator)
     model = accel.module(model)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -86,13 +91,14 @@ def finetune_module(model: torch.nn.Module, data, cfg: FinetuneConfig, out: str 
                            f"({teacher.config.num_classes} classes), the subnet on {data.name} ({data.num_classes} "
                            f"classes): the teacher must know the subnet's classes")
         teacher.set_genome(teacher.space.largest())
-        recalibrate_bn(teacher, data)  # shared statistics mix every subnet trained; the teacher needs its own
+        # shared statistics mix every subnet trained; the teacher needs its own
+        recalibrate_bn(teacher, data, accel=accel)
         teacher.eval()
     # a resumed run restores its own
-    before = 0.0 if resume else evaluate(model, data, "test", limit=cfg.test_images).top1
-    recipe = _MasksHeld(model, data, cfg, teacher, before)
+    before = 0.0 if resume else evaluate(model, data, "test", limit=cfg.test_images, accel=accel).top1
+    recipe = _MasksHeld(model, data, cfg, teacher, before, accel)
     write_json(out / "finetune_config.json", {**(config or {}), **asdict(cfg)})
     schedule = Schedule(cfg.epochs, cfg.batch_size, cfg.lr, seed=cfg.seed, limit_train=cfg.limit_train)
     groups = [{"params": list(model.parameters()), "weight_decay": cfg.weight_decay}]
     train_loop(recipe, groups, data, schedule, out, "finetune_log.csv", "finetune", resume, progress, accel)
-    return recipe.before, evaluate(model, data, "test", limit=cfg.test_images).top1
+    return recipe.before, evaluate(model, data, "test", limit=cfg.test_images, accel=accel).top1

@@ -96,16 +96,28 @@ def subgraph_sparsity(layers: Sequence[Layer], in_channels: int, weights: dict[s
     return subgraph, zero_fraction, subgraph.possible and bool(runs_sparse(total, nonzero))
 
 
+def shared_density_genes(space: SearchSpace, subgraph: SparseSubgraph | None) -> list[int]:
+    """Genome positions of the subgraph's 1x1 convs' density genes, in layer order. XNNPACK runs them sparse only as
+    a whole, so they share one density: the first's (`tie_densities`)."""
+    convs = subgraph.convs if subgraph is not None else ()
+    return sorted({len(space.groups) + space.layers[i].sparse for i in convs if space.layers[i].sparse >= 0})
+
+
+def tie_densities(genomes: np.ndarray, genes: list[int]) -> np.ndarray:
+    """`genomes` (a copy) with every gene of `genes` set to the first's value."""
+    out = np.array(genomes, dtype=np.int64)
+    out[:, genes] = out[:, genes[:1]]
+    return out
+
+
 def as_xnnpack_runs(space: SearchSpace, genomes: np.ndarray) -> np.ndarray:
     """`genomes` with the densities XNNPACK can run: the subgraph's 1x1 convs share the first one's density, and
     every other layer is dense. Training on such subnets spends the supernet's capacity where a TFLite search looks."""
     subgraph = sparse_subgraph(space.layers, space.in_channels)
     if not subgraph.possible:
         raise JcwError(f"XNNPACK runs no layer of {space.model} sparse: {subgraph.reason}")
-    n_groups = len(space.groups)
-    shared = [n_groups + space.layers[i].sparse for i in subgraph.convs if space.layers[i].sparse >= 0]
-    genomes = np.asarray(genomes, dtype=np.int64)
-    out = genomes.copy()
-    out[:, n_groups:] = 0
-    out[:, shared] = genomes[:, shared[:1]]
+    shared = shared_density_genes(space, subgraph)
+    out = tie_densities(genomes, shared)
+    dense = np.setdiff1d(np.arange(len(space.groups), space.n_genes), shared)
+    out[:, dense] = 0
     return out

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from jcw.accelerator import CPU
 from jcw.errors import JcwError
 from jcw.supernet.pool import DataSpec, RayPool, SerialPool
 
@@ -18,7 +19,7 @@ from conftest import cli_env
 def test_ray_pool_spreads_work_replaces_dead_actors_and_names_failures(supernet, tmp_path):
     spec = DataSpec(calibration_images=100, val_images=200)
     genomes = list(supernet.space.sample(4, np.random.default_rng(2)))
-    serial = SerialPool(supernet, spec).score(genomes)
+    serial = SerialPool(supernet, spec, CPU).score(genomes)
     pool = RayPool(supernet, spec, workers=2)
     try:
         pids = pool.actor_pids()

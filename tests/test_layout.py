@@ -115,7 +115,7 @@ def _cli_defaults(*argv: str) -> dict:
      {"latency": None, "no_export": None, "budgets_ms": None, "export": None}),
     (["supernet", "train"], "jcw.supernet.train:TrainConfig", {}),
     (["supernet", "train"], "jcw.supernet.supernet:SupernetConfig", {}),
-    (["predictor", "fit"], "jcw.predictor.train:PredictorFitConfig", {}),
+    (["predictor", "fit"], "jcw.predictor.fit:PredictorFitConfig", {}),
     (["finetune", "x.pt"], "jcw.finetune:FinetuneConfig", {}),
 ])
 def test_every_cli_default_equals_the_librarys(argv, config, renamed):

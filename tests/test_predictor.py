@@ -5,7 +5,7 @@ import pytest
 
 from jcw.errors import JcwError
 from jcw.predictor.features import genome_features
-from jcw.predictor.fit import fit_predictor, refine
+from jcw.predictor.regression import fit_predictor, refine
 from jcw.predictor.models import apply_model, fit_kernel, fit_ridge
 from jcw.predictor.predictor import load_predictor
 
@@ -121,7 +121,7 @@ def test_shipped_dataset_ranks_unseen_subnets_and_shuffled_labels_do_not(superne
     from scipy.stats import kendalltau
 
     from jcw.artifacts import default_predictor_path
-    from jcw.predictor.fit import fit_kind
+    from jcw.predictor.regression import fit_kind
     from jcw.search.archive import genomes_from_column
 
     rows = pd.read_csv(default_predictor_path() / "dataset.csv")

@@ -58,7 +58,7 @@ def _supernet_eval(args) -> None:
 
 
 def _predictor_fit(args) -> None:
-    from jcw.predictor.train import PredictorFitConfig, fit
+    from jcw.predictor.fit import PredictorFitConfig, fit
 
     pred = fit(PredictorFitConfig(supernet=args.supernet, samples=args.samples, out=args.out, seed=args.seed,
                                   scored=args.scored, calibration_images=args.calibration_images,
@@ -74,6 +74,7 @@ def _predictor_fit(args) -> None:
 def _search(args) -> None:
     from jcw.search.budget import parse_budgets
     from jcw.search.run import SearchConfig, search
+    from jcw.search.rundir import RunDir
 
     cfg = SearchConfig(device=args.device, budgets_ms=parse_budgets(args.latency), supernet=args.supernet,
                        predictor=args.predictor, population=args.population, generations=args.generations,
@@ -91,10 +92,10 @@ def _search(args) -> None:
         else:
             test = "-" if row.test_top1 is None or row.test_top1 != row.test_top1 else f"{row.test_top1:.2f}%"
             print(f"{row.budget_ms:>8g}ms {int(row.id):>5} {row.latency_ms:>12.4f}   {row.top1:>10.2f}%   {test:>11}")
-    out = result.out
-    print(f"\npareto: {out / 'pareto.csv'}\nplot: {out / 'pareto.png'}\nhistory: {out / 'history.csv'}")
-    if (out / "subnets").is_dir():
-        print(f"subnets: {out / 'subnets'}")
+    run = RunDir(result.out)
+    print(f"\npareto: {run.pareto}\nplot: {run.png}\nhistory: {run.history}")
+    if run.subnets.is_dir():
+        print(f"subnets: {run.subnets}")
 
 
 def _print_paths(paths: dict) -> None:

@@ -32,7 +32,7 @@ from jcw.latency.host_runtime import cpu_runtime
 from jcw.latency.ops import has_sparse_kernel, micro_model
 from jcw.latency.table import LatencyTable, user_table_dir
 from jcw.latency.tflite_runtime import convert, interpreter, set_inputs
-from jcw.runtime import torch_threads
+from jcw.threads import torch_threads
 from jcw.space import Layer, SearchSpace
 from jcw.supernet.slicing import subnet_from_supernet
 from jcw.supernet.supernet import load_supernet
@@ -73,7 +73,7 @@ def onnx_micro_op(layer: Layer, c_in: int, c_out: int, density: float):
     return lambda: session.run(None, feeds)
 
 
-RUNTIMES = {"torch": "torch eager CPU (jcw.latency.host_runtime: BN folded, sparse CSR for 1x1 convs and linear "
+RUNTIME_DETAILS = {"torch": "torch eager CPU (jcw.latency.host_runtime: BN folded, sparse CSR for 1x1 convs and linear "
                       "where faster)",
             "onnxruntime": "onnxruntime CPU, dense (the micro-models `jcw latency bundle` writes)",
             "tflite-xnnpack": "LiteRT with XNNPACK (jcw.latency.tflite_runtime), dense: each micro-model runs alone, "
@@ -123,8 +123,8 @@ def _measure_table(device: str, spaces: list[SearchSpace], threads: int, repeats
     if device != "host" and not device.startswith("host"):
         raise JcwError(f"`jcw latency measure` times this machine; name its table host or host-SOMETHING, not "
                        f"{device!r} (for a phone use `jcw latency bundle`)")
-    if runtime not in RUNTIMES:
-        raise JcwError(f"unknown runtime {runtime!r}; choose {', '.join(RUNTIMES)}")
+    if runtime not in RUNTIME_DETAILS:
+        raise JcwError(f"unknown runtime {runtime!r}; choose {', '.join(RUNTIME_DETAILS)}")
     gen = torch.Generator().manual_seed(0)
     dense_cache: dict[tuple, tuple[float, float]] = {}
     total = len(space_entries(spaces, lambda *a: (0, 0, 0, "")))
@@ -150,7 +150,7 @@ def _measure_table(device: str, spaces: list[SearchSpace], threads: int, repeats
     spread = (entries.std_ms / entries.latency_ms).replace([np.inf], np.nan)
     meta = {
         "device": device, "processor": processor_name(), "cpu": cpu_identity(), "runtime": runtime,
-        "runtime_detail": RUNTIMES[runtime], "runtime_version": _version(runtime),
+        "runtime_detail": RUNTIME_DETAILS[runtime], "runtime_version": _version(runtime),
         "threads": threads, "batch": 1, "input_sizes": sorted({s.input_size for s in spaces}),
         "models": sorted({s.model for s in spaces}), "source": "measured",
         "spread": {"median_std_pct": round(float(100 * spread.median()), 2),

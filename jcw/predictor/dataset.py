@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from jcw.accelerator import Accelerator
 from jcw.errors import JcwError
 from jcw.io import write_csv
 from jcw.predictor.label_noise import LABELS, load_labels, unpack
@@ -58,7 +59,7 @@ def _read_partial(path: Path, key: str) -> dict[str, dict]:
 
 
 def score_subnets(supernet, genomes: np.ndarray, spec: DataSpec, workers: int | None, ray_address: str | None,
-                  partial: Path) -> list[dict]:
+                  partial: Path, accel: Accelerator | None = None) -> list[dict]:
     """Scores of `genomes` on the supernet, each checkpointed to `partial` as it comes; a rerun reuses them."""
     key = _scoring_key(supernet.hash, spec)
     names = [json.dumps([int(v) for v in g]) for g in genomes]
@@ -83,7 +84,7 @@ def score_subnets(supernet, genomes: np.ndarray, spec: DataSpec, workers: int | 
                 f, header=False, index=False)
 
     if todo:
-        pool = scoring_pool(supernet, spec, workers, ray_address)
+        pool = scoring_pool(supernet, spec, workers, ray_address, accel)
         try:
             with tqdm(total=len(names), initial=len(done), desc="scoring subnets", dynamic_ncols=True,
                       file=sys.stderr) as bar:

@@ -1,93 +1,80 @@
-"""Fitting a predictor: candidates compared over five held-out folds, the best refit on every row.
-
-Fit on several hundred subnets scored on the supernet, spread over the whole size range. An MLP, ridge regression and
-kernel ridge regression are compared by held-out Kendall tau, and the best is kept.
-"""
+"""`jcw predictor fit`: sample subnets over the size range, score them on the supernet, fit, write the folder."""
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
 import numpy as np
-from scipy.stats import kendalltau, spearmanr
 
-from jcw.errors import JcwError
-from jcw.predictor.dataset import read_scored
-from jcw.predictor.features import genome_features
-from jcw.predictor.models import KINDS, Standardizer, apply_model, fit_models
+from jcw.accelerator import Accelerator
+from jcw.config import DEFAULT_SAMPLES, PredictorFitConfig
+from jcw.errors import JcwError, JcwWarning
+from jcw.predictor.dataset import PARTIAL, dataset_frame, per_image_labels, read_scored, score_subnets
+from jcw.predictor.label_noise import LABELS, label_ceiling, save_labels
+from jcw.predictor.regression import fit_predictor
 from jcw.predictor.predictor import Predictor
-from jcw.space import SearchSpace
+from jcw.predictor.report import write_report
+from jcw.supernet.accuracy import CALIBRATION_IMAGES
+from jcw.supernet.pool import DataSpec
+from jcw.supernet.supernet import load_supernet
+from jcw.xnnpack import as_xnnpack_runs
+
+def fit(cfg: PredictorFitConfig) -> Predictor:
+    """Fit a predictor folder as `cfg` says; refuses to overwrite one without `force`."""
+    out = Path(cfg.out)
+    if (out / "predictor.pt").exists() and not cfg.force:
+        raise JcwError(f"{out} already holds a predictor; pass --force to refit it")
+    samples = cfg.samples if cfg.samples is not None else (0 if cfg.scored else DEFAULT_SAMPLES)
+    if samples < 0:
+        raise JcwError(f"--samples {samples}: give a count of subnets, 0 or more")
+    # chosen before any scoring starts; a named cluster's GPUs are checked when its actors start
+    accel = Accelerator.choose(cfg.accelerator) if not cfg.ray_address and samples else None
+    return fit_on_supernet(load_supernet(cfg.supernet), samples, out, cfg.seed, cfg.workers, cfg.ray_address,
+                           cfg.data_dir, cfg.scored, cfg.calibration_images, cfg.val_images, cfg.accelerator, accel)
 
 
-def rank_metrics(pred: np.ndarray, true: np.ndarray) -> dict:
-    """RMSE and rank agreement; a constant side has no ranking, so its tau and rho are NaN (fit says why)."""
-    rmse = round(float(np.sqrt(np.mean((pred - true) ** 2))), 4)
-    if np.ptp(pred) == 0 or np.ptp(true) == 0:
-        return {"rmse": rmse, "kendall_tau": float("nan"), "spearman_rho": float("nan")}
-    return {"rmse": rmse, "kendall_tau": round(float(kendalltau(pred, true).statistic), 4),
-            "spearman_rho": round(float(spearmanr(pred, true).statistic), 4)}
+def fit_on_supernet(supernet, samples: int, out: str | Path, seed: int = 0, workers: int | None = None,
+                    ray_address: str | None = None, data_dir: str | None = None,
+                    scored: str | Path | None = None, calibration_images: int = CALIBRATION_IMAGES,
+                    val_images: int | None = None, accelerator: str = "auto",
+                    accel: Accelerator | None = None) -> Predictor:
+    """Sample subnets over the size range, score them on the supernet, fit, and write the predictor folder.
 
-
-FOLDS = 5
-
-
-def _fit_standardized(x: np.ndarray, y: np.ndarray, seed: int, kinds: tuple[str, ...]):
-    norm = Standardizer.fit(x)
-    y_mean, y_std = float(y.mean()), float(y.std() or 1.0)
-    return norm, y_mean, y_std, fit_models(norm(x), (y - y_mean) / y_std, seed, kinds)
-
-
-def fit_predictor(space: SearchSpace, genomes: np.ndarray, top1: np.ndarray, supernet_hash: str,
-                  seed: int = 0) -> Predictor:
-    """Compare the candidates over five held-out 20% folds, then refit the best on every row.
-
-    Kendall tau on one 20% split of noisy labels moves by about 0.01 from split to split; its mean over five folds,
-    with every subnet held out once, is a steadier basis both for choosing the model and for the report.
+    With `scored`, a dataset.csv written by an earlier fit on this same supernet, its subnets are reused and only
+    `samples` new ones (none by default) are scored: refitting takes seconds, and growing a dataset that ranks too
+    noisily does not rescore the hour already spent. Use another seed than the earlier fit's, or its draws repeat.
+    Each subnet's score goes to `out/scoring.partial.csv` as soon as it is known, so a killed fit rerun with the
+    same options scores only what is left.
     """
-    x_all = genome_features(space, genomes)
-    y_all = np.asarray(top1, dtype=float)
-    n = len(y_all)
-    if n < 2 * FOLDS:
-        raise JcwError(f"fitting a predictor needs at least {2 * FOLDS} scored subnets; got {n}")
-    folds = np.array_split(np.random.default_rng(seed).permutation(n), FOLDS)
-    held_out = {kind: np.empty(n) for kind in KINDS}
-    per_fold: dict[str, list[dict]] = {kind: [] for kind in KINDS}
-    for test in folds:
-        train = np.setdiff1d(np.arange(n), test)
-        norm, y_mean, y_std, models = _fit_standardized(x_all[train], y_all[train], seed, KINDS)
-        for kind, model in models.items():
-            held_out[kind][test] = apply_model(model, norm(x_all[test])) * y_std + y_mean
-            per_fold[kind].append(rank_metrics(held_out[kind][test], y_all[test]))
-    report = {"samples": n, "folds": FOLDS, "seed": seed, "models": {}}
-    for kind, metrics in per_fold.items():
-        taus = [m["kendall_tau"] for m in metrics]
-        report["models"][kind] = {"rmse": round(float(np.sqrt(np.mean((held_out[kind] - y_all) ** 2))), 4),
-                                  "kendall_tau": round(float(np.mean(taus)), 4),
-                                  "spearman_rho": round(float(np.mean([m["spearman_rho"] for m in metrics])), 4),
-                                  "kendall_tau_folds": taus}
-    best = max(KINDS, key=lambda k: (report["models"][k]["kendall_tau"], -report["models"][k]["rmse"]))
-    report["kept"] = best
-    report["held_out_rows"] = {"true": y_all.tolist(), "predicted": held_out[best].tolist()}
-    return fit_kind(space, genomes, y_all, best, supernet_hash, seed, report)
-
-
-def fit_kind(space: SearchSpace, genomes: np.ndarray, top1: np.ndarray, kind: str, supernet_hash: str,
-             seed: int = 0, report: dict | None = None) -> Predictor:
-    """One candidate kind fit on every row: the final predictor, once the held-out comparison has chosen it."""
-    norm, y_mean, y_std, models = _fit_standardized(genome_features(space, genomes), np.asarray(top1, dtype=float),
-                                                    seed, (kind,))
-    return Predictor(space, models[kind], norm, y_mean, y_std, supernet_hash, report)
-
-
-def refine(predictor: Predictor, genomes: np.ndarray, top1: np.ndarray, seed: int = 0) -> Predictor:
-    """`predictor`'s model kind, refit on its own scored subnets plus these.
-
-    A search drives into gene combinations a spread sample rarely covers, where the predictor overrates
-    subnets; scoring some of them and refitting corrects it where the search is looking.
-    """
-    if predictor.folder is None or not (predictor.folder / "dataset.csv").is_file():
-        raise JcwError("refining a predictor needs the dataset.csv it was fit on, beside predictor.pt")
-    space = predictor.space
-    base, scores = read_scored(predictor.folder / "dataset.csv", space, predictor.supernet_hash)
-    genomes = np.concatenate([base, space.check(genomes)])
-    top1 = np.concatenate([[s["top1"] for s in scores], np.asarray(top1, dtype=float)])
-    refit = fit_kind(space, genomes, top1, predictor.report["kept"], predictor.supernet_hash, seed, predictor.report)
-    refit.folder = predictor.folder
-    return refit
+    space, out = supernet.space, Path(out)
+    genomes, scores = (np.zeros((0, space.n_genes), np.int64), []) if scored is None else \
+        read_scored(scored, space, supernet.hash)
+    sampling = supernet.recipe.get("random_densities", "independent")
+    if samples > 0:
+        new = space.sample_spread(samples, np.random.default_rng(seed))
+        if sampling == "xnnpack":  # the subnets it was trained on, and the only ones a TFLite search visits
+            new = as_xnnpack_runs(space, new)
+        new = np.unique(new, axis=0)
+        new = new[np.random.default_rng(seed).permutation(len(new))]
+        new = new[~(new[:, None, :] == genomes[None, :, :]).all(-1).any(1)] if len(genomes) else new
+        spec = DataSpec(supernet.config.dataset, data_dir, calibration_images, "val", val_images, accelerator,
+                        per_image=True)
+        genomes, scores = np.concatenate([genomes, new]), scores + score_subnets(supernet, new, spec, workers,
+                                                                                  ray_address, out / PARTIAL, accel)
+    top1 = np.array([s["top1"] for s in scores])
+    if len(top1) and np.ptp(top1) == 0:
+        warnings.warn(f"predictor fit: all {len(top1)} scored subnets have top-1 {top1[0]:.2f}%, so there is nothing "
+                      f"to rank (Kendall tau undefined); score more validation images (--val-images) or train the "
+                      f"supernet longer", JcwWarning, stacklevel=2)
+    predictor = fit_predictor(space, genomes, top1, supernet.hash, seed)
+    predictor.report["sampling"] = sampling
+    labels = per_image_labels(scores)
+    if labels is not None:  # how far any predictor could rank these labels, beside how far this one does
+        predictor.report["label_noise"] = label_ceiling(labels, seed=seed)
+    predictor.save(out)
+    if labels is not None:
+        save_labels(out / LABELS, labels)
+    dataset = dataset_frame(space, genomes, scores, supernet.hash)
+    write_report(predictor, out, dataset)
+    (out / PARTIAL).unlink(missing_ok=True)
+    return predictor

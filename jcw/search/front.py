@@ -55,7 +55,7 @@ def rescore_front(cfg: SearchConfig, ctx, history: pd.DataFrame) -> pd.DataFrame
     history = history.assign(kind="search")
     uniform = uniform_genomes(ctx.space, ctx.upper)
     lat = ctx.bound.latency(uniform)
-    keep = lat <= max(cfg.budgets_ms)
+    keep = lat <= cfg.largest_budget_ms
     if not keep.all():
         keep[np.flatnonzero(~keep)[np.argmin(lat[~keep])]] = True
     refs = [json.dumps([int(v) for v in g]) for g in uniform[keep]]
@@ -69,7 +69,7 @@ def rescore_front(cfg: SearchConfig, ctx, history: pd.DataFrame) -> pd.DataFrame
         history = pd.concat([history, extra], ignore_index=True)
     history["uniform"] = history["genome"].isin(refs)
     lat = history["latency_ms"].to_numpy()
-    candidates = np.flatnonzero((lat <= max(cfg.budgets_ms)) & (history["kind"] == "search").to_numpy())
+    candidates = np.flatnonzero((lat <= cfg.largest_budget_ms) & (history["kind"] == "search").to_numpy())
     score = score_column(history, ctx.predictor is not None)
     picks = spread_front(lat, score, candidates, cfg.rescore)
     todo = [i for i in np.concatenate([picks, np.flatnonzero(history["uniform"].to_numpy())])
@@ -83,7 +83,7 @@ def rescore_front(cfg: SearchConfig, ctx, history: pd.DataFrame) -> pd.DataFrame
 
 def write_outputs(cfg: SearchConfig, ctx, out: RunDir, history: pd.DataFrame) -> SearchResult:
     scored = history[history["true_top1"].notna() & (history["kind"] == "search")
-                     & (history["latency_ms"] <= max(cfg.budgets_ms))]
+                     & (history["latency_ms"] <= cfg.largest_budget_ms)]
     keep = pareto_mask(scored["latency_ms"].to_numpy(), scored["true_top1"].to_numpy())
     front = scored[keep].sort_values("latency_ms")
     details = describe(ctx.space, genomes_from_column(front["genome"]))
@@ -102,7 +102,8 @@ def write_outputs(cfg: SearchConfig, ctx, out: RunDir, history: pd.DataFrame) ->
     out.write_tables(history, pareto, summary)
     if cfg.export:  # each pick, with its top-1 on the test split: it was chosen on the validation images
         for i, row in summary.dropna(subset=["id"]).iterrows():
-            path = export_member(out, int(row["id"]), supernet=ctx.supernet, device=cfg.device, test=True)
+            path = export_member(out, int(row["id"]), supernet=ctx.supernet, device=cfg.device, test=True,
+                                 accel=ctx.supernet_accel)
             summary.at[i, "test_top1"] = read_subnet_metadata(path)["test_top1"]
         out.write_summary(summary)
     plot_run(out.path, ctx.space)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from jcw.accelerator import CPU, Accelerator
 from jcw.data import supernet_data
 from jcw.errors import JcwError
 from jcw.search.rundir import RunDir
@@ -14,7 +15,7 @@ from jcw.supernet.supernet import Supernet, load_supernet
 
 def export_member(run: str | Path | RunDir, subnet_id: int, supernet: Supernet | None = None,
                   device: str | None = None, out: str | Path | None = None, data_dir: str | None = None,
-                  test: bool = False) -> Path:
+                  test: bool = False, accel: Accelerator = CPU) -> Path:
     """Write member `subnet_id` of `run` to RUN/subnets/ID.pt (or `out`), batch norm recalibrated for it (and, with
     `test`, its test top-1 in the metadata)."""
     run = run if isinstance(run, RunDir) else RunDir(run)
@@ -33,4 +34,4 @@ def export_member(run: str | Path | RunDir, subnet_id: int, supernet: Supernet |
             "predicted_top1": None if pd.isna(row["predicted_top1"]) else float(row["predicted_top1"]),
             "run": str(run.path.resolve())}
     return export_subnet(supernet, genome, Path(out) if out else run.subnet(subnet_id), data=data, metadata=meta,
-                         test=test)
+                         test=test, accel=accel)

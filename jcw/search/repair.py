@@ -3,12 +3,12 @@
 XNNPACK runs a subgraph's 1x1 convs sparse only as a whole, and only when their weights together are more than two
 thirds zero. With one density gene per layer, a random or mutated genome almost never gets all of them that far, so
 the genes are tied: the search copies the first into the others in every genome pymoo asks it to price (RESULTS.md
-section 10 measured the tie against independent genes).
+section 10 measures the tie against independent genes).
 
 A shared density short of the threshold buys no time, since XNNPACK runs it dense, but its zeros still cost
-accuracy, and on a small validation split a noisy few of them win anyway and reach the front (on the sparse-ready
-demo, four such members led their dense twins on validation and trailed them on the test split). Such genomes are
-repaired to dense, so every front member's zeros are zeros the phone skips.
+accuracy, and a noisy few of them win on a small validation split anyway and reach the front, where they trail their
+dense twins on the test split (RESULTS.md section 14). Such genomes are repaired to dense, so every front member's
+zeros are zeros the phone skips.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import numpy as np
 from pymoo.core.repair import Repair
 
 from jcw.latency.table import BoundTable
+from jcw.xnnpack import shared_density_genes, tie_densities
 
 
 class XnnpackDensities(Repair):
@@ -24,7 +25,7 @@ class XnnpackDensities(Repair):
         self.bound = bound
         subgraph = bound.subgraph
         tied = subgraph is not None and subgraph.possible and "threshold" not in bound.relaxed
-        self.genes = [len(bound.space.groups) + i for i in bound.subgraph_sparse()] if tied else []
+        self.genes = shared_density_genes(bound.space, subgraph) if tied else []
 
     def note(self) -> str:
         """One line for the search's log where genes are tied, else ''."""
@@ -38,6 +39,6 @@ class XnnpackDensities(Repair):
     def _do(self, problem, X, **kwargs):
         X = np.rint(X).astype(np.int64)
         if self.genes:
-            X[:, self.genes] = X[:, self.genes[:1]]
+            X = tie_densities(X, self.genes)
             X[np.ix_(~self.bound.runs_sparse(X), self.genes)] = 0
         return X

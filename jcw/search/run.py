@@ -35,10 +35,10 @@ from tqdm import tqdm
 from jcw import __version__
 from jcw.artifacts import default_predictor_path
 from jcw.config import CHOICES, SearchConfig
-from jcw.accelerator import Accelerator
+from jcw.accelerator import CPU, Accelerator
 from jcw.errors import JcwError
 from jcw.latency.table import load_table
-from jcw.predictor.fit import refine
+from jcw.predictor.regression import refine
 from jcw.predictor.predictor import load_predictor
 from jcw.search.archive import genomes_from_column, hypervolume, pareto_mask, spread_front
 from jcw.search.budget import format_ms
@@ -46,12 +46,13 @@ from jcw.search.front import SearchResult, rescore_front, score_column, write_ou
 from jcw.search.repair import XnnpackDensities
 from jcw.search.rundir import RunDir
 from jcw.search.survival import MultiTargetSurvival, latency_targets
-from jcw.supernet.pool import DataSpec, check_ray_address, scoring_pool
+from jcw.cluster import check_ray_address
+from jcw.supernet.pool import DataSpec, SerialPool, scoring_pool
 from jcw.supernet.supernet import load_supernet
 
 
 def default_run_name(cfg: SearchConfig) -> str:
-    return f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.device}-{format_ms(max(cfg.budgets_ms))}"
+    return f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.device}-{format_ms(cfg.largest_budget_ms)}"
 
 
 class _Context:
@@ -67,8 +68,8 @@ class _Context:
             raise JcwError("--population must be at least 4 and --generations at least 1")
         if cfg.refine < 0 or cfg.refine_every < 1:
             raise JcwError("--refine must be 0 or more and --refine-every at least 1")
-        if not cfg.ray_address:  # a cluster's GPUs are checked when its actors start
-            Accelerator.choose(cfg.accelerator)
+        # this process's choice, made once; a named cluster's GPUs are checked when its actors start
+        self.accel = None if cfg.ray_address else Accelerator.choose(cfg.accelerator)
         if cfg.ray_address and cfg.workers != 0:
             check_ray_address(cfg.ray_address)  # before any work, not after the last generation
         self.table = load_table(cfg.device)
@@ -140,8 +141,14 @@ class _Context:
                             calibration_images=self.cfg.calibration_images, val_images=self.cfg.val_images,
                             accelerator=self.cfg.accelerator)
             with self.timed("scorer start"):
-                self.evaluator = scoring_pool(self.supernet, spec, self.cfg.workers, self.cfg.ray_address)
+                self.evaluator = scoring_pool(self.supernet, spec, self.cfg.workers, self.cfg.ray_address,
+                                              self.accel)
         return self.evaluator
+
+    @property
+    def supernet_accel(self) -> Accelerator:
+        """Where the supernet's weights are: scoring in this process moves them to its accelerator."""
+        return self.evaluator.accel if isinstance(self.evaluator, SerialPool) else CPU
 
     def true_top1(self, genomes: np.ndarray, label: str, phase: str) -> np.ndarray:
         scorer = self.scorer()
@@ -159,7 +166,7 @@ def _algorithm(ctx: _Context, cfg: SearchConfig):
                       xu=ctx.upper.astype(float), vtype=int)
     kwargs = {}
     if cfg.survival == "jcw":
-        kwargs["survival"] = MultiTargetSurvival(latency_targets(ctx.smallest_ms, max(cfg.budgets_ms), cfg.targets))
+        kwargs["survival"] = MultiTargetSurvival(latency_targets(ctx.smallest_ms, cfg.largest_budget_ms, cfg.targets))
     algorithm = NSGA2(pop_size=cfg.population, sampling=IntegerRandomSampling(),
                       crossover=SBX(prob=0.9, eta=15, vtype=float, repair=RoundingRepair()),
                       mutation=PM(eta=20, vtype=float, repair=RoundingRepair()), eliminate_duplicates=True, **kwargs)
@@ -227,7 +234,7 @@ def _search(cfg: SearchConfig, ctx: _Context, out: RunDir, log) -> SearchResult:
         log(f"note: budget {', '.join(map(format_ms, ctx.unconstrained))} constrains nothing: the largest subnet of "
             f"this space takes {ctx.largest_ms:.4g}ms on {cfg.device}; for ImageNet-size networks, whose subnets "
             f"do meet tens of ms, see the README's \"ImageNet-size networks\"")
-    budget = max(cfg.budgets_ms)
+    budget = cfg.largest_budget_ms
     seen = {tuple(json.loads(r["genome"])) for r in rows}
     t0 = time.time()
     while algorithm.has_next():
@@ -240,7 +247,7 @@ def _search(cfg: SearchConfig, ctx: _Context, out: RunDir, log) -> SearchResult:
                 top1 = ctx.predictor.predict(X)
         else:
             top1 = ctx.true_top1(X, f"gen {algorithm.n_gen} scoring", "generation scoring")
-        Evaluator().eval(StaticProblem(problem, F=np.stack([lat, 100 - top1], axis=1),
+        Evaluator().eval(StaticProblem(problem, F=objectives(lat, top1),
                                        G=(lat - budget)[:, None]), pop)
         algorithm.tell(infills=pop)
         gen = algorithm.n_gen - 1
@@ -263,11 +270,16 @@ def _search(cfg: SearchConfig, ctx: _Context, out: RunDir, log) -> SearchResult:
         return write_outputs(cfg, ctx, out, history)
 
 
+def objectives(latency: np.ndarray, top1: np.ndarray) -> np.ndarray:
+    """What NSGA-II minimises, per genome: latency in ms and top-1 error in points."""
+    return np.stack([latency, 100 - top1], axis=1)
+
+
 def _refine(cfg: SearchConfig, ctx: _Context, problem, algorithm, rows: list[dict], gen: int, log) -> None:
     """Score up to cfg.refine unscored members of the predicted front, refit the predictor, re-price everything."""
     frame = pd.DataFrame(rows)
     lat, predicted = frame["latency_ms"].to_numpy(), frame["predicted_top1"].to_numpy()
-    candidates = np.flatnonzero((lat <= max(cfg.budgets_ms)) & frame["true_top1"].isna().to_numpy())
+    candidates = np.flatnonzero((lat <= cfg.largest_budget_ms) & frame["true_top1"].isna().to_numpy())
     if not len(candidates):
         return
     picks = spread_front(lat, predicted, candidates, cfg.refine)
@@ -282,7 +294,7 @@ def _refine(cfg: SearchConfig, ctx: _Context, problem, algorithm, rows: list[dic
         row["predicted_top1"] = float(p)
     pop = algorithm.pop
     X = np.rint(pop.get("X")).astype(np.int64)
-    pop.set("F", np.stack([ctx.bound.latency(X), 100 - ctx.predictor.predict(X)], axis=1))
+    pop.set("F", objectives(ctx.bound.latency(X), ctx.predictor.predict(X)))
     algorithm.pop = algorithm.survival.do(problem, pop, n_survive=len(pop), algorithm=algorithm,
                                          random_state=algorithm.random_state)
     log(f"gen {gen:>3}  refined the predictor with {len(picks)} front members, which it had overrated by "
@@ -299,12 +311,12 @@ def _refit(ctx: _Context, rows: list[dict], seed: int):
 def _progress_line(log, gen: int, cfg: SearchConfig, rows: list[dict], predicted: bool, seconds: float) -> None:
     frame = pd.DataFrame(rows)
     lat, top1 = frame["latency_ms"].to_numpy(), score_column(frame, predicted)
-    inside = lat <= max(cfg.budgets_ms)
+    inside = lat <= cfg.largest_budget_ms
     front = pareto_mask(lat[inside], top1[inside]).sum() if inside.any() else 0
     bests = []
     for b in cfg.budgets_ms:
         ok = lat <= b
         bests.append(f"{format_ms(b)}: {top1[ok].max():.2f}%" if ok.any() else f"{format_ms(b)}: -")
-    hv = hypervolume(lat[inside], top1[inside], max(cfg.budgets_ms)) if inside.any() else 0.0
+    hv = hypervolume(lat[inside], top1[inside], cfg.largest_budget_ms) if inside.any() else 0.0
     log(f"gen {gen:>3}/{cfg.generations}  front {front:>3}  best {'  '.join(bests)}  HV {hv:.4f}  "
         f"evaluated {len(frame)}  {seconds:.1f}s")

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.experimental.optimization import fuse
 
-from jcw.accelerator import Accelerator, device_of
+from jcw.accelerator import CPU, Accelerator
 from jcw.data import supernet_data
 from jcw.space import parse_genomes
 from jcw.supernet.slicing import bake_masks, subnet_from_supernet
@@ -32,7 +32,8 @@ class Score:
 
 
 @torch.no_grad()
-def recalibrate_bn(net: nn.Module, data, images: int = CALIBRATION_IMAGES, batch_size: int = 250) -> None:
+def recalibrate_bn(net: nn.Module, data, images: int = CALIBRATION_IMAGES, batch_size: int = 250,
+                   accel: Accelerator = CPU) -> None:
     """Re-estimate every batch norm's running mean and variance on `images` fixed training images."""
     norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [m.momentum for m in norms]
@@ -41,7 +42,6 @@ def recalibrate_bn(net: nn.Module, data, images: int = CALIBRATION_IMAGES, batch
         m.momentum = None  # cumulative average over the calibration batches
     was_training = net.training
     net.train()
-    accel = device_of(net)
     with accel.autocast():
         for batch in data.batches("train", batch_size, shuffle=True, seed=1234, limit=images):
             net(accel.tensors(batch.images, batch.labels)[0])
@@ -52,14 +52,13 @@ def recalibrate_bn(net: nn.Module, data, images: int = CALIBRATION_IMAGES, batch
 
 @torch.no_grad()
 def evaluate(net: nn.Module, data, split: str = "val", batch_size: int = 100, limit: int | None = None,
-             per_image: bool = False) -> Score:
+             per_image: bool = False, accel: Accelerator = CPU) -> Score:
     """Top-1 and mean loss in eval mode (and with `per_image`, which images it got right: how noisy top-1 is as a
     label follows from them). Batches of 100 keep every activation under the allocator's 32 MiB mmap threshold
     (see `jcw.allocator`), which made scoring about 1.5x faster than batches of 500."""
     was_training = net.training
     net.eval()
     right, loss = [], 0.0
-    accel = device_of(net)
     for batch in data.batches(split, batch_size, limit=limit):
         images, labels = accel.tensors(batch.images, batch.labels)
         with accel.autocast():
@@ -73,7 +72,7 @@ def evaluate(net: nn.Module, data, split: str = "val", batch_size: int = 100, li
 
 
 def score_genome(supernet, genome, data, split: str = "val", calibration_images: int = CALIBRATION_IMAGES,
-                 eval_images: int | None = None, per_image: bool = False) -> Score:
+                 eval_images: int | None = None, per_image: bool = False, accel: Accelerator = CPU) -> Score:
     """True top-1 of one subnet, with its own batch-norm statistics.
 
     Scores the physically sliced subnet (the exported network, tested equal to the masked supernet), not the masked
@@ -83,17 +82,18 @@ def score_genome(supernet, genome, data, split: str = "val", calibration_images:
     """
     small, _ = subnet_from_supernet(supernet, np.asarray(genome))
     small = bake_masks(small).to(memory_format=torch.channels_last)
-    recalibrate_bn(small, data, calibration_images)
-    return evaluate(fuse(small.eval()), data, split, limit=eval_images, per_image=per_image)
+    recalibrate_bn(small, data, calibration_images, accel=accel)
+    return evaluate(fuse(small.eval()), data, split, limit=eval_images, per_image=per_image, accel=accel)
 
 
 def evaluate_genomes(supernet: str | None, genomes: str, split: str = "val",
                      calibration_images: int = CALIBRATION_IMAGES, seed: int = 0,
                      data_dir: str | None = None, accelerator: str = "auto") -> Iterator[dict]:
     """`jcw supernet eval`: each named genome's readable form, top-1 and loss, yielded as it is scored."""
-    net = Accelerator.choose(accelerator).module(load_supernet(supernet))
+    accel = Accelerator.choose(accelerator)
+    net = accel.module(load_supernet(supernet))
     data = supernet_data(net.config, data_dir)
     for label, g in parse_genomes(genomes, net.space, seed):
-        s = score_genome(net, g, data, split, calibration_images)
+        s = score_genome(net, g, data, split, calibration_images, accel=accel)
         yield {"label": label, "genome": [int(v) for v in g], **net.space.decode(g), "top1": round(s.top1, 4),
                "loss": round(s.loss, 5)}

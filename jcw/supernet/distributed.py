@@ -15,7 +15,7 @@ from __future__ import annotations
 import shutil
 import sys
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -25,7 +25,7 @@ from jcw.config import TrainConfig
 from jcw.data import supernet_data
 from jcw.errors import JcwError
 from jcw.supernet.loop import Replica
-from jcw.supernet.pool import start_ray
+from jcw.cluster import start_ray
 from jcw.supernet.supernet import SupernetConfig
 from jcw.supernet.train import initial_supernet, prepare, train_supernet
 
@@ -97,7 +97,11 @@ def train_on_ray(out: str | Path, workers: int, config: SupernetConfig | None = 
         raise JcwError("--workers and --threads must be at least 1, --gpus-per-worker and --max-failures 0 or more")
     out = Path(out).resolve()
     config, recipe, _ = prepare(out, config, recipe, data_dir, resume, force, input_size)
-    recipe.accelerator = "cuda" if gpus_per_worker else "cpu"  # what Ray gives each worker, not what the driver sees
+    if recipe.accelerator == "cuda" and not gpus_per_worker:
+        raise JcwError("--accelerator cuda on Ray Train workers needs --gpus-per-worker: each worker uses what Ray "
+                       "gives it")
+    # what Ray gives each worker, not what the driver sees: each worker chooses from it when it starts
+    recipe = replace(recipe, accelerator="cuda" if gpus_per_worker else "cpu")
     if not resume:
         shutil.rmtree(out / RUN_NAME, ignore_errors=True)  # an earlier run's checkpoints are not this run's
     owns_ray = start_ray(ray_address, log_to_driver=True)

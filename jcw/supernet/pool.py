@@ -7,7 +7,6 @@ scored exactly once; after `max_restarts` deaths the pool gives up with a clear 
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
@@ -16,6 +15,7 @@ import torch
 
 from jcw.accelerator import Accelerator
 from jcw.allocator import keep_freed_memory
+from jcw.cluster import start_ray
 from jcw.data import supernet_data
 from jcw.errors import JcwError
 from jcw.supernet.accuracy import CALIBRATION_IMAGES, score_genome
@@ -63,9 +63,10 @@ def supernet_payload(supernet) -> dict:
 class SerialPool:
     """Scores in this process; for debugging (`--workers 0`) and tests."""
 
-    def __init__(self, supernet, data_spec: DataSpec):
+    def __init__(self, supernet, data_spec: DataSpec, accel: Accelerator):
         keep_freed_memory()
-        self.supernet = Accelerator.choose(data_spec.accelerator).module(supernet)
+        self.accel = accel
+        self.supernet = accel.module(supernet)
         self.spec = data_spec
         self.data = supernet_data(supernet.config, data_spec.data_dir)
 
@@ -75,7 +76,7 @@ class SerialPool:
         out, self.scored_by = [], []
         for i, g in enumerate(genomes):
             s = score_genome(self.supernet, np.asarray(g), self.data, self.spec.split, self.spec.calibration_images,
-                             self.spec.val_images, self.spec.per_image)
+                             self.spec.val_images, self.spec.per_image, self.accel)
             out.append(_scored(s, self.spec))
             self.scored_by.append({"genome": i, "worker": os.getpid(), "threads": torch.get_num_threads()})
             if on_scored:
@@ -95,6 +96,7 @@ class _ScoringActor:
         keep_freed_memory()
         torch.set_num_threads(threads)
         self.spec = spec
+        self.accel = Accelerator.choose(spec.accelerator)  # this actor's own: what Ray gave it
         self.supernet = None
         self.data = supernet_data(config, spec.data_dir)
 
@@ -103,9 +105,9 @@ class _ScoringActor:
             import ray  # in a Ray worker: already imported
 
             built = _supernet_from_payload(ray.get(payload[0]))  # a ref in a list: Ray passes it unresolved
-            self.supernet = Accelerator.choose(self.spec.accelerator).module(built)
+            self.supernet = self.accel.module(built)
         s = score_genome(self.supernet, np.asarray(genome), self.data, self.spec.split, self.spec.calibration_images,
-                         self.spec.val_images, self.spec.per_image)
+                         self.spec.val_images, self.spec.per_image, self.accel)
         # where it ran, as the worker sees it: benchmarks and tests report threads measured here, not requested
         return {**_scored(s, self.spec), "index": index, "worker": os.getpid(), "threads": torch.get_num_threads()}
 
@@ -120,49 +122,6 @@ def _init_failure(exc: Exception) -> str:
         if "JcwError: " in line:
             return line.split("JcwError: ", 1)[1]
     return lines[-1] if lines else exc.__class__.__name__
-
-
-def check_ray_address(address: str, timeout: float = 3.0) -> None:
-    """Fail fast on an address that does not answer; ray.init itself retries for minutes."""
-    if address in ("auto", "local"):
-        return
-    hostport = address.split("://", 1)[-1]
-    host, _, port = hostport.rpartition(":")
-    try:
-        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
-            pass
-    except (OSError, ValueError):
-        raise JcwError(f"Ray address {address} does not answer (no connection within {timeout:g}s); start the "
-                       "cluster with `ray start --head`, fix --ray-address, or drop it to run locally") from None
-
-
-def start_ray(address: str | None, log_to_driver: bool = False) -> bool:
-    """Join the cluster at `address`, or start a local Ray instance sized to this machine, unless this process is
-    already connected; True if this call started the connection (its caller shuts it down). Failures are one line."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    try:
-        if address:
-            check_ray_address(address)
-            ray.init(address=address, include_dashboard=False, log_to_driver=log_to_driver)
-        else:
-            # Ray runs workers at niceness 15; on a busy laptop the workers, which are the whole job, would then
-            # crawl behind any other process. A local instance is ours: run them at ours.
-            os.environ.setdefault("RAY_worker_niceness", "0")
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=log_to_driver)
-    except JcwError:
-        raise
-    except Exception as exc:
-        where = f"at {address}" if address else "locally"
-        # `ray start --head` turns on token authentication, but Ray sends the token to an explicit address only
-        # under RAY_AUTH_MODE=token, and the refusal reads as a plain connection failure
-        token = "" if not address or os.environ.get("RAY_AUTH_MODE") else \
-            " (a cluster from `ray start --head` needs RAY_AUTH_MODE=token set before jcw starts)"
-        raise JcwError(f"cannot start or reach Ray {where} ({exc.__class__.__name__}: "
-                       f"{str(exc).splitlines()[0][:160]}){token}; check --ray-address or use --workers 0") from None
-    return True
 
 
 class RayPool:
@@ -276,11 +235,13 @@ def _cluster_gpus(ray, accelerator: str) -> int:
 SERIAL_UP_TO_CPUS = 2  # where `workers=None` scores in this process rather than on Ray actors
 
 
-def scoring_pool(supernet, data_spec: DataSpec, workers: int | None, address: str | None = None):
+def scoring_pool(supernet, data_spec: DataSpec, workers: int | None, address: str | None = None,
+                 accel: Accelerator | None = None):
     """`workers=0` scores in this process, N on N Ray actors. None chooses by the machine: with no cluster named and
     at most SERIAL_UP_TO_CPUS CPUs, this process at all its threads, which scores as fast as one actor per CPU there
-    and saves Ray's start-up (RESULTS.md section 6); else one actor per CPU (or GPU)."""
+    and saves Ray's start-up (RESULTS.md section 6); else one actor per CPU (or GPU). `accel` is the caller's choice
+    for this process (chosen here from the spec if the caller made none); Ray's actors choose their own."""
     if workers == 0 or (workers is None and address is None
                         and len(os.sched_getaffinity(0)) <= SERIAL_UP_TO_CPUS):
-        return SerialPool(supernet, data_spec)
+        return SerialPool(supernet, data_spec, accel or Accelerator.choose(data_spec.accelerator))
     return RayPool(supernet, data_spec, workers, address)

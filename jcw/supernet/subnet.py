@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from jcw import __version__
+from jcw.accelerator import CPU, Accelerator
 from jcw.artifacts import load_torch_file
 from jcw.errors import JcwError
 from jcw.io import torch_save
@@ -24,16 +25,16 @@ FORMAT = "jcw-subnet/1"
 
 
 def export_subnet(supernet, genome, path: str | Path, data=None, metadata: dict | None = None,
-                  calibration_images: int = CALIBRATION_IMAGES, test: bool = False) -> Path:
+                  calibration_images: int = CALIBRATION_IMAGES, test: bool = False, accel: Accelerator = CPU) -> Path:
     """Write a subnet file; with `data`, batch norm is recalibrated for this subnet first, and with `test` its top-1
     on the test split goes into the metadata too: a member chosen on validation images is overrated there, so its
     test top-1 is what it is worth."""
     small, arch = subnet_from_supernet(supernet, genome)
     metadata = dict(metadata or {})
     if data is not None:
-        recalibrate_bn(small, data, calibration_images)
+        recalibrate_bn(small, data, calibration_images, accel=accel)
         if test:
-            metadata["test_top1"] = round(evaluate(small, data, "test").top1, 4)
+            metadata["test_top1"] = round(evaluate(small, data, "test", accel=accel).top1, 4)
     meta = {"genome": [int(v) for v in np.asarray(genome)], **supernet.space.decode(genome),
             "supernet_hash": getattr(supernet, "hash", None), "jcw_version": __version__, **metadata}
     save_subnet(path, small, arch, meta)

@@ -22,7 +22,7 @@ from jcw.data import load_dataset, supernet_data
 from jcw.errors import JcwError
 from jcw.io import write_json
 from jcw.xnnpack import as_xnnpack_runs
-from jcw.runtime import torch_threads
+from jcw.threads import torch_threads
 from jcw.supernet.accuracy import score_genome
 from jcw.supernet.loop import Replica, Schedule, train_loop
 from jcw.supernet.supernet import Supernet, SupernetConfig, read_checkpoint
@@ -36,8 +36,8 @@ class _Sandwich:
     workers), and a resumed run draws what a whole run would.
     """
 
-    def __init__(self, net: Supernet, data, cfg: TrainConfig):
-        self.net, self.data, self.cfg = net, data, cfg
+    def __init__(self, net: Supernet, data, cfg: TrainConfig, accel: Accelerator):
+        self.net, self.data, self.cfg, self.accel = net, data, cfg, accel
         self.largest, self.smallest = net.space.largest(), net.space.smallest()
         self.rng = np.random.default_rng(cfg.seed)
         self.drawn = hashlib.sha256()
@@ -70,7 +70,7 @@ class _Sandwich:
 
     def end_epoch(self, epoch: int, row: dict) -> None:
         for label, genome in (("largest", self.largest), ("smallest", self.smallest)):
-            score = score_genome(self.net, genome, self.data, eval_images=self.cfg.val_images)
+            score = score_genome(self.net, genome, self.data, eval_images=self.cfg.val_images, accel=self.accel)
             row[f"val_top1_{label}"] = round(score.top1, 2)
         print(f"epoch {epoch + 1}/{self.cfg.epochs}: loss {row['train_loss']}, val top-1 largest "
               f"{row['val_top1_largest']}%, smallest {row['val_top1_smallest']}%, {row['seconds']:.0f}s", flush=True)
@@ -85,10 +85,11 @@ class _Sandwich:
 
 
 def train_supernet(net: Supernet, data, out_dir: str | Path, cfg: TrainConfig, resume: bool | Path = False,
-                   progress: bool = True, replica: Replica | None = None) -> Path:
+                   progress: bool = True, replica: Replica | None = None, accel: Accelerator | None = None) -> Path:
     """Train `net` in place; write out_dir/{supernet.pt, checkpoint.pt, train_log.csv, train_config.json}.
 
     With a `replica` (a Ray Train worker), this process trains its slice of every batch and only rank 0 writes.
+    `accel` is the caller's choice for this process; without one, it is chosen here from the recipe.
     """
     if cfg.random_densities not in CHOICES["random_densities"]:
         raise JcwError(f"random densities {cfg.random_densities!r}: use one of "
@@ -100,7 +101,7 @@ def train_supernet(net: Supernet, data, out_dir: str | Path, cfg: TrainConfig, r
     if chief:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "train_config.json", {"supernet": asdict(net.config), "train": asdict(cfg)})
-    accel = Accelerator.choose(cfg.accelerator)
+    accel = accel or Accelerator.choose(cfg.accelerator)
     if chief:
         print(f"training on {accel.describe()}", flush=True)
     net = accel.module(net)
@@ -110,7 +111,7 @@ def train_supernet(net: Supernet, data, out_dir: str | Path, cfg: TrainConfig, r
     schedule = Schedule(cfg.epochs, cfg.batch_size, cfg.lr, cfg.momentum, cfg.warmup_epochs, cfg.seed,
                         cfg.limit_train, cfg.accumulate)
     with torch_threads(cfg.threads):
-        train_loop(_Sandwich(net, data, cfg), groups, data, schedule, out, "train_log.csv", "epoch", resume,
+        train_loop(_Sandwich(net, data, cfg, accel), groups, data, schedule, out, "train_log.csv", "epoch", resume,
                    progress, accel, replica)
     final = out / "supernet.pt"
     if chief:
@@ -123,7 +124,6 @@ def prepare(out: Path, config: SupernetConfig | None, recipe: TrainConfig | None
             resume: bool, force: bool, input_size: int | None) -> tuple[SupernetConfig, TrainConfig, object]:
     """The network, recipe and data a training run uses: the folder's own when resuming, else the given ones with
     the dataset's input size, channels and classes."""
-    Accelerator.choose((recipe or TrainConfig()).accelerator)  # before the data loads
     if resume:
         config = SupernetConfig.from_dict(read_checkpoint(out / "checkpoint.pt")["config"])
         data = supernet_data(config, data_dir)
@@ -157,5 +157,7 @@ def train(out: str | Path, config: SupernetConfig | None = None, recipe: TrainCo
     resumed run takes its network and recipe from the folder, whatever `config` and `recipe` say now.
     """
     out = Path(out)
+    accel = None if resume else Accelerator.choose((recipe or TrainConfig()).accelerator)  # before the data loads
     config, recipe, data = prepare(out, config, recipe, data_dir, resume, force, input_size)
-    return train_supernet(initial_supernet(config, recipe), data, out, recipe, resume=resume)
+    accel = accel or Accelerator.choose(recipe.accelerator)  # a resumed run's recipe comes from its folder
+    return train_supernet(initial_supernet(config, recipe), data, out, recipe, resume=resume, accel=accel)

@@ -43,12 +43,18 @@ def jcw(*args: str) -> None:
 
 
 def search(name: str, genes: str, seed: int, out: Path) -> pd.DataFrame:
-    """The run's summary: one pick per budget (id NaN where nothing fits), reusing a finished run."""
-    if not (out / "summary.csv").exists():
-        budgets = ",".join(f"{f * BUDGET:g}ms" for f in FRACTIONS)
-        jcw("search", "--device", "pixel4", "--latency", budgets, "--genes", genes, "--seed", str(seed),
-            "--supernet", f"supernets/{name}/supernet.pt", "--predictor", f"predictors/{name}", "--out", str(out),
-            "--force")
+    """The run's summary: one pick per budget (none for a budget below every subnet the genes allow: the search
+    refuses it, so it is dropped), reusing a finished run."""
+    budgets = [f * BUDGET for f in FRACTIONS]
+    while not (out / "summary.csv").exists():
+        ran = subprocess.run([sys.executable, "-m", "jcw.cli", "search", "--device", "pixel4", "--latency",
+                              ",".join(f"{b:g}ms" for b in budgets), "--genes", genes, "--seed", str(seed),
+                              "--supernet", f"supernets/{name}/supernet.pt", "--predictor", f"predictors/{name}",
+                              "--out", str(out), "--force"], cwd=ROOT, capture_output=True, text=True)
+        if ran.returncode == 2 and "below the smallest subnet" in ran.stderr and len(budgets) > 1:
+            budgets = budgets[1:]
+        elif ran.returncode:
+            raise RuntimeError(f"jcw search failed: {ran.stderr.strip()[-500:]}")
     return pd.read_csv(out / "summary.csv")
 
 
@@ -79,10 +85,11 @@ def run_all(seeds: list[int], epochs: int) -> pd.DataFrame:
                 row = done.get(key)
                 if row is None:
                     summary = search(name, genes, seed, run) if summary is None else summary
-                    pick = summary[np.isclose(summary["budget_ms"], key[3])].iloc[0]
+                    picks = summary[np.isclose(summary["budget_ms"], key[3])]
+                    pick = picks.iloc[0] if len(picks) else None
                     row = {"supernet": label, "genes": genes, "seed": seed, "budget_ms": key[3], "epochs": epochs,
                            "commit": commit()}
-                    if not pd.isna(pick["id"]):
+                    if pick is not None and not pd.isna(pick["id"]):
                         front = pd.read_csv(run / "pareto.csv").set_index("id")
                         row.update(id=int(pick["id"]), latency_ms=float(pick["latency_ms"]),
                                    val=float(pick["top1"]), mean_density=float(front.at[int(pick["id"]),

@@ -267,3 +267,34 @@ def test_xnnpack_random_densities_train_subnets_as_xnnpack_runs_them(tiny_supern
     assert np.array_equal(sandwich.subnets[0], space.smallest())  # the sandwich's smallest stays as it is
     with pytest.raises(JcwError, match="XNNPACK runs no layer of mbv2_small sparse: its stem is a 3x3 stride-1"):
         as_xnnpack_runs(tiny_supernet.space, tiny_supernet.space.largest()[None])
+
+
+def test_the_whole_network_ruler_prices_zeros_only_where_xnnpack_runs_them_sparse(supernet):
+    """`DeviceModel.module_ms` prices any built network (benchmarks/peers.py's ruler for other pruners' networks too):
+    a 1x1 conv's density counts only inside a sparse-enough subgraph, and it agrees with the search's table."""
+    from jcw.latency.device_model import fit_device
+    from jcw.latency.table import load_table
+    from jcw.supernet.slicing import bake_masks, subnet_from_supernet
+    from jcw.supernet.supernet import load_supernet
+
+    pixel4 = fit_device("pixel4")
+    ready = load_supernet(ROOT / "supernets/mbv2_small_s2_fmnist_rgb/supernet.pt")
+    space, bound = ready.space, load_table("pixel4").bind(ready.space)
+    genome = space.sample(1, np.random.default_rng(3))[0]
+
+    def price(net, g):
+        return pixel4.module_ms(bake_masks(subnet_from_supernet(net, g)[0]), net.config.input_size,
+                                net.config.in_channels)
+
+    dense = price(ready, with_densities(space, genome, 1.0))
+    assert price(ready, with_densities(space, genome, 0.4)) == pytest.approx(dense)  # 60% zero: XNNPACK runs dense
+    sparse = with_densities(space, genome, 0.2)
+    assert price(ready, sparse) < 0.9 * dense
+    assert price(ready, sparse) == pytest.approx(bound.latency(sparse)[0], rel=0.03)
+    # the default's stem starts no sparse subgraph: its zeros are priced dense
+    default = supernet.space
+    zeros = default.sample(1, np.random.default_rng(3))[0]
+    zeros[len(default.groups):] = len(default.densities) - 1
+    plain = zeros.copy()
+    plain[len(default.groups):] = 0
+    assert price(supernet, zeros) == pytest.approx(price(supernet, plain))

@@ -120,6 +120,9 @@ class TrainConfig:
     limit_train: int = 0  # cap on training images per epoch (0: all); for quick runs and tests
     val_images: int | None = None  # cap on the validation images scored after each epoch (None: all)
     accumulate: int = 1  # micro-batches per step (per worker): a large batch in less memory
+    # DataLoader processes decoding ImageFolder JPEGs (None: one per core available, at most 8; on Ray Train workers,
+    # each worker's --threads); in-memory datasets use none
+    loader_workers: int | None = None
     accelerator: str = "auto"  # auto (CUDA when torch sees a GPU) | cpu | cuda; jcw/accelerator.py
 
 

@@ -33,6 +33,31 @@ DATASETS = ("fashion-mnist", "fashion-mnist-rgb", "cifar10", "cifar100", "imagef
 SPLIT_SEED = 0
 
 
+def _share(n: int, shard: tuple[int, int]) -> slice:
+    """The rows of a batch of `n` that shard (k, parts) takes: the k-th of `parts` consecutive equal parts."""
+    k, parts = shard
+    return slice(k * n // parts, (k + 1) * n // parts)
+
+
+def loader_workers() -> int:
+    """DataLoader worker processes by default: one per core this process may use, at most 8 (JPEG decoding scales
+    with cores; beyond 8 the main process, not decoding, limits a single GPU's feed)."""
+    return max(1, min(8, len(os.sched_getaffinity(0))))
+
+
+class _Order(torch.utils.data.Sampler):
+    """The indices a persistent DataLoader serves next: set before each pass, so worker processes survive epochs."""
+
+    def __init__(self) -> None:
+        self.indices: list[int] = []
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
 def val_cap(train_images: int, val_size: int) -> int:
     """The most images a small training set gives the validation split: a fifth for the default split (as every
     supernet trained before `--val-split` holds out), a quarter for a split asked for by size."""
@@ -80,25 +105,26 @@ class InMemoryData:
         x = images.float() / 255
         return (x - self.mean[None, :, None, None]) / self.std[None, :, None, None]
 
-    def augment(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Random 4-px-padded crop and horizontal flip, per sample, on a whole batch."""
+    def augment(self, images: torch.Tensor, generator: torch.Generator, rows: slice = slice(None)) -> torch.Tensor:
+        """Random 4-px-padded crop and horizontal flip, per sample, on a whole batch; with `rows`, only those
+        samples come back, augmented exactly as in the whole batch (every draw is made for the whole batch)."""
         n, _, h, w = images.shape
         pad = 2
+        oy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)[rows]
+        ox = torch.randint(0, 2 * pad + 1, (n,), generator=generator)[rows]
+        flip = (torch.rand(n, generator=generator) < 0.5)[rows] if self.flip else None
+        images = images[rows]
         padded = F.pad(images, (pad, pad, pad, pad))
-        oy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-        ox = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-        rows = (oy[:, None] + torch.arange(h))[:, None, :, None]
-        cols = (ox[:, None] + torch.arange(w))[:, None, None, :]
-        out = padded[torch.arange(n)[:, None, None, None], torch.arange(images.shape[1])[None, :, None, None],
-                     rows, cols]
-        if self.flip:
-            flip = torch.rand(n, generator=generator) < 0.5
+        out = padded[torch.arange(len(images))[:, None, None, None], torch.arange(images.shape[1])[None, :, None, None],
+                     (oy[:, None] + torch.arange(h))[:, None, :, None], (ox[:, None] + torch.arange(w))[:, None, None, :]]
+        if flip is not None:
             out[flip] = out[flip].flip(-1)
         return out
 
     def batches(self, split: str, batch_size: int, shuffle: bool = False, augment: bool = False,
-                seed: int = 0, limit: int | None = None) -> Iterator[Batch]:
-        """Yield normalised batches; `limit` caps the number of images (for BN calibration)."""
+                seed: int = 0, limit: int | None = None, shard: tuple[int, int] = (0, 1)) -> Iterator[Batch]:
+        """Yield normalised batches; `limit` caps the number of images (for BN calibration). With `shard` (k, n),
+        only the k-th of n equal parts of every batch: a data-parallel worker reads and augments its own share."""
         x, y = self.splits[split]
         gen = torch.Generator().manual_seed(seed)
         order = torch.randperm(len(y), generator=gen) if shuffle else torch.arange(len(y))
@@ -106,10 +132,12 @@ class InMemoryData:
             order = order[:limit]
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            images = x[idx]
-            if augment:
-                images = self.augment(images, gen)
-            yield Batch(self.normalize(resized(images, self.input_size)), y[idx].long())
+            rows = _share(len(idx), shard)
+            if augment:  # drawn for the whole batch, so a share is augmented as it would be in it
+                images = self.augment(x[idx], gen, rows)
+            else:
+                images = x[idx[rows]]
+            yield Batch(self.normalize(resized(images, self.input_size)), y[idx[rows]].long())
 
 
 class ImageFolderData:
@@ -118,13 +146,14 @@ class ImageFolderData:
     The tree's val/ is the reported test set; the search's validation split is carved from train/.
     """
 
-    def __init__(self, root: Path, input_size: int = 224, val_size: int = VAL_SIZE, workers: int = 2):
+    def __init__(self, root: Path, input_size: int = 224, val_size: int = VAL_SIZE, workers: int | None = None):
         from torchvision import datasets, transforms
 
         self.name = "imagefolder"
         self.input_size = input_size
         self.in_channels = 3
-        self.workers = workers
+        self.workers = loader_workers() if workers is None else workers
+        self.loaders: dict[tuple, tuple] = {}  # (split, augment, batch size) -> (DataLoader, its _Order)
         self.flip = True
         norm = transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
         resize = int(input_size * 256 / 224)
@@ -144,25 +173,44 @@ class ImageFolderData:
         return len(self.indices[split])
 
     def batches(self, split: str, batch_size: int, shuffle: bool = False, augment: bool = False,
-                seed: int = 0, limit: int | None = None) -> Iterator[Batch]:
-        from torch.utils.data import DataLoader, Subset
-
-        from torchvision import datasets
-
+                seed: int = 0, limit: int | None = None, shard: tuple[int, int] = (0, 1)) -> Iterator[Batch]:
+        """As `InMemoryData.batches`; a shard's worker processes decode only its own share of every batch."""
         idx = list(self.indices[split])
         if shuffle:
             perm = torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed)).tolist()
             idx = [idx[i] for i in perm]
         if limit is not None:
             idx = idx[:limit]
-        source = self.sources[split]
-        view = datasets.ImageFolder(source.root, transform=self.train_tf if augment else self.eval_tf)
-        # worker processes decode JPEGs in parallel, but starting them costs more than decoding one batch
-        workers = self.workers if len(idx) > batch_size else 0
-        loader = DataLoader(Subset(view, idx), batch_size=batch_size, num_workers=workers,
-                            pin_memory=torch.cuda.is_available())
+        mine = [i for start in range(0, len(idx), batch_size)
+                for i in idx[start:start + batch_size][_share(len(idx[start:start + batch_size]), shard)]]
+        size = batch_size // shard[1]
+        if len(mine) <= size or not self.workers:  # one batch: starting worker processes costs more than decoding
+            yield from self._decode(split, augment, mine, size)
+            return
+        key = (split, augment, size)
+        if key not in self.loaders:
+            from torch.utils.data import DataLoader
+
+            order = _Order()
+            # workers persist across epochs and prefetch; pinned pages make CUDA copies asynchronous
+            self.loaders[key] = DataLoader(self._view(split, augment), batch_size=size, sampler=order,
+                                           num_workers=self.workers, persistent_workers=True, prefetch_factor=4,
+                                           pin_memory=torch.cuda.is_available()), order
+        loader, order = self.loaders[key]
+        order.indices = mine
         for images, labels in loader:
             yield Batch(images, labels)
+
+    def _view(self, split: str, augment: bool):
+        from torchvision import datasets
+
+        return datasets.ImageFolder(self.sources[split].root, transform=self.train_tf if augment else self.eval_tf)
+
+    def _decode(self, split: str, augment: bool, indices: list[int], size: int) -> Iterator[Batch]:
+        view = self._view(split, augment)
+        for start in range(0, len(indices), size):
+            samples = [view[i] for i in indices[start:start + size]]
+            yield Batch(torch.stack([s[0] for s in samples]), torch.tensor([s[1] for s in samples]))
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -244,7 +292,8 @@ def resized(images: torch.Tensor, side: int) -> torch.Tensor:
 
 
 def load_dataset(name: str = "fashion-mnist", data_dir: str | os.PathLike | None = None,
-                 input_size: int | None = None, val_size: int = VAL_SIZE) -> InMemoryData | ImageFolderData:
+                 input_size: int | None = None, val_size: int = VAL_SIZE,
+                 loader_workers: int | None = None) -> InMemoryData | ImageFolderData:
     """Load a dataset by name; every failure is a `JcwError` that says how to get the data.
 
     `input_size` is the side images are cropped (ImageFolder, default 224) or resized to (the in-memory datasets,
@@ -263,10 +312,14 @@ def load_dataset(name: str = "fashion-mnist", data_dir: str | os.PathLike | None
         if not data_dir or not (Path(data_dir) / "train").is_dir() or not (Path(data_dir) / "val").is_dir():
             raise JcwError(f"--data-dir {data_dir!r} must hold train/ and val/ folders of class folders "
                            "(the ImageNet layout)")
-        return ImageFolderData(Path(data_dir), input_size=input_size or 224, val_size=val_size)
+        if loader_workers is not None and loader_workers < 0:
+            raise JcwError(f"--loader-workers {loader_workers}: give 0 (decode in this process) or more")
+        return ImageFolderData(Path(data_dir), input_size=input_size or 224, val_size=val_size,
+                               workers=loader_workers)
     raise JcwError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
 
 
-def supernet_data(config: SupernetConfig, data_dir: str | os.PathLike | None = None) -> InMemoryData | ImageFolderData:
+def supernet_data(config: SupernetConfig, data_dir: str | os.PathLike | None = None,
+                  loader_workers: int | None = None) -> InMemoryData | ImageFolderData:
     """The data a supernet was trained beside: its dataset at its input size, with the validation split it held out."""
-    return load_dataset(config.dataset, data_dir, config.input_size, config.val_split)
+    return load_dataset(config.dataset, data_dir, config.input_size, config.val_split, loader_workers)

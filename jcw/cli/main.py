@@ -31,7 +31,8 @@ def _supernet_train(args) -> None:
                          label_smoothing=args.label_smoothing, n_random=args.n_random,
                          random_densities=args.random_densities, seed=args.seed,
                          threads=args.threads, limit_train=args.limit_train, val_images=args.val_images,
-                         accumulate=args.accumulate, accelerator=args.accelerator)
+                         accumulate=args.accumulate, accelerator=args.accelerator,
+                         loader_workers=args.loader_workers)
     common = dict(config=config, recipe=recipe, data_dir=args.data_dir, resume=args.resume, force=args.force,
                   input_size=args.input)
     if args.workers or args.ray_address:
@@ -222,6 +223,8 @@ def build_parser() -> Parser:
     tr.add_argument("--seed", type=int)
     tr.add_argument("--threads", type=int, help="torch threads (per worker with --workers; default 1 there)")
     tr.add_argument("--accumulate", type=int, help="micro-batches per step (per worker), gradients summed")
+    tr.add_argument("--loader-workers", type=int,
+                    help="processes decoding ImageFolder images (default: one per core, at most 8)")
     tr.add_argument("--workers", type=int, default=0,
                     help="data-parallel Ray Train workers (default 0: train in this process)")
     tr.add_argument("--ray-address", default=None, help="train on an existing Ray cluster")

@@ -73,7 +73,9 @@ def _worker(job: dict) -> None:
     replica = RayTrainReplica(ctx.get_world_rank(), ctx.get_world_size())
     config, recipe = SupernetConfig.from_dict(job["config"]), TrainConfig(**job["recipe"])
     recipe.threads = job["threads"]
-    data = supernet_data(config, job["data_dir"])
+    # each worker's own decoding processes, within its CPU share
+    data = supernet_data(config, job["data_dir"], job["threads"] if recipe.loader_workers is None
+                         else recipe.loader_workers)
     net = initial_supernet(config, recipe)
     restored = ray.train.get_checkpoint()  # set when Ray Train restarted the group after a failure
     if restored is None:

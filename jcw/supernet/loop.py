@@ -5,8 +5,9 @@ augmented batches seeded per epoch, a CSV log row and a checkpoint after every e
 checkpoint. What differs is a `Recipe`: the step (the sandwich rule's several subnets, or one subnet with its masks
 held and an optional teacher), the epoch's evaluation, and what of the model a checkpoint holds.
 
-A step's batch may be split: into `accumulate` micro-batches whose gradients add up before the update, and over the
-data-parallel workers of a `Replica` (jcw/supernet/distributed.py), each training on its own slice of every batch.
+A step's batch may be split: over the data-parallel workers of a `Replica` (jcw/supernet/distributed.py), each
+reading and training on its own slice of every batch, and into `accumulate` micro-batches whose gradients add up
+before the update.
 Each slice's dropout is then seeded from the step and the slice's place in the batch, so 2 workers take exactly the
 step one process takes with `accumulate=2`.
 """
@@ -164,8 +165,9 @@ def train_loop(recipe: Recipe, param_groups: list[dict], data, schedule: Schedul
     for epoch in range(start, schedule.epochs):
         t0 = time.time()
         recipe.begin_epoch(epoch)
+        # each worker reads and augments only its share of every batch
         batches = data.batches("train", schedule.batch_size, shuffle=True, augment=True,
-                               seed=schedule.seed * 1000 + epoch, limit=n_train)
+                               seed=schedule.seed * 1000 + epoch, limit=n_train, shard=(replica.rank, replica.world))
         bar = tqdm(batches, total=steps, desc=f"{desc} {epoch + 1}/{schedule.epochs}",
                    disable=not progress or replica.rank > 0, dynamic_ncols=True)
         running = 0.0
@@ -176,7 +178,7 @@ def train_loop(recipe: Recipe, param_groups: list[dict], data, schedule: Schedul
             opt.zero_grad(set_to_none=True)
             recipe.begin_step()
             loss = 0.0
-            mine = _slices(batch, parts)[replica.rank * schedule.accumulate:(replica.rank + 1) * schedule.accumulate]
+            mine = _slices(batch, schedule.accumulate)
             for k, micro in enumerate(mine):
                 if parts > 1:  # dropout as this slice would draw it wherever it runs
                     torch.manual_seed(schedule.seed * 1_000_003 + step * parts + replica.rank * schedule.accumulate

@@ -124,9 +124,10 @@ def prepare(out: Path, config: SupernetConfig | None, recipe: TrainConfig | None
             resume: bool, force: bool, input_size: int | None) -> tuple[SupernetConfig, TrainConfig, object]:
     """The network, recipe and data a training run uses: the folder's own when resuming, else the given ones with
     the dataset's input size, channels and classes."""
+    loader_workers = (recipe or TrainConfig()).loader_workers  # this machine's, even when resuming
     if resume:
         config = SupernetConfig.from_dict(read_checkpoint(out / "checkpoint.pt")["config"])
-        data = supernet_data(config, data_dir)
+        data = supernet_data(config, data_dir, loader_workers)
         saved = out / "train_config.json"
         if saved.exists():
             recipe = TrainConfig(**json.loads(saved.read_text())["train"])
@@ -134,7 +135,7 @@ def prepare(out: Path, config: SupernetConfig | None, recipe: TrainConfig | None
         if (out / "supernet.pt").exists() and not force:
             raise JcwError(f"{out} already holds a trained supernet; pass --resume to continue or --force to retrain")
         config = config or SupernetConfig()
-        data = load_dataset(config.dataset, data_dir, input_size, config.val_split)
+        data = load_dataset(config.dataset, data_dir, input_size, config.val_split, loader_workers)
         config = replace(config, input_size=data.input_size, in_channels=data.in_channels,
                          num_classes=data.num_classes)
     return config, recipe or TrainConfig(), data

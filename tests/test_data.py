@@ -1,0 +1,33 @@
+"""The data path a data-parallel worker reads: its own share of every batch, exactly as the whole batch holds it."""
+import torch
+
+from conftest import write_imagefolder
+
+
+def test_each_shard_is_its_slice_of_the_augmented_batch(data):
+    whole = list(data.batches("train", 64, shuffle=True, augment=True, seed=7, limit=256))
+    shards = [list(data.batches("train", 64, shuffle=True, augment=True, seed=7, limit=256, shard=(k, 4)))
+              for k in range(4)]
+    assert len(whole) == 4 and all(len(s) == 4 for s in shards)
+    for i, batch in enumerate(whole):
+        assert torch.equal(torch.cat([s[i].images for s in shards]), batch.images)
+        assert torch.equal(torch.cat([s[i].labels for s in shards]), batch.labels)
+    assert not torch.equal(shards[0][0].images, shards[1][0].images)
+
+
+def test_imagefolder_shards_decode_their_share_on_workers_that_outlive_the_epoch(tmp_path):
+    from jcw.data import ImageFolderData, loader_workers
+
+    data = ImageFolderData(write_imagefolder(tmp_path / "d", classes=2, per_class=20), input_size=32, val_size=4,
+                           workers=2)
+    assert 1 <= loader_workers() <= 8
+    whole = list(data.batches("train", 8, shuffle=True, seed=3))  # eval transforms: deterministic
+    halves = [list(data.batches("train", 8, shuffle=True, seed=3, shard=(k, 2))) for k in range(2)]
+    for i, batch in enumerate(whole):
+        assert torch.equal(torch.cat([h[i].labels for h in halves]), batch.labels)
+        assert torch.allclose(torch.cat([h[i].images for h in halves]), batch.images)
+    (loader, _), = [v for k, v in data.loaders.items() if k[2] == 8]
+    first = loader._iterator._workers
+    again = list(data.batches("train", 8, shuffle=True, seed=4))  # the next epoch: the same worker processes
+    assert loader._iterator._workers is first and all(w.is_alive() for w in first)
+    assert sorted(torch.cat([b.labels for b in again]).tolist()) == sorted(torch.cat([b.labels for b in whole]).tolist())

@@ -121,6 +121,17 @@ def section(frame: pd.DataFrame, seeds: list[int], epochs: int) -> str:
                          f"{g.mean_density.mean():.3f} | {g.val.mean():.2f} ({g.val.std():.2f}) | "
                          f"{g.test_before.mean():.2f} ({g.test_before.std():.2f}) | "
                          f"**{g.test_after.mean():.2f}** ({g.test_after.std():.2f}) |")
+    lines += ["", "Joint minus channels-only on the sparse-ready supernet, test top-1 after fine-tuning (paired by seed):",
+              ""]
+    ready = frame[frame.supernet.str.startswith("sparse-ready")]
+    for budget, g in ready.groupby("budget_ms"):
+        by = g.dropna(subset=["test_after"]).pivot_table(index="seed", columns="genes", values="test_after")
+        if {"joint", "channels"} <= set(by.columns) and len(by.dropna()):
+            diff = (by["joint"] - by["channels"]).dropna()
+            se = diff.std() / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+            lines.append(f"- {budget:g} ms: {diff.mean():+.2f} points (SE {se:.2f}, {len(diff)} seeds)")
+        else:
+            lines.append(f"- {budget:g} ms: no channels-only subnet fits, so only the joint search has a pick")
     lines += ["", f"Runs at {', '.join(sorted(set(frame['commit'])))}."]
     return "\n".join(lines)
 

@@ -18,7 +18,7 @@ on this machine (LiteRT, XNNPACK, 1 thread). Budgets are set on the first; the r
 
     pip install -e ".[bench]"      # Torch-Pruning
     python benchmarks/peers.py [--seeds 0 1 2] [--budgets 0.3 0.5] [--epochs 3]
-    python benchmarks/peers.py --quick     # 1 seed, the 0.5 budget, 1 epoch; prints, writes no RESULTS.md section
+    python benchmarks/peers.py --quick     # 1 seed, the 0.5 budget, 1 epoch of 16,384 images; no RESULTS.md section
 
 Every finished row is appended to benchmarks/work/peers.jsonl (peers-quick.jsonl for --quick) and a rerun skips it;
 a fine-tune killed midway resumes from its checkpoint.
@@ -129,13 +129,22 @@ def tp_ratio_within(full: nn.Module, budget_ms: float, ruler: Ruler, data, divis
     return high
 
 
+def predictor_of(supernet: Supernet) -> Path:
+    """The predictor fit on `supernet`: shipped beside it under predictors/ by the name of its folder."""
+    path = ROOT / "predictors" / Path(supernet.path).parent.name
+    if not path.is_dir():
+        sys.exit(f"no predictor for {supernet.path} at {path}: fit one with `jcw predictor fit --supernet ...`")
+    return path
+
+
 def jcw_pick(supernet: Supernet, genes: str, budgets_ms: list[float], budget_ms: float, ruler: Ruler, seed: int,
              out: Path, search_args: list[str]) -> tuple[Path, dict] | None:
     """The search's front member with the best validation top-1 within `budget_ms` on the ruler, exported."""
     if not (out / "pareto.csv").exists():
         subprocess.run([sys.executable, "-m", "jcw.cli", "search", "--device", "pixel4", "--latency",
                         ",".join(f"{b:.4f}ms" for b in budgets_ms), "--genes", genes, "--seed", str(seed),
-                        "--supernet", str(supernet.path), "--out", str(out), "--force", *search_args],
+                        "--supernet", str(supernet.path), "--predictor", str(predictor_of(supernet)), "--out",
+                        str(out), "--force", *search_args],
                        cwd=ROOT, check=True, capture_output=True)
     front = pd.read_csv(out / "pareto.csv").sort_values("top1", ascending=False)
     history = pd.read_csv(out / "history.csv").drop_duplicates("id").set_index("id")
@@ -223,7 +232,7 @@ class Protocol:
         space = self.supernet.space
         self.row(seed, None, "full network (dense)", lambda: (load_subnet(self.full_path), {}, self.full_path))
         uniform = {round(float(np.mean([g.choices[v] / g.base for g, v in zip(space.groups, genome)])), 3): genome
-                   for genome in uniform_genomes(space, space.largest())}  # mean width ratio -> genome
+                   for genome in uniform_genomes(space, space.gene_sizes - 1)}  # mean width ratio -> genome
         for ratio in UNIFORM:
             path = self.exported(uniform[min(uniform, key=lambda r: abs(r - ratio))])
             self.row(seed, None, f"uniform {ratio}x", lambda p=path, r=ratio: (load_subnet(p), {"width": r}, p))
@@ -327,7 +336,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--budgets", type=float, nargs="+", default=[0.3, 0.5], help="fractions of the full network")
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--quick", action="store_true", help="1 seed, the 0.5 budget, 1 epoch; no RESULTS.md section")
+    ap.add_argument("--quick", action="store_true",
+                    help="1 seed, the 0.5 budget, 1 epoch of 16,384 images; no RESULTS.md section")
     ap.add_argument("--supernet", default=None, help="default: the shipped default supernet")
     ap.add_argument("--limit-train", type=int, default=0, help="training images per fine-tune epoch (0: all)")
     ap.add_argument("--test-images", type=int, default=None)
@@ -335,8 +345,9 @@ def main() -> None:
     args = ap.parse_args()
     if tp is None:
         sys.exit("benchmarks/peers.py needs Torch-Pruning: pip install -e \".[bench]\"")
-    if args.quick:
+    if args.quick:  # a third of an epoch per fine-tune keeps it under 20 minutes on 2 cores
         args.seeds, args.budgets, args.epochs = args.seeds[:1], [0.5], 1
+        args.limit_train = args.limit_train or 16384
     args.supernet = args.supernet or str(default_supernet_path())
     protocol = Protocol(args)
     for seed in args.seeds:

@@ -245,6 +245,7 @@ def test_the_shipped_sparse_ready_supernet_runs_its_1x1_convs_sparse_on_pixel4_p
 def test_xnnpack_random_densities_train_subnets_as_xnnpack_runs_them(tiny_supernet):
     from dataclasses import replace
 
+    from jcw.accelerator import CPU
     from jcw.config import SupernetConfig, TrainConfig
     from jcw.errors import JcwError
     from jcw.xnnpack import as_xnnpack_runs
@@ -254,7 +255,7 @@ def test_xnnpack_random_densities_train_subnets_as_xnnpack_runs_them(tiny_supern
     net = Supernet(SupernetConfig(model="mbv2_small_s2", in_channels=3))
     space, n = net.space, len(net.space.groups)
     shared = [n + space.layers[i].sparse for i in sparse_subgraph(space.layers, 3).convs]
-    sandwich = _Sandwich(net, None, replace(TrainConfig(), random_densities="xnnpack", n_random=3))
+    sandwich = _Sandwich(net, None, replace(TrainConfig(), random_densities="xnnpack", n_random=3), CPU)
     sandwich.begin_epoch(0)
     draws = []
     for _ in range(20):

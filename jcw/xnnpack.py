@@ -86,7 +86,7 @@ def runs_sparse(weights: np.ndarray, nonzeros: np.ndarray) -> np.ndarray:
 
 
 def subgraph_sparsity(layers: Sequence[Layer], in_channels: int, weights: dict[str, int],
-                      nonzeros: dict[str, float]) -> tuple[SparseSubgraph, float, bool]:
+                      nonzeros: dict[str, int]) -> tuple[SparseSubgraph, float, bool]:
     """A built network's subgraph, the fraction of its 1x1 weights that are zero (counted together), and whether
     XNNPACK runs it sparse; `weights` and `nonzeros` count each weight layer's weights by the layer's name."""
     subgraph = sparse_subgraph(layers, in_channels)

@@ -39,7 +39,8 @@ import pandas as pd
 import torch.nn as nn
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parent.parent
+from xnnpack_rules import ROOT, commit
+
 WORK = ROOT / "benchmarks" / "work" / "peers"
 try:
     import torch_pruning as tp
@@ -165,13 +166,6 @@ def finetuned(model: nn.Module, data, out: Path, epochs: int, seed: int, teacher
     log = pd.read_csv(out / "finetune_log.csv")
     return {"test_before": round(before, 2), "test_after": round(after, 2),
             "val_after": float(log["val_top1"].iloc[-1])}
-
-
-def commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
-                           text=True).stdout.strip()
-    return out.stdout.strip() + ("+changes" if dirty else "")
 
 
 class Protocol:

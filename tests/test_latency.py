@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch.nn as nn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -99,6 +100,28 @@ def test_grouped_convs_are_priced_by_their_own_macs():
     assert abs(ms["wide_resnet50_2"] - 1218.8905) / 1218.8905 < 0.10
     assert ms["resnet50"] < ms["resnext50_32x4d"] < 1.5 * ms["resnet50"] < ms["wide_resnet50_2"]
 
+
+
+@pytest.mark.parametrize("h, c, c_out, expand, kernel, stride", [(14, 64, 64, 6, 3, 1), (28, 32, 48, 3, 5, 2)])
+def test_a_block_costs_the_same_from_its_table_key_and_from_its_module(h, c, c_out, expand, kernel, stride):
+    """The block path (public lookup-table keys, the device fits) and the whole-model path (any built network, the
+    peers' ruler) share one pricing rule per op: the same block gets the same figure, residual add included."""
+    from torchvision.models.mobilenetv2 import InvertedResidual
+
+    from jcw.latency.device_model import block_ops, fit_device
+    from jcw.latency.ops import model_ops
+
+    skip = int(stride == 1 and c == c_out)
+    key = (f"expanded_conv-input:{h}x{h}x{c}-output:{h // stride}x{h // stride}x{c_out}-expand:{expand}"
+           f"-kernel:{kernel}-stride:{stride}-idskip:{skip}")
+    block = InvertedResidual(c, c_out, stride, expand)
+    dw = block.conv[1][0]  # torchvision's depthwise conv is 3x3: give it the key's kernel
+    block.conv[1][0] = nn.Conv2d(dw.in_channels, dw.out_channels, kernel, stride, kernel // 2, groups=dw.groups,
+                                 bias=False)
+    pixel1 = fit_device("pixel1")
+    from_key, from_module = block_ops(key, expand_is_ratio=True), model_ops(block, h, c)
+    assert len(from_module) == len(from_key) == 3 + skip
+    assert pixel1.model_ms(from_module) == pytest.approx(pixel1.model_ms(from_key), rel=1e-9)
 
 def test_deriving_another_space_keeps_the_models_already_priced(tiny_supernet):
     from jcw.latency.derive import derive_table

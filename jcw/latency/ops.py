@@ -25,26 +25,30 @@ class Op:
     mbytes: float  # activations in + out + weights, float32, in MB
 
 
-# ---- cost features: (category, MACs, elements moved) per kind -----------------------------------------------------
-def _conv_cost(h, w, h_out, w_out, area, depthwise, c_in, c_out, density):
-    if depthwise:
-        weights, category = c_out * area, "dwconv"
-    else:
-        weights, category = c_in * c_out * area * density, "conv1x1" if area == 1 else "conv"
+# ---- cost features: (category, MACs, elements moved) per kind, from the op's real shapes ------------------------
+def _conv_cost(h, w, h_out, w_out, area, groups, c_in, c_out, density):
+    depthwise = groups > 1 and groups == c_in
+    # a grouped conv's output channel sees c_in / groups inputs, but every input channel is still read once
+    weights = c_in / groups * c_out * area * (1.0 if depthwise else density)
+    category = "dwconv" if depthwise else "conv1x1" if area == 1 else "conv"
     return category, weights * h_out * w_out, c_in * h * w + c_out * h_out * w_out + weights
 
 
-def _linear_cost(h, w, h_out, w_out, area, depthwise, c_in, c_out, density):
+def _linear_cost(h, w, h_out, w_out, area, groups, c_in, c_out, density):
     weights = c_in * c_out * density
     return "linear", weights, c_in + c_out + weights
 
 
-def _pool_cost(h, w, h_out, w_out, area, depthwise, c_in, c_out, density):
+def _pool_cost(h, w, h_out, w_out, area, groups, c_in, c_out, density):
     return "pool", 0.0, c_in * h * w + c_out * h_out * w_out
 
 
-def _add_cost(h, w, h_out, w_out, area, depthwise, c_in, c_out, density):
-    return "add", 0.0, 3 * c_in * h * w
+def _add_cost(h, w, h_out, w_out, area, groups, c_in, c_out, density):
+    return "add", 0.0, 3 * c_out * h_out * w_out  # two inputs read, one output written
+
+
+def _concat_cost(h, w, h_out, w_out, area, groups, c_in, c_out, density):
+    return "add", 0.0, 2 * c_out * h_out * w_out  # the inputs together are as large as the output
 
 
 # ---- micro-models: the module and inputs that run one table entry -------------------------------------------------
@@ -89,6 +93,17 @@ def _add_micro(layer: Layer, c_in: int, c_out: int, density: float, impl: str, g
     return _TwoInputAdd(), (torch.randn(*shape, generator=gen), torch.randn(*shape, generator=gen))
 
 
+class _Concat(nn.Module):
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.cat([a, b], dim=1)
+
+
+def _concat_micro(layer: Layer, c_in: int, c_out: int, density: float, impl: str, gen: torch.Generator):
+    half = c_out // 2
+    return _Concat(), (torch.randn(1, half, layer.h, layer.w, generator=gen),
+                       torch.randn(1, c_out - half, layer.h, layer.w, generator=gen))
+
+
 class _GlobalPool(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(F.adaptive_avg_pool2d(x, (1, 1)), 1)
@@ -112,6 +127,7 @@ OP_KINDS: dict[str, OpKind] = {
     "linear": OpKind(_linear_cost, _linear_micro, lambda layer: layer.sparse >= 0),
     "pool": OpKind(_pool_cost, _pool_micro, lambda layer: False),
     "add": OpKind(_add_cost, _add_micro, lambda layer: False),
+    "concat": OpKind(_concat_cost, _concat_micro, lambda layer: False),
 }
 
 
@@ -121,15 +137,20 @@ def _kind(kind: str) -> OpKind:
     return OP_KINDS[kind]
 
 
-def op_features(kind: str, h: int, w: int, kernel: int, stride: int, depthwise: bool, c_in: float,
-                c_out: float, density: float = 1.0, kernel_area: int | None = None) -> Op:
-    """Cost features of one layer at dense width; `density` scales weights and MACs of sparse layers.
-
-    `kernel_area` overrides kernel*kernel for non-square kernels (1x7, 7x1)."""
-    h_out, w_out = -(-h // stride), -(-w // stride)
-    area = kernel_area if kernel_area is not None else kernel * kernel
-    category, macs, elems = _kind(kind).cost(h, w, h_out, w_out, area, depthwise, c_in, c_out, density)
+def op_cost(kind: str, h: int, w: int, h_out: int, w_out: int, kernel_area: int, groups: int, c_in: float,
+            c_out: float, density: float = 1.0) -> Op:
+    """An op's cost features from its real shapes: the one pricing rule per kind that every path shares."""
+    category, macs, elems = _kind(kind).cost(h, w, h_out, w_out, kernel_area, groups, c_in, c_out, density)
     return Op(category, float(macs), float(elems) * 4 / 1e6)
+
+
+def op_features(kind: str, h: int, w: int, kernel: int, stride: int, depthwise: bool, c_in: float,
+                c_out: float, density: float = 1.0) -> Op:
+    """Cost features of one layer of a search space or a lookup-table key, at 'same' padding; `density` scales
+    weights and MACs of sparse layers."""
+    h_out, w_out = -(-h // stride), -(-w // stride)
+    groups = int(c_in) if depthwise and kind == "conv" else 1
+    return op_cost(kind, h, w, h_out, w_out, kernel * kernel, groups, c_in, c_out, density)
 
 
 def micro_model(layer: Layer, c_in: int, c_out: int, density: float, impl: str = "dense",
@@ -149,28 +170,25 @@ def model_ops(model: nn.Module, input_size: int, in_channels: int = 3) -> list[O
     return [op for _, op in named_model_ops(model, input_size, in_channels)]
 
 
+def _chw(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    return (shape[1], shape[2], shape[3]) if len(shape) == 4 else (shape[-1], 1, 1)
+
+
 def named_model_ops(model: nn.Module, input_size: int, in_channels: int = 3) -> list[tuple[str, Op]]:
     """`model_ops` with each op's module (or fx node) name, to price a layer's own weight density."""
     ops: list[tuple[str, Op]] = []
     for node in trace(model.eval(), input_size, in_channels):
         mod = node.module
+        if node.kind not in ("conv", "linear", "pool", "add", "cat"):
+            continue
+        # an add or concat is priced by its output (a concat's first argument is a list, with no shape)
+        c_out, h_out, w_out = _chw(node.out_shape)
+        c, h, w = _chw(node.in_shape) if node.kind in ("conv", "linear", "pool") else (c_out, h_out, w_out)
         if node.kind == "conv":
-            _, c, h, w = node.in_shape
-            area = mod.kernel_size[0] * mod.kernel_size[1]
-            if mod.groups > 1 and mod.groups != c:  # grouped conv: each output channel sees c / groups inputs
-                per_group = op_features("conv", h, w, mod.kernel_size[0], mod.stride[0], False, c / mod.groups,
-                                        mod.out_channels, kernel_area=area)
-                h_out, w_out = node.out_shape[-2:]
-                weights = c / mod.groups * mod.out_channels * area  # but every input channel is read once
-                moved = c * h * w + mod.out_channels * h_out * w_out + weights
-                ops.append((node.name, Op(per_group.category, per_group.macs, moved * 4 / 1e6)))
-            else:
-                ops.append((node.name, op_features("conv", h, w, mod.kernel_size[0], mod.stride[0], mod.groups > 1,
-                                                   c, mod.out_channels, kernel_area=area)))
+            op = op_cost("conv", h, w, h_out, w_out, mod.kernel_size[0] * mod.kernel_size[1], mod.groups, c, c_out)
         elif node.kind == "linear":
-            ops.append((node.name, op_features("linear", 1, 1, 1, 1, False, mod.in_features, mod.out_features)))
-        elif node.kind == "pool":
-            ops.append((node.name, Op("pool", 0.0, (prod(node.in_shape) + prod(node.out_shape)) * 4 / 1e6)))
-        elif node.kind in ("add", "cat"):
-            ops.append((node.name, Op("add", 0.0, 2 * prod(node.out_shape) * 4 / 1e6)))
+            op = op_cost("linear", 1, 1, 1, 1, 1, 1, mod.in_features, mod.out_features)
+        else:
+            op = op_cost("concat" if node.kind == "cat" else node.kind, h, w, h_out, w_out, 1, 1, c, c_out)
+        ops.append((node.name, op))
     return ops

@@ -34,7 +34,7 @@ class Layer:
     """One priced operation. `in_group`/`out_group` index `SearchSpace.groups`, or -1 for a fixed width."""
 
     name: str
-    kind: str  # conv | linear | add | pool
+    kind: str  # conv | linear | add | pool | act | mul (jcw.latency.ops prices each)
     h: int  # input height and width
     w: int
     kernel: int = 1

@@ -2,8 +2,9 @@
 supernet training and the TFLite export all follow.
 
 XNNPACK runs sparse only inside an NCHW subgraph: it begins at a 3x3 stride-2 conv (padding 1) on the 3-channel
-image, holds only 1x1 stride-1 convs, depthwise 3x3 or 5x5 convs (stride 1 or 2, explicit padding), adds and
-activations, and ends at a global average pool (a spatial MEAN). Inside it, the 1x1 convs run sparse only if more than
+image, holds only 1x1 stride-1 convs, depthwise 3x3 or 5x5 convs (stride 1 or 2, explicit padding), adds, activations
+(h-swish and sigmoid too) and squeeze-excite (its global pool, 1x1 convs and multiply), and ends at the global average
+pool before the classifier (a spatial MEAN). Inside it, the 1x1 convs run sparse only if more than
 two thirds of their weights, counted together, are exactly zero; every other layer runs dense wherever it is. TFLite's
 delegate asks for sparse inference only when the file stores weights sparse (behind DENSIFY ops), and XNNPACK never
 runs sparse on x86 CPUs with AVX.
@@ -42,7 +43,7 @@ def is_1x1(layer: Layer) -> bool:
 
 def _nchw_compatible(layer: Layer) -> str:
     """'' if XNNPACK can run `layer` inside the NCHW subgraph, else what stops it."""
-    if layer.kind == "add":
+    if layer.kind in ("add", "act", "mul"):  # squeeze-excite's multiply and h-swish run in NCHW too
         return ""
     if layer.kind == "conv" and layer.depthwise:
         return "" if layer.kernel in (3, 5) and layer.stride in (1, 2) else \
@@ -52,7 +53,7 @@ def _nchw_compatible(layer: Layer) -> str:
     if layer.kind == "conv":
         return f"dense {layer.kernel}x{layer.kernel} conv"
     if layer.kind == "pool":
-        return "a pool other than the global average pool"
+        return "" if layer.kernel >= layer.h else "a pool other than the global average pool"
     return f"a {layer.kind} layer"
 
 
@@ -67,16 +68,17 @@ def sparse_subgraph(layers: Sequence[Layer], in_channels: int, relax_stem: bool 
         return SparseSubgraph((), f"its stem is a {stem.kernel}x{stem.kernel} stride-{stem.stride} conv on "
                                   f"{in_channels}-channel images; XNNPACK starts a sparse subgraph only at a 3x3 "
                                   "stride-2 conv on 3-channel images")
+    heads = [i for i, layer in enumerate(layers) if layer.kind == "pool" and layer.kernel >= layer.h]
+    if not heads:  # the last global pool feeds the classifier; earlier ones are squeeze-excite's, inside
+        return SparseSubgraph((), "the network has no global average pool")
     convs = []
-    for index, layer in enumerate(layers[1:], start=1):
-        if layer.kind == "pool" and layer.kernel >= layer.h:
-            return SparseSubgraph(tuple(convs), "" if convs else "the subgraph has no 1x1 conv")
+    for index, layer in enumerate(layers[1:heads[-1]], start=1):
         blocker = _nchw_compatible(layer)
         if blocker:
             return SparseSubgraph((), f"{layer.name} ({blocker}) cannot run in XNNPACK's NCHW subgraph")
         if is_1x1(layer):
             convs.append(index)
-    return SparseSubgraph((), "the network has no global average pool")
+    return SparseSubgraph(tuple(convs), "" if convs else "the subgraph has no 1x1 conv")
 
 
 def runs_sparse(weights: np.ndarray, nonzeros: np.ndarray) -> np.ndarray:

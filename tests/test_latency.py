@@ -5,10 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch.nn as nn
+from conftest import ROOT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT
 from jcw.errors import JcwError
 from jcw.latency.table import LatencyTable, interpolate, load_table
 
@@ -233,3 +233,48 @@ def test_validating_a_shipped_table_writes_a_report_and_leaves_the_table_where_i
     # a copy in the user's folder would hide every later update of the shipped table
     assert not (user_table_dir() / "host.csv").exists()
     assert (artifact_dir("latency_tables") / "host.json").read_text() == shipped
+
+
+def test_squeeze_excite_and_hswish_blocks_are_priced_from_the_plain_blocks_fit():
+    """Once-for-All's Note10 tables time blocks with squeeze-excite and h-swish beside plain ones. Fit on the 72
+    plain blocks and layers, the op model must price the 216 others (their pool, 1x1 convs on the pooled vector,
+    h-sigmoid, multiply and h-swish ops) out of sample, without a parameter of their own."""
+    import re
+
+    from jcw.latency.device_model import features, fit_device, fit_linear, load_blocks
+
+    samples = load_blocks("note10")
+    fancy = [s for s in samples if re.search(r"se:1|hs:1", s[0])]
+    assert len(samples) == 288 and len(fancy) == 216
+    theta, _ = fit_linear([s for s in samples if s not in fancy])
+    errors = [abs(features(ops) @ theta - ms) / ms for _, ops, ms in fancy]
+    assert np.mean(errors) < 0.06
+    assert fit_device("note10").fit["loo_mape_pct"] < 5.0
+
+
+def test_a_mobilenet_v3_space_prices_the_same_in_its_table_and_as_a_built_network(tmp_path):
+    """Squeeze-excite couples its scale to the block's width and runs inside XNNPACK's sparse subgraph; h-swish and
+    the multiply are ops of the space, so the derived table prices the whole network as the whole-model path does."""
+    from jcw.config import SupernetConfig
+    from jcw.latency.derive import derive_table
+    from jcw.latency.device_model import fit_device
+    from jcw.models.graph import analyse
+    from jcw.models.registry import create_model
+    from jcw.supernet.slicing import bake_masks, subnet_from_supernet
+    from jcw.supernet.supernet import Supernet
+    from jcw.xnnpack import sparse_subgraph
+
+    net = Supernet(SupernetConfig(model="mobilenet_v3_small", input_size=64, in_channels=3, num_classes=10,
+                                  densities=(1.0,)))  # dense: the table and the ruler then price every op alike
+    space = net.space
+    kinds = {layer.kind for layer in space.layers}
+    assert {"act", "mul"} <= kinds
+    assert len(analyse(create_model("mobilenet_v3_small", 10, 3), "m", 64, 3, 10).space.groups) == len(space.groups)
+    subgraph = sparse_subgraph(space.layers, 3)
+    assert subgraph.possible and any(space.layers[i].h == 1 for i in subgraph.convs)  # squeeze-excite's 1x1 convs
+    table = derive_table("pixel4", [space], out_dir=tmp_path).bind(space)
+    pixel4 = fit_device("pixel4")
+    rng = np.random.default_rng(0)
+    for genome in (space.largest(), *rng.integers(0, space.gene_sizes, size=(2, space.n_genes))):
+        built = bake_masks(subnet_from_supernet(net, genome)[0])
+        assert table.latency(genome[None])[0] == pytest.approx(pixel4.module_ms(built, 64, 3), rel=1e-4)

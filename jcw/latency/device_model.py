@@ -23,13 +23,16 @@ from scipy.optimize import nnls
 
 from jcw.artifacts import artifact_dir
 from jcw.errors import JcwError, JcwWarning
-from jcw.latency.ops import Op, model_ops, named_model_ops, op_features
+from jcw.latency.ops import ONE_BY_ONE, Op, model_ops, named_model_ops, op_features
 from jcw.latency.sparse_model import DATA as SPARSE_DATA
 from jcw.latency.sparse_model import NETWORKS, SparseKernelModel, fit_xnnpack_kernel
 from jcw.models.graph import analyse
 from jcw.xnnpack import subgraph_sparsity
 
 COMPUTE = ("conv", "conv1x1", "dwconv", "linear")
+# an activation's vector ops per element run at the depthwise conv's rate (both are multiply-adds without weight
+# reuse), and a 1x1 conv on a 1x1 map at a linear layer's (both are matrix-vector products)
+RATE_OF = {"act": "dwconv", "gemv": "linear"}
 PARAMS = ("fixed_ms", "ms_per_mb", *(f"ms_per_mmac_{c}" for c in COMPUTE))
 SPARSE_KERNELS = {"xnnpack": "tflite-xnnpack", "jcw-arm": "jcw-arm"}  # --sparse-kernel -> the runtime a table prices
 
@@ -53,9 +56,10 @@ class DeviceModel:
         """An op's time; at density < 1, its time inside a sparse subgraph where the kernel runs it sparse."""
         p = self.params
         t = p["fixed_ms"] + op.mbytes * p["ms_per_mb"]
-        if op.category in COMPUTE:
-            t += op.macs / 1e6 * p[f"ms_per_mmac_{op.category}"]
-        sparse_ops = ("conv1x1",) if self.sparse_kernel == "xnnpack" else ("conv", "conv1x1", "linear")
+        rate = RATE_OF.get(op.category, op.category)
+        if rate in COMPUTE:
+            t += op.macs / 1e6 * p[f"ms_per_mmac_{rate}"]
+        sparse_ops = ONE_BY_ONE if self.sparse_kernel == "xnnpack" else ("conv", *ONE_BY_ONE, "linear")
         if density < 1.0 and op.category in sparse_ops:
             t *= float(np.interp(density, np.linspace(0, 1, len(self.sparse_curve)), self.sparse_curve))
         return t
@@ -86,8 +90,9 @@ def features(ops: list[Op]) -> np.ndarray:
     for op in ops:
         row[0] += 1
         row[1] += op.mbytes
-        if op.category in COMPUTE:
-            row[2 + COMPUTE.index(op.category)] += op.macs / 1e6
+        rate = RATE_OF.get(op.category, op.category)
+        if rate in COMPUTE:
+            row[2 + COMPUTE.index(rate)] += op.macs / 1e6
     return row
 
 
@@ -97,17 +102,37 @@ _BLOCK = re.compile(r"expanded_conv-input:(\d+)x(\d+)x(\d+)-output:(\d+)x(\d+)x(
 _LAYER = re.compile(r"(\w+)-input:(\d+)x(\d+)x(\d+)-output:(?:(\d+)x(\d+)x)?(\d+)")
 
 
-def block_ops(key: str, expand_is_ratio: bool) -> list[Op] | None:
-    """Ops of one MobileNet-style lookup-table key; None for keys this model does not cover (SE, h-swish)."""
+def _se_mid(channels: int) -> int:
+    """Squeeze-excite's reduced width in Once-for-All's MobileNetV3: a quarter, rounded to a multiple of 8."""
+    quarter = channels // 4
+    rounded = max(8, int(quarter + 4) // 8 * 8)
+    return rounded + 8 if rounded < 0.9 * quarter else rounded
+
+
+def block_ops(key: str, expand_is_ratio: bool, hswish_layers: bool = False) -> list[Op] | None:
+    """Ops of one MobileNet-style lookup-table key; None for keys this model does not cover.
+
+    A block's `-se:1` adds squeeze-excite after the depthwise conv (pool, two 1x1 convs on the pooled vector,
+    h-sigmoid, multiply) and `-hs:1` an h-swish after its expand and depthwise convs, as Once-for-All's MobileNetV3
+    builds them; `hswish_layers` says its stem, final expand and feature-mix convs end in h-swish too."""
     m = _BLOCK.fullmatch(key)
     if m:
         h, _, c, ho, _, co, e, k, s, skip, se, hs = m.groups()
-        if (se and int(se)) or (hs and int(hs)):
-            return None
         h, c, ho, co, e, k, s = (int(v) for v in (h, c, ho, co, e, k, s))
         mid = c * e if expand_is_ratio else e
+        hswish = bool(hs and int(hs))
         ops = [op_features("conv", h, h, 1, 1, False, c, mid)] if mid != c else []
-        ops += [op_features("conv", h, h, k, s, True, mid, mid), op_features("conv", ho, ho, 1, 1, False, mid, co)]
+        ops += [op_features("act", h, h, 1, 1, True, mid, mid)] if ops and hswish else []
+        ops.append(op_features("conv", h, h, k, s, True, mid, mid))
+        ops += [op_features("act", ho, ho, 1, 1, True, mid, mid)] if hswish else []
+        if se and int(se):
+            squeezed = _se_mid(mid)
+            ops += [op_features("pool", ho, ho, ho, ho, True, mid, mid),
+                    op_features("conv", 1, 1, 1, 1, False, mid, squeezed),
+                    op_features("conv", 1, 1, 1, 1, False, squeezed, mid),
+                    op_features("act", 1, 1, 1, 1, True, mid, mid),
+                    op_features("mul", ho, ho, 1, 1, True, mid, mid)]
+        ops.append(op_features("conv", ho, ho, 1, 1, False, mid, co))
         if int(skip):
             ops.append(op_features("add", ho, ho, 1, 1, True, co, co))
         return ops
@@ -116,10 +141,12 @@ def block_ops(key: str, expand_is_ratio: bool) -> list[Op] | None:
         return None
     name, h, _, c, ho, _, co = m.groups()
     h, c, co = int(h), int(c), int(co)
+    ho = int(ho) if ho else 1
+    act = [op_features("act", ho, ho, 1, 1, True, co, co)] if hswish_layers else []
     if name == "Conv":
-        return [op_features("conv", h, h, 3, h // int(ho), False, c, co)]
+        return [op_features("conv", h, h, 3, h // ho, False, c, co)] + act
     if name in ("Conv_1", "Conv_2"):
-        return [op_features("conv", h, h, 1, 1, False, c, co)]
+        return [op_features("conv", h, h, 1, 1, False, c, co)] + act
     if name == "AvgPool2D":
         return [op_features("pool", h, h, h, h, True, c, c)]
     if name == "Logits":
@@ -140,7 +167,7 @@ def load_blocks(device: str) -> list[tuple[str, list[Op], float]]:
     out = []
     for path in files:
         for key, entry in yaml.safe_load(path.read_text()).items():
-            ops = block_ops(key.rstrip(":"), ratio)
+            ops = block_ops(key.rstrip(":"), ratio, hswish_layers=device == "note10")
             if ops:
                 out.append((f"{path.stem}:{key}", ops, float(entry["mean"])))
     return out
@@ -281,7 +308,7 @@ def fit_device(device: str, sparse_kernel: str = "xnnpack") -> DeviceModel:
         samples = load_blocks(device)
         theta, report = fit_linear(samples)
         report["data"] = ("ProxylessNAS Pixel 1 block lookup table" if device == "pixel1"
-                          else "Once-for-All Note10 block lookup tables (blocks without SE / h-swish)")
+                          else "Once-for-All Note10 block lookup tables (squeeze-excite and h-swish blocks included)")
     else:
         prior, _ = fit_linear(load_blocks("pixel1"))
         samples, skipped = load_whole_models("pixel4", threads=1)

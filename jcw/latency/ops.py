@@ -1,13 +1,13 @@
 """Op kinds as the latency model sees them: each kind's cost features and the micro-model that times it.
 
 One registry serves the device-model fit (public block and whole-model measurements), table generation for a
-search space, host measurement and phone bundles, so every path prices and runs an op the same way. Batch norm and
-activations are folded into the conv before them, as mobile runtimes do.
+search space, host measurement and phone bundles, so every path prices and runs an op the same way. Batch norm,
+ReLU and ReLU6 are folded into the op before them, as mobile runtimes do; hard-swish, sigmoid and squeeze-excite's
+multiply are not, and are priced as ops of their own.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from math import prod
 from typing import Callable
 
 import torch
@@ -18,6 +18,7 @@ from jcw.latency.host_runtime import SparseConv1x1
 from jcw.models.graph import trace
 from jcw.space import Layer
 
+
 @dataclass(frozen=True)
 class Op:
     category: str
@@ -25,12 +26,17 @@ class Op:
     mbytes: float  # activations in + out + weights, float32, in MB
 
 
+ONE_BY_ONE = ("conv1x1", "gemv")  # the categories of 1x1 convs, which XNNPACK's sparse kernel runs
+
+
 # ---- cost features: (category, MACs, elements moved) per kind, from the op's real shapes ------------------------
 def _conv_cost(h, w, h_out, w_out, area, groups, c_in, c_out, density):
     depthwise = groups > 1 and groups == c_in
     # a grouped conv's output channel sees c_in / groups inputs, but every input channel is still read once
     weights = c_in / groups * c_out * area * (1.0 if depthwise else density)
-    category = "dwconv" if depthwise else "conv1x1" if area == 1 else "conv"
+    # a 1x1 conv on a 1x1 map (a feature-mix head, squeeze-excite) is a matrix-vector product ("gemv"), priced as a
+    # linear layer is, but still a 1x1 conv to the sparse kernels
+    category = "dwconv" if depthwise else "conv" if area > 1 else "gemv" if h_out * w_out == 1 else "conv1x1"
     return category, weights * h_out * w_out, c_in * h * w + c_out * h_out * w_out + weights
 
 
@@ -49,6 +55,18 @@ def _add_cost(h, w, h_out, w_out, area, groups, c_in, c_out, density):
 
 def _concat_cost(h, w, h_out, w_out, area, groups, c_in, c_out, density):
     return "add", 0.0, 2 * c_out * h_out * w_out  # the inputs together are as large as the output
+
+
+ACT_OPS_PER_ELEMENT = 4  # XNNPACK's h-swish kernel: x * min(max(x / 6 + 1/2, 0), 1) is 4 vector ops, one an FMA
+
+
+def _act_cost(h, w, h_out, w_out, area, groups, c_in, c_out, density):
+    """An activation the runtime cannot fold: read once, written once, a few vector ops per element."""
+    return "act", ACT_OPS_PER_ELEMENT * c_out * h_out * w_out, 2 * c_out * h_out * w_out
+
+
+def _mul_cost(h, w, h_out, w_out, area, groups, c_in, c_out, density):
+    return "mul", 0.0, 2 * c_out * h_out * w_out + c_out  # squeeze-excite's scale: the map times a vector
 
 
 # ---- micro-models: the module and inputs that run one table entry -------------------------------------------------
@@ -93,6 +111,20 @@ def _add_micro(layer: Layer, c_in: int, c_out: int, density: float, impl: str, g
     return _TwoInputAdd(), (torch.randn(*shape, generator=gen), torch.randn(*shape, generator=gen))
 
 
+def _act_micro(layer: Layer, c_in: int, c_out: int, density: float, impl: str, gen: torch.Generator):
+    return nn.Hardswish(), (torch.randn(1, c_out, layer.h, layer.w, generator=gen),)
+
+
+class _ChannelScale(nn.Module):
+    def forward(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return x * scale
+
+
+def _mul_micro(layer: Layer, c_in: int, c_out: int, density: float, impl: str, gen: torch.Generator):
+    return _ChannelScale(), (torch.randn(1, c_out, layer.h, layer.w, generator=gen),
+                             torch.rand(1, c_out, 1, 1, generator=gen))
+
+
 class _Concat(nn.Module):
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return torch.cat([a, b], dim=1)
@@ -128,6 +160,8 @@ OP_KINDS: dict[str, OpKind] = {
     "pool": OpKind(_pool_cost, _pool_micro, lambda layer: False),
     "add": OpKind(_add_cost, _add_micro, lambda layer: False),
     "concat": OpKind(_concat_cost, _concat_micro, lambda layer: False),
+    "act": OpKind(_act_cost, _act_micro, lambda layer: False),
+    "mul": OpKind(_mul_cost, _mul_micro, lambda layer: False),
 }
 
 
@@ -177,11 +211,12 @@ def _chw(shape: tuple[int, ...]) -> tuple[int, int, int]:
 def named_model_ops(model: nn.Module, input_size: int, in_channels: int = 3) -> list[tuple[str, Op]]:
     """`model_ops` with each op's module (or fx node) name, to price a layer's own weight density."""
     ops: list[tuple[str, Op]] = []
-    for node in trace(model.eval(), input_size, in_channels):
+    nodes = trace(model.eval(), input_size, in_channels)
+    for node in nodes:
         mod = node.module
-        if node.kind not in ("conv", "linear", "pool", "add", "cat"):
+        if node.kind not in ("conv", "linear", "pool", "add", "cat", "act", "mul"):
             continue
-        # an add or concat is priced by its output (a concat's first argument is a list, with no shape)
+        # an elementwise op is priced by its output (a concat's first argument is a list, with no shape)
         c_out, h_out, w_out = _chw(node.out_shape)
         c, h, w = _chw(node.in_shape) if node.kind in ("conv", "linear", "pool") else (c_out, h_out, w_out)
         if node.kind == "conv":
@@ -189,6 +224,9 @@ def named_model_ops(model: nn.Module, input_size: int, in_channels: int = 3) -> 
         elif node.kind == "linear":
             op = op_cost("linear", 1, 1, 1, 1, 1, 1, mod.in_features, mod.out_features)
         else:
-            op = op_cost("concat" if node.kind == "cat" else node.kind, h, w, h_out, w_out, 1, 1, c, c_out)
+            kind = {"cat": "concat"}.get(node.kind, node.kind)
+            if kind == "mul" and all(nodes[i].out_shape == node.out_shape for i in node.inputs):
+                kind = "add"  # two whole maps multiplied move what an add moves
+            op = op_cost(kind, h, w, h_out, w_out, 1, 1, c, c_out)
         ops.append((node.name, op))
     return ops

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torchvision.models as tvm
 
-from jcw.latency.ops import Op, model_ops, op_features
+from jcw.latency.ops import ONE_BY_ONE, Op, model_ops, op_features
 
 DATA = Path("xnnpack-sparse") / "published_sparse.csv"  # under latency_tables/reference/
 
@@ -66,7 +66,7 @@ def fit_xnnpack_kernel(op_ms, reference_dir: Path) -> SparseKernelModel:
     for name in rows["model"].unique():
         ops = NETWORKS[name]()
         times = np.array([op_ms(op) for op in ops])
-        shares[name] = float(times[[op.category == "conv1x1" for op in ops]].sum() / times.sum())
+        shares[name] = float(times[[op.category in ONE_BY_ONE for op in ops]].sum() / times.sum())
     f = rows["model"].map(shares).to_numpy()
     measured = (rows["sparse_ms"] / rows["dense_ms"]).to_numpy()
     x, y = f * (1 - rows["density"].to_numpy()), 1 - measured  # y = (1 - a) x

@@ -23,13 +23,17 @@ ADD_OPS = {operator.add, operator.iadd, torch.add}
 CAT_OPS = {torch.cat, "cat"}
 POOL_MODULES = (nn.AdaptiveAvgPool2d, nn.MaxPool2d, nn.AvgPool2d)
 POOL_FUNCTIONS = {F.adaptive_avg_pool2d, F.max_pool2d, F.avg_pool2d}
+# activations a mobile runtime runs as ops of their own (ReLU and ReLU6 fold into the conv or add before them)
+ACT_MODULES = (nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.SiLU)
+ACT_FUNCTIONS = {F.hardswish, F.hardsigmoid, torch.sigmoid, F.silu, "sigmoid"}
+MUL_OPS = {operator.mul, operator.imul, torch.mul, "mul"}
 
 
 @dataclass
 class TracedNode:
     """One node of a traced network, as every consumer of the graph sees it.
 
-    kind is input | conv | linear | norm | pool | add | cat | other; `inputs` index earlier nodes of the trace;
+    kind is input | conv | linear | norm | pool | add | cat | act | mul | other (mul: of two tensors); `inputs` index earlier nodes of the trace;
     shapes are NCHW (or NC) at batch 1.
     """
 
@@ -93,6 +97,11 @@ def trace(model: nn.Module, input_size: int, in_channels: int, name: str = "the 
             kind = "add"
         elif node.op in ("call_function", "call_method") and node.target in CAT_OPS:
             kind = "cat"
+        elif isinstance(module, ACT_MODULES) or (node.op in ("call_function", "call_method")
+                                                 and node.target in ACT_FUNCTIONS):
+            kind = "act"
+        elif node.op in ("call_function", "call_method") and node.target in MUL_OPS and len(args) == 2:
+            kind = "mul"
         else:
             kind = "other"
         meta = node.meta.get("tensor_meta")
@@ -185,6 +194,19 @@ def analyse(model: nn.Module, model_name: str, input_size: int, in_channels: int
             h, w = hw(node.in_shape)
             raw_layers.append((dict(name=node.name, kind="add", h=h, w=w, depthwise=True, c_in=node.in_shape[1],
                                     c_out=node.in_shape[1]), a, a))
+            group = a
+        elif node.kind == "act":
+            h, w = hw(node.in_shape)
+            raw_layers.append((dict(name=node.name, kind="act", h=h, w=w, depthwise=True, c_in=node.in_shape[1],
+                                    c_out=node.in_shape[1]), g_first, g_first))
+        elif node.kind == "mul":  # squeeze-excite: a per-channel scale times the feature map couples their widths
+            a, b = group_of[node.inputs[0]], group_of[node.inputs[1]]
+            if a is None or b is None:
+                raise JcwError(f"{model_name}: multiply {node.name} mixes a fixed-width tensor")
+            uf.union(a, b)
+            h, w = hw(node.out_shape)
+            raw_layers.append((dict(name=node.name, kind="mul", h=h, w=w, depthwise=True, c_in=node.out_shape[1],
+                                    c_out=node.out_shape[1]), a, a))
             group = a
         elif node.kind == "cat":
             raise JcwError(f"{model_name}: channel concatenation ({node.name}) is not supported yet")

@@ -80,9 +80,11 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "mbv2_small": mbv2_small,
     "mbv2_small_s2": mbv2_small_s2,
     "mbv2_small_56": mbv2_small_56,
-    **{name: _torchvision(name) for name in ("mobilenet_v2", "resnet18", "resnet34", "resnet50")},
+    **{name: _torchvision(name) for name in ("mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small", "resnet18",
+                                             "resnet34", "resnet50")},
 }
-PRETRAINED = {"mobilenet_v2": tvm.MobileNet_V2_Weights, "resnet18": tvm.ResNet18_Weights,
+PRETRAINED = {"mobilenet_v2": tvm.MobileNet_V2_Weights, "mobilenet_v3_large": tvm.MobileNet_V3_Large_Weights,
+              "mobilenet_v3_small": tvm.MobileNet_V3_Small_Weights, "resnet18": tvm.ResNet18_Weights,
               "resnet34": tvm.ResNet34_Weights, "resnet50": tvm.ResNet50_Weights}  # torchvision's weights API
 
 

@@ -8,6 +8,7 @@ JCW authors measured). Every number this produces is derived, and the fit's leav
 """
 from __future__ import annotations
 
+import copy
 import functools
 import re
 import warnings
@@ -299,11 +300,20 @@ def small_network_fixed_ms(device: str, dense_op_ms) -> tuple[float, dict]:
 
 
 def fit_device(device: str, sparse_kernel: str = "xnnpack") -> DeviceModel:
-    """Fit `device`'s op model to the public data in latency_tables/reference/, with its sparse kernel's model."""
+    """Fit `device`'s op model to the public data in latency_tables/reference/, with its sparse kernel's model.
+
+    A fit takes seconds (pixel4 traces seven torchvision models and refits for every left-out one), so a process
+    fits each device once, and each caller gets its own copy."""
     if device not in DEVICES:
         raise JcwError(f"no device model for {device!r}; derived models exist for {', '.join(DEVICES)}")
     if sparse_kernel not in SPARSE_KERNELS:
         raise JcwError(f"unknown sparse kernel {sparse_kernel!r}; choose {' or '.join(SPARSE_KERNELS)}")
+    return copy.deepcopy(_fit_device(device, sparse_kernel, reference_dir()))
+
+
+@functools.cache
+def _fit_device(device: str, sparse_kernel: str, reference: Path) -> DeviceModel:
+    """`reference` is part of the key: a process that points jcw at other reference data fits again."""
     if device in ("pixel1", "note10"):
         samples = load_blocks(device)
         theta, report = fit_linear(samples)

@@ -278,3 +278,24 @@ def test_a_mobilenet_v3_space_prices_the_same_in_its_table_and_as_a_built_networ
     for genome in (space.largest(), *rng.integers(0, space.gene_sizes, size=(2, space.n_genes))):
         built = bake_masks(subnet_from_supernet(net, genome)[0])
         assert table.latency(genome[None])[0] == pytest.approx(pixel4.module_ms(built, 64, 3), rel=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["act", "mul", "concat", "add", "pool"])
+def test_every_op_kind_has_a_micro_model_that_each_runtime_runs(kind):
+    """Host measurement and phone bundles time a table entry by its kind's micro-model: the kinds a MobileNetV3 space
+    adds (h-swish, the excite multiply) must run in torch, onnxruntime and LiteRT alike, to the same numbers."""
+    from jcw.latency.measure import onnx_micro_op
+    from jcw.latency.ops import micro_model
+    from jcw.latency.tflite_runtime import convert, interpreter, set_inputs
+    from jcw.space import Layer
+
+    layer = Layer(name="x", kind=kind, h=7, w=7, kernel=7 if kind == "pool" else 1, depthwise=True)
+    module, inputs = micro_model(layer, 16, 16, 1.0)
+    expected = module(*inputs).detach().numpy()
+    assert np.allclose(onnx_micro_op(layer, 16, 16, 1.0)()[0], expected, atol=1e-5)
+    runner = interpreter(convert(module, [tuple(x.shape) for x in inputs]))
+    set_inputs(runner, *(x.numpy() for x in inputs))
+    runner.invoke()
+    out = runner.get_tensor(runner.get_output_details()[0]["index"])
+    out = out.transpose(0, 3, 1, 2) if out.ndim == 4 else out  # NHWC back to torch's layout
+    assert out.shape == expected.shape and np.allclose(out, expected, atol=1e-5)

@@ -59,7 +59,8 @@ class _TensorFlowGraph:
     def __call__(self, *inputs):
         env, placeholders = {}, iter(inputs)
         for node in self.graph.graph.nodes:
-            args = [env[a] if isinstance(a, fx.Node) else a for a in node.args]
+            args = [env[a] if isinstance(a, fx.Node) else [env[b] for b in a] if isinstance(a, (list, tuple))
+                    and a and all(isinstance(b, fx.Node) for b in a) else a for a in node.args]
             if node.op == "placeholder":
                 env[node] = next(placeholders)
             elif node.op == "output":
@@ -86,7 +87,13 @@ class _TensorFlowGraph:
         if isinstance(m, nn.ReLU):
             return tf.nn.relu(x)
         if isinstance(m, nn.Hardswish):
-            return x * tf.nn.relu6(x + 3.0) / 6.0
+            return self._hardswish(x)
+        if isinstance(m, nn.Hardsigmoid):
+            return tf.nn.relu6(x + 3.0) / 6.0
+        if isinstance(m, nn.Sigmoid):
+            return tf.sigmoid(x)
+        if isinstance(m, nn.SiLU):
+            return x * tf.sigmoid(x)
         if isinstance(m, (nn.Identity, nn.Dropout)):
             return x
         if isinstance(m, nn.Flatten):
@@ -121,10 +128,23 @@ class _TensorFlowGraph:
             x = tf.transpose(x, [0, 3, 1, 2])  # torch flattens channels first
         return tf.reshape(x, [x.shape[0], -1])
 
+    def _hardswish(self, x):
+        return x * self.tf.nn.relu6(x + 3.0) / 6.0  # the converter fuses this into one HARD_SWISH op
+
     def _function(self, node: fx.Node, args: list):
         tf, target = self.tf, node.target
         if target in (operator.add, operator.iadd, torch.add):
             return tf.add(args[0], args[1])
+        if target in (operator.mul, operator.imul, torch.mul) or target == "mul":
+            return tf.multiply(args[0], args[1])  # squeeze-excite's scale broadcasts over NHWC as over NCHW
+        if target is F.hardswish:
+            return self._hardswish(args[0])
+        if target is F.hardsigmoid:
+            return tf.nn.relu6(args[0] + 3.0) / 6.0
+        if target in (torch.sigmoid, F.sigmoid) or target == "sigmoid":
+            return tf.sigmoid(args[0])
+        if target is torch.cat and node.kwargs.get("dim", args[1] if len(args) > 1 else 0) in (1, -3):
+            return tf.concat(args[0], axis=-1)  # channels are NHWC's last axis
         if target in (F.relu, torch.relu) or target == "relu":
             return tf.nn.relu(args[0])
         if target in (torch.flatten, "flatten"):

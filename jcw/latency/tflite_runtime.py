@@ -59,8 +59,7 @@ class _TensorFlowGraph:
     def __call__(self, *inputs):
         env, placeholders = {}, iter(inputs)
         for node in self.graph.graph.nodes:
-            args = [env[a] if isinstance(a, fx.Node) else [env[b] for b in a] if isinstance(a, (list, tuple))
-                    and a and all(isinstance(b, fx.Node) for b in a) else a for a in node.args]
+            args = list(fx.node.map_arg(node.args, lambda a: env[a]))  # nodes in lists too (a concat's inputs)
             if node.op == "placeholder":
                 env[node] = next(placeholders)
             elif node.op == "output":

@@ -33,8 +33,8 @@ MUL_OPS = {operator.mul, operator.imul, torch.mul, "mul"}
 class TracedNode:
     """One node of a traced network, as every consumer of the graph sees it.
 
-    kind is input | conv | linear | norm | pool | add | cat | act | mul | other (mul: of two tensors); `inputs` index earlier nodes of the trace;
-    shapes are NCHW (or NC) at batch 1.
+    kind is input | conv | linear | norm | pool | add | cat | act | mul (of two tensors) | other; `inputs` index
+    earlier nodes of the trace; shapes are NCHW (or NC) at batch 1.
     """
 
     name: str  # the module's qualified name, or the fx node's name for functions

@@ -186,28 +186,21 @@ def analyse(model: nn.Module, model_name: str, input_size: int, in_channels: int
             h, w = hw(node.in_shape)
             raw_layers.append((dict(name=node.name, kind="pool", h=h, w=w, kernel=node.kernel, stride=node.stride,
                                     depthwise=True, c_in=node.in_shape[1], c_out=node.in_shape[1]), g_first, g_first))
-        elif node.kind == "add" and len(node.inputs) == 2:
+        elif node.kind in ("add", "mul") and len(node.inputs) == 2:
+            # a residual add, or squeeze-excite's per-channel scale times the map: both couple their operands' widths
             a, b = group_of[node.inputs[0]], group_of[node.inputs[1]]
             if a is None or b is None:
-                raise JcwError(f"{model_name}: residual add {node.name} mixes a fixed-width tensor")
+                what = "residual add" if node.kind == "add" else "multiply"
+                raise JcwError(f"{model_name}: {what} {node.name} mixes a fixed-width tensor")
             uf.union(a, b)
-            h, w = hw(node.in_shape)
-            raw_layers.append((dict(name=node.name, kind="add", h=h, w=w, depthwise=True, c_in=node.in_shape[1],
-                                    c_out=node.in_shape[1]), a, a))
+            h, w = hw(node.out_shape)
+            raw_layers.append((dict(name=node.name, kind=node.kind, h=h, w=w, depthwise=True,
+                                    c_in=node.out_shape[1], c_out=node.out_shape[1]), a, a))
             group = a
         elif node.kind == "act":
             h, w = hw(node.in_shape)
             raw_layers.append((dict(name=node.name, kind="act", h=h, w=w, depthwise=True, c_in=node.in_shape[1],
                                     c_out=node.in_shape[1]), g_first, g_first))
-        elif node.kind == "mul":  # squeeze-excite: a per-channel scale times the feature map couples their widths
-            a, b = group_of[node.inputs[0]], group_of[node.inputs[1]]
-            if a is None or b is None:
-                raise JcwError(f"{model_name}: multiply {node.name} mixes a fixed-width tensor")
-            uf.union(a, b)
-            h, w = hw(node.out_shape)
-            raw_layers.append((dict(name=node.name, kind="mul", h=h, w=w, depthwise=True, c_in=node.out_shape[1],
-                                    c_out=node.out_shape[1]), a, a))
-            group = a
         elif node.kind == "cat":
             raise JcwError(f"{model_name}: channel concatenation ({node.name}) is not supported yet")
         group_of.append(group)

@@ -252,6 +252,18 @@ def test_squeeze_excite_and_hswish_blocks_are_priced_from_the_plain_blocks_fit()
     assert fit_device("note10").fit["loo_mape_pct"] < 5.0
 
 
+def test_pixel1_blocks_are_priced_within_10pct_out_of_sample_and_each_is_reported():
+    """One megabyte rate for feature maps and weights alike missed ProxylessNAS's 112 and 56 px Pixel 1 blocks by
+    25-60% (leave-one-out 41%): their large maps cost far more per byte than a linear layer's streamed weights."""
+    from jcw.latency.device_model import fit_device
+
+    fit = fit_device("pixel1").fit
+    assert fit["loo_mape_pct"] <= 10.0
+    assert len(fit["per_point"]) == fit["samples"] == 56
+    worst = {p["block"].split(":", 1)[1]: p["loo_error_pct"] for p in fit["per_point"] if "input:112x112x16" in p["block"]}
+    assert len(worst) == 5 and all(abs(e) < 30 for e in worst.values())
+
+
 def test_a_mobilenet_v3_space_prices_the_same_in_its_table_and_as_a_built_network(tmp_path):
     """Squeeze-excite couples its scale to the block's width and runs inside XNNPACK's sparse subgraph; h-swish and
     the multiply are ops of the space, so the derived table prices the whole network as the whole-model path does."""

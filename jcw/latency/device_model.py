@@ -1,10 +1,16 @@
 """Per-op latency models of phones we cannot reach, fit to public measurements.
 
-An op costs  fixed + MB moved x ms_per_mb + MMACs x ms_per_mmac[category]  (a linear roofline-style model, fit by
-non-negative least squares). Weight sparsity follows one of two kernels: XNNPACK's (the default; only 1x1 convs, and
-only where `jcw.xnnpack`'s rules let them run sparse; `jcw.latency.sparse_model` fits its time ratio to
-published measurements), or JCW's own unnamed ARM kernel (every conv and linear layer, the density-to-time curve the
-JCW authors measured). Every number this produces is derived, and the fit's leave-one-out error is stored beside it.
+An op costs  fixed + activation MB x ms_per_mb_activations + weight MB x ms_per_mb_weights
++ MMACs x ms_per_mmac[rate]  (a linear roofline-style model, fit by non-negative least squares).
+- Activations and weights have rates of their own: on Pixel 1 a megabyte of feature map costs 35 times a megabyte
+  of weights streamed, and one rate for both missed its 112 and 56 px blocks by 25-60%.
+- A k x k conv shares the 1x1 conv's matrix-multiply rate, and a linear layer (a matrix-vector product, bound by its
+  weights) is priced by its weights alone.
+- Weight sparsity follows one of two kernels: XNNPACK's (the default; only 1x1 convs, and only where `jcw.xnnpack`'s
+  rules let them run sparse; `jcw.latency.sparse_model` fits its time ratio to published measurements), or JCW's own
+  unnamed ARM kernel (every conv and linear layer, the density-to-time curve the JCW authors measured).
+
+Every number this produces is derived, and the fit's leave-one-out error is stored beside it.
 """
 from __future__ import annotations
 
@@ -30,11 +36,12 @@ from jcw.latency.sparse_model import NETWORKS, SparseKernelModel, fit_xnnpack_ke
 from jcw.models.graph import analyse
 from jcw.xnnpack import subgraph_sparsity
 
-COMPUTE = ("conv", "conv1x1", "dwconv", "linear")
-# an activation's vector ops per element run at the depthwise conv's rate (both are multiply-adds without weight
-# reuse), and a 1x1 conv on a 1x1 map at a linear layer's (both are matrix-vector products)
-RATE_OF = {"act": "dwconv", "gemv": "linear"}
-PARAMS = ("fixed_ms", "ms_per_mb", *(f"ms_per_mmac_{c}" for c in COMPUTE))
+COMPUTE = ("gemm", "dwconv")
+# a k x k conv runs the 1x1 conv's matrix multiply over an im2col (or indirection) buffer; an activation's vector ops
+# per element run at the depthwise conv's rate (both are multiply-adds without weight reuse), and a 1x1 conv on a
+# 1x1 map at a linear layer's (both are matrix-vector products)
+RATE_OF = {"conv": "gemm", "conv1x1": "gemm", "act": "dwconv"}
+PARAMS = ("fixed_ms", "ms_per_mb_activations", "ms_per_mb_weights", *(f"ms_per_mmac_{c}" for c in COMPUTE))
 SPARSE_KERNELS = {"xnnpack": "tflite-xnnpack", "jcw-arm": "jcw-arm"}  # --sparse-kernel -> the runtime a table prices
 
 
@@ -56,7 +63,8 @@ class DeviceModel:
     def op_ms(self, op: Op, density: float = 1.0) -> float:
         """An op's time; at density < 1, its time inside a sparse subgraph where the kernel runs it sparse."""
         p = self.params
-        t = p["fixed_ms"] + op.mbytes * p["ms_per_mb"]
+        t = (p["fixed_ms"] + op.activation_mbytes * p["ms_per_mb_activations"]
+             + op.weight_mbytes * p["ms_per_mb_weights"])
         rate = RATE_OF.get(op.category, op.category)
         if rate in COMPUTE:
             t += op.macs / 1e6 * p[f"ms_per_mmac_{rate}"]
@@ -90,10 +98,11 @@ def features(ops: list[Op]) -> np.ndarray:
     row = np.zeros(len(PARAMS))
     for op in ops:
         row[0] += 1
-        row[1] += op.mbytes
+        row[1] += op.activation_mbytes
+        row[2] += op.weight_mbytes
         rate = RATE_OF.get(op.category, op.category)
         if rate in COMPUTE:
-            row[2 + COMPUTE.index(rate)] += op.macs / 1e6
+            row[3 + COMPUTE.index(rate)] += op.macs / 1e6
     return row
 
 
@@ -224,24 +233,29 @@ def _solve(rows: np.ndarray, times: np.ndarray) -> np.ndarray:
 
 
 def _loo_errors(rows: np.ndarray, times: np.ndarray, offset: np.ndarray | float = 0.0) -> np.ndarray:
-    """Relative error on each sample's whole time (`times` + `offset`, the part not fit) of a fit made without it."""
+    """Signed relative error on each sample's whole time (`times` + `offset`, the part not fit) of a fit made
+    without it."""
     offset = np.broadcast_to(offset, times.shape)
     errors = []
     for i in range(len(times)):
         keep = np.arange(len(times)) != i
         whole = times[i] + offset[i]
-        errors.append(abs(rows[i] @ _solve(rows[keep], times[keep]) + offset[i] - whole) / whole)
+        errors.append((rows[i] @ _solve(rows[keep], times[keep]) + offset[i] - whole) / whole)
     return np.array(errors)
 
 
 def fit_linear(samples: list[tuple[str, list[Op], float]]) -> tuple[np.ndarray, dict]:
+    """A full fit to a device's own blocks, with every block's measured time, fit and leave-one-out error."""
     rows = np.array([features(ops) for _, ops, _ in samples])
     times = np.array([t for _, _, t in samples])
     theta = _solve(rows, times)
-    loo = _loo_errors(rows, times)
+    signed = _loo_errors(rows, times)
+    loo = np.abs(signed)
+    per_point = [{"block": name, "measured_ms": round(t, 4), "fit_ms": round(float(r @ theta), 4),
+                  "loo_error_pct": round(100 * float(e), 1)} for (name, _, t), r, e in zip(samples, rows, signed)]
     return theta, {"samples": len(samples), "train_mape_pct": _mape(rows @ theta, times),
                    "loo_mape_pct": round(100 * float(np.mean(loo)), 2),
-                   "loo_within_10pct": round(float(np.mean(loo <= 0.10)), 3)}
+                   "loo_within_10pct": round(float(np.mean(loo <= 0.10)), 3), "per_point": per_point}
 
 
 def _mape(pred: np.ndarray, true: np.ndarray) -> float:
@@ -250,8 +264,8 @@ def _mape(pred: np.ndarray, true: np.ndarray) -> float:
 
 def fit_scaled(prior: np.ndarray, samples: list[tuple[str, list[Op], float]], fixed_ms: float
                ) -> tuple[np.ndarray, dict]:
-    """Too few points for a full fit: rescale a prior device's terms (3 unknowns: memory, dense k x k conv compute,
-    and the compute of all other ops), with the per-op cost `fixed_ms` given, not fit."""
+    """Too few points for a full fit: rescale a prior device's terms (3 unknowns: activation traffic, weight
+    traffic, and compute), with the per-op cost `fixed_ms` given, not fit."""
     rows = np.array([features(ops) for _, ops, _ in samples])
     fixed = rows[:, 0] * fixed_ms  # the per-op part, given
     times = np.array([t for _, _, t in samples]) - fixed
@@ -261,7 +275,7 @@ def fit_scaled(prior: np.ndarray, samples: list[tuple[str, list[Op], float]], fi
         return np.concatenate([[fixed_ms, prior[1] * k[0], prior[2] * k[1]], prior[3:] * k[2]])
 
     k = _solve(parts, times)
-    loo = _loo_errors(parts, times, fixed)
+    loo = np.abs(_loo_errors(parts, times, fixed))
     predicted, times = parts @ k + fixed, times + fixed
     per_model = {name: {"reference_ms": t, "predicted_ms": round(float(p), 2),
                         "error_pct": round(100 * float((p - t) / t), 1)}

@@ -23,13 +23,14 @@ from jcw.space import Layer
 class Op:
     category: str
     macs: float  # multiply-accumulates
-    mbytes: float  # activations in + out + weights, float32, in MB
+    activation_mbytes: float  # activations read and written, float32, in MB
+    weight_mbytes: float  # weights read, float32, in MB
 
 
 ONE_BY_ONE = ("conv1x1", "gemv")  # the categories of 1x1 convs, which XNNPACK's sparse kernel runs
 
 
-# ---- cost features: (category, MACs, elements moved) per kind, from the op's real shapes ------------------------
+# ---- cost features per kind, from the op's real shapes: (category, MACs, activation elements moved, weights read)
 def _conv_cost(h, w, h_out, w_out, area, groups, c_in, c_out, density):
     depthwise = groups > 1 and groups == c_in
     # a grouped conv's output channel sees c_in / groups inputs, but every input channel is still read once
@@ -37,24 +38,24 @@ def _conv_cost(h, w, h_out, w_out, area, groups, c_in, c_out, density):
     # a 1x1 conv on a 1x1 map (a feature-mix head, squeeze-excite) is a matrix-vector product ("gemv"), priced as a
     # linear layer is, but still a 1x1 conv to the sparse kernels
     category = "dwconv" if depthwise else "conv" if area > 1 else "gemv" if h_out * w_out == 1 else "conv1x1"
-    return category, weights * h_out * w_out, c_in * h * w + c_out * h_out * w_out + weights
+    return category, weights * h_out * w_out, c_in * h * w + c_out * h_out * w_out, weights
 
 
 def _linear_cost(h, w, h_out, w_out, area, groups, c_in, c_out, density):
     weights = c_in * c_out * density
-    return "linear", weights, c_in + c_out + weights
+    return "linear", weights, c_in + c_out, weights
 
 
 def _pool_cost(h, w, h_out, w_out, area, groups, c_in, c_out, density):
-    return "pool", 0.0, c_in * h * w + c_out * h_out * w_out
+    return "pool", 0.0, c_in * h * w + c_out * h_out * w_out, 0.0
 
 
 def _add_cost(h, w, h_out, w_out, area, groups, c_in, c_out, density):
-    return "add", 0.0, 3 * c_out * h_out * w_out  # two inputs read, one output written
+    return "add", 0.0, 3 * c_out * h_out * w_out, 0.0  # two inputs read, one output written
 
 
 def _concat_cost(h, w, h_out, w_out, area, groups, c_in, c_out, density):
-    return "add", 0.0, 2 * c_out * h_out * w_out  # the inputs together are as large as the output
+    return "add", 0.0, 2 * c_out * h_out * w_out, 0.0  # the inputs together are as large as the output
 
 
 ACT_OPS_PER_ELEMENT = 4  # XNNPACK's h-swish kernel: x * min(max(x / 6 + 1/2, 0), 1) is 4 vector ops, one an FMA
@@ -62,11 +63,11 @@ ACT_OPS_PER_ELEMENT = 4  # XNNPACK's h-swish kernel: x * min(max(x / 6 + 1/2, 0)
 
 def _act_cost(h, w, h_out, w_out, area, groups, c_in, c_out, density):
     """An activation the runtime cannot fold: read once, written once, a few vector ops per element."""
-    return "act", ACT_OPS_PER_ELEMENT * c_out * h_out * w_out, 2 * c_out * h_out * w_out
+    return "act", ACT_OPS_PER_ELEMENT * c_out * h_out * w_out, 2 * c_out * h_out * w_out, 0.0
 
 
 def _mul_cost(h, w, h_out, w_out, area, groups, c_in, c_out, density):
-    return "mul", 0.0, 2 * c_out * h_out * w_out + c_out  # squeeze-excite's scale: the map times a vector
+    return "mul", 0.0, 2 * c_out * h_out * w_out + c_out, 0.0  # squeeze-excite's scale: the map times a vector
 
 
 # ---- micro-models: the module and inputs that run one table entry -------------------------------------------------
@@ -149,7 +150,7 @@ def _pool_micro(layer: Layer, c_in: int, c_out: int, density: float, impl: str, 
 
 @dataclass(frozen=True)
 class OpKind:
-    cost: Callable[..., tuple[str, float, float]]
+    cost: Callable[..., tuple[str, float, float, float]]
     micro_model: Callable[..., tuple[nn.Module, tuple]]
     sparse_kernel: Callable[[Layer], bool]  # whether torch's CSR kernel can run this layer sparse
 
@@ -174,8 +175,9 @@ def _kind(kind: str) -> OpKind:
 def op_cost(kind: str, h: int, w: int, h_out: int, w_out: int, kernel_area: int, groups: int, c_in: float,
             c_out: float, density: float = 1.0) -> Op:
     """An op's cost features from its real shapes: the one pricing rule per kind that every path shares."""
-    category, macs, elems = _kind(kind).cost(h, w, h_out, w_out, kernel_area, groups, c_in, c_out, density)
-    return Op(category, float(macs), float(elems) * 4 / 1e6)
+    category, macs, activations, weights = _kind(kind).cost(h, w, h_out, w_out, kernel_area, groups, c_in, c_out,
+                                                            density)
+    return Op(category, float(macs), float(activations) * 4 / 1e6, float(weights) * 4 / 1e6)
 
 
 def op_features(kind: str, h: int, w: int, kernel: int, stride: int, depthwise: bool, c_in: float,

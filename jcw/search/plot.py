@@ -71,10 +71,6 @@ def front_figure(run: str | Path, record: RunRecord | None = None):
     ax.plot(uniform["latency_ms"], uniform["true_top1"], "s--", color="tab:gray", ms=4,
             label="uniform width, dense (true top-1)")
     ax.plot(pareto["latency_ms"], pareto["top1"], "o-", color="tab:red", ms=5, label="Pareto front (true top-1)")
-    shown = pareto[pareto["id"].isin(labelled_ids(pareto, picks))]
-    for k, row in enumerate(shown.itertuples()):  # alternate above and below: neighbours never share a side
-        ax.annotate(str(row.id), (row.latency_ms, row.top1), textcoords="offset points", fontsize=7,
-                    xytext=(0, 6 if k % 2 == 0 else -11), ha="center")
     xs = pd.concat([pareto["latency_ms"], uniform["latency_ms"]])
     ys = pd.concat([pareto["top1"], uniform["true_top1"]])
     budgets = config["options"]["budgets_ms"]
@@ -91,7 +87,29 @@ def front_figure(run: str | Path, record: RunRecord | None = None):
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
+    _label_front(fig, ax, pareto, picks)
     return fig
+
+
+LABEL_OFFSETS = ((0, 6), (0, -11), (0, 15), (0, -20))  # points: above, below, then further out
+
+
+def _label_front(fig, ax, pareto: pd.DataFrame, picks: list[int]) -> None:
+    """Write the labelled ids beside their points, picks first, each at the first offset where it overlaps no label
+    already written; an id with no free place is left out, unless it is a pick."""
+    renderer = fig.canvas.get_renderer()
+    ids = labelled_ids(pareto, picks)
+    rows = pareto.set_index("id").loc[sorted(ids, key=lambda i: (i not in picks, i))]
+    placed = []
+    for pid, row in rows.iterrows():
+        for k, offset in enumerate(LABEL_OFFSETS):
+            text = ax.annotate(str(pid), (row.latency_ms, row.top1), textcoords="offset points", fontsize=7,
+                               xytext=offset, ha="center")
+            box = text.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed) or (pid in picks and k == len(LABEL_OFFSETS) - 1):
+                placed.append(box)
+                break
+            text.remove()
 
 
 def _fronts(runs: list[str | Path]) -> list[tuple[str, str, pd.DataFrame]]:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import ctypes
 
-
 # glibc's mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from jcw.config import VAL_SPLIT as VAL_SIZE, SupernetConfig
+from jcw.config import VAL_SPLIT as VAL_SIZE
+from jcw.config import SupernetConfig
 from jcw.errors import JcwError
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")

@@ -260,8 +260,8 @@ def test_pixel1_blocks_are_priced_within_10pct_out_of_sample_and_each_is_reporte
     fit = fit_device("pixel1").fit
     assert fit["loo_mape_pct"] <= 10.0
     assert len(fit["per_point"]) == fit["samples"] == 56
-    worst = {p["block"].split(":", 1)[1]: p["loo_error_pct"] for p in fit["per_point"] if "input:112x112x16" in p["block"]}
-    assert len(worst) == 5 and all(abs(e) < 30 for e in worst.values())
+    errors = [p["loo_error_pct"] for p in fit["per_point"] if "input:112x112x16" in p["block"]]
+    assert len(errors) == 5 and all(abs(e) < 30 for e in errors)
 
 
 def test_a_mobilenet_v3_space_prices_the_same_in_its_table_and_as_a_built_network(tmp_path):

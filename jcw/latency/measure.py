@@ -32,10 +32,10 @@ from jcw.latency.host_runtime import cpu_runtime
 from jcw.latency.ops import has_sparse_kernel, micro_model
 from jcw.latency.table import LatencyTable, user_table_dir
 from jcw.latency.tflite_runtime import convert, interpreter, set_inputs
-from jcw.threads import torch_threads
 from jcw.space import Layer, SearchSpace
 from jcw.supernet.slicing import subnet_from_supernet
 from jcw.supernet.supernet import load_supernet
+from jcw.threads import torch_threads
 
 WARMUP = 10
 

@@ -16,8 +16,8 @@ from jcw.errors import JcwError
 from jcw.io import write_json
 from jcw.latency.measure import calibration_genomes, end_to_end_call, pinned, time_call
 from jcw.latency.table import load_table, user_table_dir
-from jcw.threads import torch_threads
 from jcw.supernet.supernet import load_supernet
+from jcw.threads import torch_threads
 
 VALIDATED_RUNTIMES = ("torch", "tflite-xnnpack")
 

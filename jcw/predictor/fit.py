@@ -11,13 +11,14 @@ from jcw.config import DEFAULT_SAMPLES, PredictorFitConfig
 from jcw.errors import JcwError, JcwWarning
 from jcw.predictor.dataset import PARTIAL, dataset_frame, per_image_labels, read_scored, score_subnets
 from jcw.predictor.label_noise import LABELS, label_ceiling, save_labels
-from jcw.predictor.regression import fit_predictor
 from jcw.predictor.predictor import Predictor
+from jcw.predictor.regression import fit_predictor
 from jcw.predictor.report import write_report
 from jcw.supernet.accuracy import CALIBRATION_IMAGES
 from jcw.supernet.pool import DataSpec
 from jcw.supernet.supernet import load_supernet
 from jcw.xnnpack import as_xnnpack_runs
+
 
 def fit(cfg: PredictorFitConfig) -> Predictor:
     """Fit a predictor folder as `cfg` says; refuses to overwrite one without `force`."""

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import platform
-from collections import defaultdict
-from contextlib import contextmanager
 import sys
 import time
+from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -33,20 +33,20 @@ from pymoo.problems.static import StaticProblem
 from tqdm import tqdm
 
 from jcw import __version__
-from jcw.artifacts import default_predictor_path
-from jcw.config import CHOICES, SearchConfig
 from jcw.accelerator import CPU, Accelerator
+from jcw.artifacts import default_predictor_path
+from jcw.cluster import check_ray_address
+from jcw.config import CHOICES, SearchConfig
 from jcw.errors import JcwError
 from jcw.latency.table import load_table
-from jcw.predictor.regression import refine
 from jcw.predictor.predictor import load_predictor
+from jcw.predictor.regression import refine
 from jcw.search.archive import genomes_from_column, hypervolume, pareto_mask, spread_front
 from jcw.search.budget import format_ms
 from jcw.search.front import SearchResult, rescore_front, score_column, write_outputs
 from jcw.search.repair import XnnpackDensities
 from jcw.search.rundir import RunDir
 from jcw.search.survival import MultiTargetSurvival, latency_targets
-from jcw.cluster import check_ray_address
 from jcw.supernet.pool import DataSpec, SerialPool, scoring_pool
 from jcw.supernet.supernet import load_supernet
 

@@ -16,12 +16,11 @@ import torch.nn.functional as F
 from torch.fx.experimental.optimization import fuse
 
 from jcw.accelerator import CPU, Accelerator
+from jcw.config import CALIBRATION_IMAGES  # re-exported: scoring's default
 from jcw.data import supernet_data
 from jcw.space import parse_genomes
 from jcw.supernet.slicing import bake_masks, subnet_from_supernet
 from jcw.supernet.supernet import load_supernet
-
-from jcw.config import CALIBRATION_IMAGES  # noqa: E402 (re-exported: scoring's default)
 
 
 @dataclass

@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from jcw.cluster import start_ray
 from jcw.config import TrainConfig
 from jcw.data import supernet_data
 from jcw.errors import JcwError
 from jcw.supernet.loop import Replica
-from jcw.cluster import start_ray
 from jcw.supernet.supernet import SupernetConfig
 from jcw.supernet.train import initial_supernet, prepare, train_supernet
 

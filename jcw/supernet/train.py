@@ -21,11 +21,11 @@ from jcw.config import CHOICES, TrainConfig
 from jcw.data import load_dataset, supernet_data
 from jcw.errors import JcwError
 from jcw.io import write_json
-from jcw.xnnpack import as_xnnpack_runs
-from jcw.threads import torch_threads
 from jcw.supernet.accuracy import score_genome
 from jcw.supernet.loop import Replica, Schedule, train_loop
 from jcw.supernet.supernet import Supernet, SupernetConfig, read_checkpoint
+from jcw.threads import torch_threads
+from jcw.xnnpack import as_xnnpack_runs
 
 
 class _Sandwich:

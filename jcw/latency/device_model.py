@@ -37,9 +37,10 @@ from jcw.models.graph import analyse
 from jcw.xnnpack import subgraph_sparsity
 
 COMPUTE = ("gemm", "dwconv")
-# a k x k conv runs the 1x1 conv's matrix multiply over an im2col (or indirection) buffer; an activation's vector ops
-# per element run at the depthwise conv's rate (both are multiply-adds without weight reuse), and a 1x1 conv on a
-# 1x1 map at a linear layer's (both are matrix-vector products)
+# a k x k conv runs the 1x1 conv's matrix multiply over an im2col (or indirection) buffer, and an activation's vector
+# ops per element run at the depthwise conv's rate (both are multiply-adds without weight reuse); a linear layer and a
+# 1x1 conv on a 1x1 map (matrix-vector products, one multiply-add per weight read) have no compute rate: their
+# weight traffic prices them
 RATE_OF = {"conv": "gemm", "conv1x1": "gemm", "act": "dwconv"}
 PARAMS = ("fixed_ms", "ms_per_mb_activations", "ms_per_mb_weights", *(f"ms_per_mmac_{c}" for c in COMPUTE))
 SPARSE_KERNELS = {"xnnpack": "tflite-xnnpack", "jcw-arm": "jcw-arm"}  # --sparse-kernel -> the runtime a table prices

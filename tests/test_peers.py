@@ -47,3 +47,29 @@ def test_torch_pruning_fits_the_budget_on_the_shared_ruler(peers, supernet, data
     result = peers.finetuned(model, data, tmp_path / "ft", epochs=1, seed=0, teacher=None, limit_train=256,
                              test_images=200, val_images=200)
     assert 0 < result["test_after"] <= 100 and 0 < result["val_after"] <= 100
+
+
+def test_the_section_states_each_goal_met_or_missed_by_its_margin(peers):
+    """The goals are judged on the best row of each kind (means over seeds), distilled rows aside."""
+    import types
+
+    import pandas as pd
+
+    def row(seed, budget, name, top1):
+        return {"seed": seed, "budget": budget, "row": name, "fits": True, "test_after": top1, "test_before": 80.0,
+                "val_after": top1, "pixel4_ms": 1.0, "host_tflite_ms": 0.1, "full_ms": 3.0, "seconds": 60,
+                "commit": "abc1234", "epochs": 3}
+
+    rows = []
+    for seed, shift in ((0, 0.0), (1, 0.2)):
+        rows += [row(seed, None, "full network (dense)", 93.0 + shift),
+                 row(seed, 0.5, "Torch-Pruning L1, one-shot", 91.0 + shift),
+                 row(seed, 0.5, "Torch-Pruning Taylor, one-shot", 90.0 + shift),
+                 row(seed, 0.5, "Torch-Pruning L1, one-shot + distilled", 95.0),  # not a Torch-Pruning row to beat
+                 row(seed, 0.5, "jcw channels", 92.2 + shift), row(seed, 0.5, "jcw joint", 92.9 + shift)]
+    args = types.SimpleNamespace(seeds=[0, 1, 2], budgets=[0.5], epochs=3, supernet="supernets/x/supernet.pt")
+    text = peers.section(pd.DataFrame(rows), args)
+    assert "+1.90 points against the best Torch-Pruning row (2 and 2 seeds; goal +1.0: met)" in text
+    assert "0.10 points below the full network's fine-tuned top-1 (goal within 0.3: met)" in text
+    assert "**Partial:** 12 rows so far, from seed(s) [0, 1] of [0, 1, 2]" in text
+    assert "| 50% | jcw joint | 2 of 2 | 1.000 (33%) | 0.100 | 80.00 | **93.00** (0.14) | +1.90 (SE 0.14) |" in text

@@ -168,6 +168,14 @@ def finetuned(model: nn.Module, data, out: Path, epochs: int, seed: int, teacher
             "val_after": float(log["val_top1"].iloc[-1])}
 
 
+def cache_path(quick: bool) -> Path:
+    return WORK.with_name("peers-quick.jsonl" if quick else "peers.jsonl")
+
+
+def finished_rows(cache: Path) -> list[dict]:
+    return [json.loads(line) for line in cache.read_text().splitlines()] if cache.exists() else []
+
+
 class Protocol:
     """The rows of one benchmark run, each appended to the cache as it finishes and skipped when already there.
 
@@ -176,11 +184,8 @@ class Protocol:
 
     def __init__(self, args):
         self.args = args
-        self.cache = WORK.with_name("peers-quick.jsonl" if args.quick else "peers.jsonl")
-        self.done = {}
-        if self.cache.exists():
-            for r in map(json.loads, self.cache.read_text().splitlines()):
-                self.done[(r["seed"], r["budget"], r["row"])] = r
+        self.cache = cache_path(args.quick)
+        self.done = {(r["seed"], r["budget"], r["row"]): r for r in finished_rows(self.cache)}
         self.supernet = load_supernet(args.supernet)
         cfg = self.supernet.config
         self.data = supernet_data(cfg)
@@ -380,9 +385,9 @@ def main() -> None:
                     help="write the RESULTS.md section from the finished rows, running nothing")
     args = ap.parse_args()
     if args.section_only:
-        cache = WORK.with_name("peers.jsonl")
-        rows = [json.loads(line) for line in cache.read_text().splitlines()] if cache.exists() else []
-        frame = pd.DataFrame([r for r in rows if r["seed"] in args.seeds and r["epochs"] == args.epochs])
+        cache = cache_path(quick=False)
+        frame = pd.DataFrame([r for r in finished_rows(cache)
+                              if r["seed"] in args.seeds and r["epochs"] == args.epochs])
         if frame.empty:
             sys.exit(f"no finished rows in {cache}")
         args.supernet = args.supernet or str(default_supernet_path())

@@ -194,6 +194,11 @@ class Protocol:
         self.full_path = self.exported(self.supernet.space.largest(), "full.pt")
         self.full = bake_masks(load_subnet(self.full_path))
         self.full_ms = self.ruler.ms(self.full)
+        priced = {round(r["full_ms"], 4) for r in self.done.values()}
+        if priced and priced != {round(self.full_ms, 4)}:  # one ruler for every row, or the budgets mean nothing
+            sys.exit(f"{self.cache} holds rows priced by another pixel4 model (full network "
+                     f"{', '.join(map(str, sorted(priced)))} ms; this tree prices it {self.full_ms:.4f} ms): resume "
+                     "at the commit that priced them (see the rows' 'commit'), or move the cache aside to start anew")
         self.ratios: dict[float, float | None] = {}  # budget (ms) -> Torch-Pruning's ratio that fits it
 
     def exported(self, genome: np.ndarray, name: str | None = None) -> Path:

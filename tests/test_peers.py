@@ -1,4 +1,5 @@
-"""benchmarks/peers.py's pruning step and fine-tune on the shipped supernet, cut to seconds, so the script cannot rot."""
+"""benchmarks/peers.py's pruning step and fine-tune on the shipped supernet, cut to seconds, and its section's goal
+arithmetic, so the script cannot rot."""
 import sys
 
 import pytest

@@ -311,20 +311,17 @@ def section(frame: pd.DataFrame, args) -> str:
                ["", f"**Partial:** {len(frame)} rows so far, from seed(s) {sorted(set(frame.seed))} of {args.seeds}; "
                 "the protocol is still running. Each row is final; the means and the goals below will change."]),
              "", "| budget | row | fits (seeds) | pixel4 ms | host-tflite ms | test before | test after | "
-             "vs best Torch-Pruning |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "vs Torch-Pruning |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for budget in [None, *args.budgets]:
         rows = frame[frame.budget.isna()] if budget is None else frame[frame.budget == budget]
-        fit = rows[rows.fits.astype(bool)]
-        peers = fit[fit.row.str.startswith("Torch-Pruning") & ~fit.row.str.contains("distilled")]
-        best_peer = peers.groupby("row").test_after.mean().idxmax() if len(peers) else None
-        peer = peers[peers.row == best_peer].test_after if best_peer else None
+        peers = {False: _best(rows, "Torch-Pruning "), True: _distilled(rows, "Torch-Pruning ")}
         for name, g in rows.groupby("row", sort=False):
             ok = g[g.fits.astype(bool)]
             label = "any" if budget is None else f"{budget:.0%}"
             if ok.empty:
                 lines.append(f"| {label} | {name} | 0 of {len(g)} | no network fits | | | | |")
                 continue
-            versus = ""
+            versus, peer = "", peers["distilled" in name]
             if peer is not None and name.startswith("jcw"):
                 diff = ok.test_after.mean() - peer.mean()
                 se = np.sqrt(ok.test_after.var(ddof=1) / len(ok) + peer.var(ddof=1) / len(peer)) \
@@ -352,6 +349,12 @@ def _best(rows: pd.DataFrame, prefix: str) -> pd.Series | None:
     return kind[kind.row == kind.groupby("row").test_after.mean().idxmax()].set_index("seed").test_after
 
 
+def _distilled(rows: pd.DataFrame, prefix: str) -> pd.Series | None:
+    """Test top-1 per seed of this kind's distilled row (its best row by validation, taught by the full network)."""
+    kind = rows[rows.fits.astype(bool) & rows.row.str.startswith(prefix) & rows.row.str.contains("distilled")]
+    return None if kind.empty else kind.set_index("seed").test_after
+
+
 def goals(frame: pd.DataFrame, budgets: list[float]) -> list[str]:
     """The issue's two goals, each met or missed by a stated margin (means over the seeds each row has)."""
     out = ["Goals:"]
@@ -366,6 +369,10 @@ def goals(frame: pd.DataFrame, budgets: list[float]) -> list[str]:
         verdict = "met" if diff >= 1.0 else f"missed by {1.0 - diff:.2f}"
         out.append(f"- jcw's best pick at {budget:.0%} is {diff:+.2f} points against the best Torch-Pruning row "
                    f"({len(jcw)} and {len(peer)} seeds; goal +1.0: {verdict}).")
+        taught = _distilled(rows, "jcw "), _distilled(rows, "Torch-Pruning ")
+        if taught[0] is not None and taught[1] is not None:
+            out.append(f"  Both distilled: jcw {taught[0].mean():.2f}, Torch-Pruning {taught[1].mean():.2f} "
+                       f"({taught[0].mean() - taught[1].mean():+.2f}).")
     half = [b for b in budgets if b <= 0.5]
     picks = [p for p in (_best(frame[frame.budget == b], "jcw ") for b in half) if p is not None]
     if picks and len(full):

@@ -82,6 +82,7 @@ def test_latency_list_and_predict():
                          "--json", check=True).stdout)
     # the fit's own estimate of this model (latency_tables/pixel4.json), against nn-Meter's 43.96 ms
     assert rec["latency_ms"] == pytest.approx(44.48, abs=0.05) and rec["source"] == "derived"
+    assert "nn-Meter predictions" in rec["loo_on"]  # what the stated error was measured on
 
 
 def test_a_budget_the_largest_subnet_meets_is_said_before_the_search_and_kept_in_the_summary(tmp_path):

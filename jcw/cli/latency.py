@@ -24,8 +24,9 @@ def _latency_predict(args) -> None:
 
     record = predict_model(args.device, args.model, args.input)
     print(json.dumps(record) if args.json else
-          f"{record['model']} at {args.input}px on {args.device}: {record['latency_ms']:.2f} ms (derived; fit "
-          f"leave-one-out MAPE {record['loo_mape_pct']}%)")
+          f"{record['model']} at {args.input}px on {args.device}: {record['latency_ms']:.2f} ms (derived; the "
+          f"model's leave-one-out MAPE is {record['loo_mape_pct']}% on {record['loo_on']}, and a whole network can "
+          "miss by more: see \"How well the dense prices hold\" in the README)")
 
 
 def _latency_list(args) -> None:

@@ -374,4 +374,4 @@ def predict_model(device: str, model: str, input_size: int = 224) -> dict:
     fitted = fit_device(device)
     ms = fitted.model_ms(list(_torchvision_ops(name, input_size)))
     return {"device": device, "model": name, "input": input_size, "latency_ms": round(ms, 3), "source": "derived",
-            "loo_mape_pct": fitted.fit["loo_mape_pct"]}
+            "loo_mape_pct": fitted.fit["loo_mape_pct"], "loo_on": fitted.fit["error_data"]}

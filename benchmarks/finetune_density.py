@@ -8,8 +8,8 @@ searched as the README does, with the three budgets at once (`jcw search --devic
 
     python benchmarks/finetune_density.py [--seeds 0 1 2] [--epochs 5]
 
-Each finished search and fine-tune is appended to benchmarks/work/finetune_density.jsonl as it ends, and a rerun
-skips what is there (a killed fine-tune resumes from its checkpoint). Writes its section of benchmarks/RESULTS.md.
+Each finished search and fine-tune is appended to benchmarks/rows/finetune_density.jsonl (committed) as it ends, and a
+rerun skips what is there (a killed fine-tune resumes from its checkpoint). Writes its section of benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from sections import write_section
-from xnnpack_rules import ROOT, commit
+from xnnpack_rules import ROOT, ROW_CACHES, commit
 
 from jcw.supernet.subnet import read_subnet_metadata
 
@@ -35,7 +35,7 @@ ROWS = [("sparse-ready (mbv2_small_56_fmnist_rgb)", "mbv2_small_56_fmnist_rgb", 
         # on pixel4 the default's density genes stay dense (its stem): its search is a channel search
         ("default (mbv2_small_fmnist)", "mbv2_small_fmnist", "channels")]
 WORK = ROOT / "benchmarks" / "work" / "finetune_density"
-CACHE = WORK.with_suffix(".jsonl")
+CACHE = ROW_CACHES / "finetune_density.jsonl"
 
 
 def jcw(*args: str) -> None:
@@ -75,6 +75,7 @@ def run_all(seeds: list[int], epochs: int) -> pd.DataFrame:
         done = {(r["supernet"], r["genes"], r["seed"], r["budget_ms"]): r
                 for r in map(json.loads, CACHE.read_text().splitlines()) if r.get("epochs") == epochs}
     WORK.mkdir(parents=True, exist_ok=True)
+    CACHE.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for seed in seeds:
         for label, name, genes in ROWS:

@@ -20,8 +20,10 @@ on this machine (LiteRT, XNNPACK, 1 thread). Budgets are set on the first; the r
     python benchmarks/peers.py [--seeds 0 1 2] [--budgets 0.3 0.5] [--epochs 3]
     python benchmarks/peers.py --quick     # 1 seed, the 0.5 budget, 1 epoch of 16,384 images; no RESULTS.md section
 
-Every finished row is appended to benchmarks/work/peers.jsonl (peers-quick.jsonl for --quick) and a rerun skips it;
-a fine-tune killed midway resumes from its checkpoint.
+Every finished row is appended to benchmarks/rows/peers.jsonl (committed; --quick's rows go to
+benchmarks/work/peers-quick.jsonl) and a rerun skips it, from a fresh clone too: a distilled row whose search is gone
+runs the search again (it is seeded) and checks that it picks the same subnet. A fine-tune killed midway resumes
+from its checkpoint.
 """
 from __future__ import annotations
 
@@ -38,8 +40,7 @@ import numpy as np
 import pandas as pd
 import torch.nn as nn
 import torch.nn.functional as F
-
-from xnnpack_rules import ROOT, commit
+from xnnpack_rules import ROOT, ROW_CACHES, commit
 
 WORK = ROOT / "benchmarks" / "work" / "peers"
 try:
@@ -169,7 +170,7 @@ def finetuned(model: nn.Module, data, out: Path, epochs: int, seed: int, teacher
 
 
 def cache_path(quick: bool) -> Path:
-    return WORK.with_name("peers-quick.jsonl" if quick else "peers.jsonl")
+    return WORK.with_name("peers-quick.jsonl") if quick else ROW_CACHES / "peers.jsonl"
 
 
 def finished_rows(cache: Path) -> list[dict]:
@@ -185,6 +186,7 @@ class Protocol:
     def __init__(self, args):
         self.args = args
         self.cache = cache_path(args.quick)
+        self.cache.parent.mkdir(parents=True, exist_ok=True)
         self.done = {(r["seed"], r["budget"], r["row"]): r for r in finished_rows(self.cache)}
         self.supernet = load_supernet(args.supernet)
         cfg = self.supernet.config
@@ -288,7 +290,14 @@ class Protocol:
     def rebuilt(self, seed: int, row: dict):
         """A row's network before fine-tuning, built again exactly as it was."""
         if row["row"].startswith("jcw"):
-            path = self.work / f"s{seed}" / f"search-{row['row'].split()[1]}" / "subnets" / f"{row['id']}.pt"
+            genes = row["row"].split()[1]
+            path = self.work / f"s{seed}" / f"search-{genes}" / "subnets" / f"{row['id']}.pt"
+            if not path.exists():  # resumed on another machine: the seeded search again
+                budgets = {f: f * self.full_ms for f in self.args.budgets}
+                _, extra, path = self.picked(seed, genes, budgets, budgets[row["budget"]])
+                if extra["id"] != row["id"]:
+                    sys.exit(f"the seed-{seed} {genes} search picked {extra['id']} this time, not {row['id']} as "
+                             f"{self.cache} says: it is not reproducible here; move the seed's rows aside")
             keep = ("id", "val_inherited", "mean_density")
             return load_subnet(path), {k: row[k] for k in keep}, path
         method, schedule = row["row"].removeprefix("Torch-Pruning ").split(", ")

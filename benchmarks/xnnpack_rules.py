@@ -30,6 +30,9 @@ import pandas as pd
 from sections import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
+# Rows of the protocols that take hours (peers, finetune_density) are committed here as they finish, so that a
+# protocol cut off with its machine resumes from a fresh clone; what they rebuild cheaply stays in benchmarks/work.
+ROW_CACHES = ROOT / "benchmarks" / "rows"
 sys.path.insert(0, str(ROOT))
 
 from jcw.artifacts import artifact_dir  # noqa: E402
@@ -77,8 +80,8 @@ CACHE = ROOT / "benchmarks" / "work" / "xnnpack_rules.jsonl"
 
 def commit() -> str:
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
-                           text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/rows"],
+                           cwd=ROOT, capture_output=True, text=True).stdout.strip()
     return out.stdout.strip() + ("+changes" if dirty else "")
 
 

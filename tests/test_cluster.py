@@ -43,6 +43,14 @@ def parent_pid(pid: int) -> int:
     return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
+def ray_start(ray: str, *args: str, env: dict | None = None) -> None:
+    """`ray start`, failing with what Ray printed: its exit status alone says nothing of why a node did not start."""
+    done = subprocess.run([ray, "start", *args, "--disable-usage-stats"], capture_output=True, text=True, timeout=120,
+                          env=env)
+    if done.returncode:
+        pytest.fail(f"ray start {' '.join(args)} exited {done.returncode}:\n{(done.stdout + done.stderr)[-2000:]}")
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
     """A 2-node Ray cluster started as a user starts one: `ray start --head` (2 CPUs), then a second node
@@ -54,12 +62,10 @@ def ray_cluster():
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     ray = str(Path(sys.executable).with_name("ray"))
-    subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
-                    "--disable-usage-stats"], check=True, capture_output=True, timeout=120)
+    ray_start(ray, "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false")
     try:
         before = raylets()
-        subprocess.run([ray, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1", "--disable-usage-stats"],
-                       check=True, capture_output=True, timeout=120, env={**os.environ, "RAY_AUTH_MODE": "token"})
+        ray_start(ray, f"--address=127.0.0.1:{port}", "--num-cpus=1", env={**os.environ, "RAY_AUTH_MODE": "token"})
         (second,) = raylets() - before
         yield f"127.0.0.1:{port}", second
     finally:

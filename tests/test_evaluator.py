@@ -10,7 +10,7 @@ import pytest
 
 from jcw.accelerator import CPU
 from jcw.errors import JcwError
-from jcw.supernet.pool import DataSpec, RayPool, SerialPool
+from jcw.supernet.pool import DataSpec, ForkPool, RayPool, SerialPool, largest_first, scoring_pool
 
 from conftest import cli_env
 
@@ -30,7 +30,7 @@ def test_ray_pool_spreads_work_replaces_dead_actors_and_names_failures(supernet,
         # handed out largest first, so the workers finish together; a sparser copy of the largest costs as much
         sparse_largest = supernet.space.largest()
         sparse_largest[len(supernet.space.groups):] = len(supernet.space.densities) - 1
-        order = pool._largest_first([supernet.space.smallest(), sparse_largest, *genomes])
+        order = largest_first(supernet.space, [supernet.space.smallest(), sparse_largest, *genomes])
         assert order[0] == 1 and order[-1] == 0 and sorted(order) == list(range(6))
         assert {s["worker"] for s in pool.scored_by} == set(pids)  # by both actors
         assert {s["threads"] for s in pool.scored_by} == {os.cpu_count() // 2}  # the CPUs split between them
@@ -57,6 +57,32 @@ def test_ray_pool_spreads_work_replaces_dead_actors_and_names_failures(supernet,
             RayPool(supernet, DataSpec(data_dir=str(tmp_path)), workers=1)  # no data where it looks
     finally:
         pool.close()
+
+
+def test_fork_pool_scores_each_genome_once_on_processes_at_one_thread_and_names_a_dead_one(supernet):
+    """On at most 2 CPUs the search scores on forked processes at one thread each, as serial scoring would."""
+    spec = DataSpec(calibration_images=100, val_images=200)
+    genomes = list(supernet.space.sample(4, np.random.default_rng(2)))
+    serial = SerialPool(supernet, spec, CPU).score(genomes)
+    pool = ForkPool(supernet, spec, processes=2)
+    try:
+        seen = []
+        scores = pool.score(genomes, on_scored=lambda i, s: seen.append(i))
+        assert sorted(seen) == sorted(s["genome"] for s in pool.scored_by) == [0, 1, 2, 3]
+        assert os.getpid() not in {s["worker"] for s in pool.scored_by}
+        assert {s["threads"] for s in pool.scored_by} == {1}
+        # one thread against two: summation order may flip at most an image or two
+        assert np.allclose([s["top1"] for s in scores], [s["top1"] for s in serial], atol=0.25)
+        os.kill(next(iter(pool.executor._processes)), signal.SIGKILL)
+        with pytest.raises(JcwError, match="a scoring process died"):
+            pool.score(genomes)
+    finally:
+        pool.close()
+    if len(os.sched_getaffinity(0)) == 2:  # this machine's kind: the default chooses the fork pool
+        chosen = scoring_pool(supernet, spec, None)
+        assert isinstance(chosen, ForkPool) and chosen.processes == 2
+        chosen.close()
+    assert isinstance(scoring_pool(supernet, spec, 0), SerialPool)
 
 
 _FAULTS = """

@@ -103,7 +103,7 @@ def write_outputs(cfg: SearchConfig, ctx, out: RunDir, history: pd.DataFrame) ->
     if cfg.export:  # each pick, with its top-1 on the test split: it was chosen on the validation images
         for i, row in summary.dropna(subset=["id"]).iterrows():
             path = export_member(out, int(row["id"]), supernet=ctx.supernet, device=cfg.device, test=True,
-                                 accel=ctx.supernet_accel)
+                                 accel=ctx.supernet_accel, data=getattr(ctx.evaluator, "data", None))
             summary.at[i, "test_top1"] = read_subnet_metadata(path)["test_top1"]
         out.write_summary(summary)
     plot_run(out.path, ctx.space)

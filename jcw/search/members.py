@@ -15,9 +15,9 @@ from jcw.supernet.supernet import Supernet, load_supernet
 
 def export_member(run: str | Path | RunDir, subnet_id: int, supernet: Supernet | None = None,
                   device: str | None = None, out: str | Path | None = None, data_dir: str | None = None,
-                  test: bool = False, accel: Accelerator = CPU) -> Path:
+                  test: bool = False, accel: Accelerator = CPU, data=None) -> Path:
     """Write member `subnet_id` of `run` to RUN/subnets/ID.pt (or `out`), batch norm recalibrated for it (and, with
-    `test`, its test top-1 in the metadata)."""
+    `test`, its test top-1 in the metadata); `data` is the supernet's dataset where the caller has it loaded."""
     run = run if isinstance(run, RunDir) else RunDir(run)
     record = run.read()
     row, genome = run.member(record.history, subnet_id)
@@ -27,7 +27,8 @@ def export_member(run: str | Path | RunDir, subnet_id: int, supernet: Supernet |
     if supernet.hash != config["resolved"]["supernet_hash"]:
         raise JcwError(f"the supernet at {supernet.path} changed since the run (hash {supernet.hash}, run used "
                        f"{config['resolved']['supernet_hash']})")
-    data = supernet_data(supernet.config, data_dir or config["options"].get("data_dir"))
+    if data is None:
+        data = supernet_data(supernet.config, data_dir or config["options"].get("data_dir"))
     meta = {"id": int(subnet_id), "device": device or config["options"]["device"],
             "predicted_latency_ms": float(row["latency_ms"]),
             "val_top1": None if pd.isna(row["true_top1"]) else float(row["true_top1"]),

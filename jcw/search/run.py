@@ -16,6 +16,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -186,15 +187,13 @@ def _prepare_out(cfg: SearchConfig) -> RunDir:
 
 
 def _config_record(cfg: SearchConfig, ctx: _Context, out: RunDir) -> dict:
-    import ray  # heavy: imported here only to record its version
-
     return {"options": asdict(cfg), "resolved": {
         "out": str(out.path.resolve()), "supernet": ctx.supernet.path, "supernet_hash": ctx.supernet.hash,
         "predictor": None if ctx.predictor is None else str(cfg.predictor or "default"),
         "smallest_ms": ctx.smallest_ms, "largest_ms": ctx.largest_ms,
         "space": {"model": ctx.space.model, "genes": ctx.space.n_genes, "subnets": str(ctx.space.num_subnets())}},
         "versions": {"jcw": __version__, "python": platform.python_version(), "torch": torch.__version__,
-                     "pymoo": pymoo.__version__, "ray": ray.__version__, "numpy": np.__version__},
+                     "pymoo": pymoo.__version__, "ray": version("ray"), "numpy": np.__version__},
         "machine": platform.node(), "table": ctx.table.meta}
 
 

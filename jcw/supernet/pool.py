@@ -6,14 +6,17 @@ scored exactly once; after `max_restarts` deaths the pool gives up with a clear 
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from jcw.accelerator import Accelerator
+from jcw.accelerator import CPU, Accelerator
 from jcw.allocator import keep_freed_memory
 from jcw.cluster import start_ray
 from jcw.data import supernet_data
@@ -85,6 +88,53 @@ class SerialPool:
 
     def close(self) -> None:
         pass
+
+
+_FORKED: SerialPool | None = None  # what a forked scoring process inherits from the pool that forked it
+
+
+def _score_forked(index: int, genome: np.ndarray) -> tuple[int, dict, dict]:
+    score = _FORKED.score([genome])[0]
+    return index, score, {"genome": index, "worker": os.getpid(), "threads": torch.get_num_threads()}
+
+
+class ForkPool:
+    """One forked process per CPU, at one thread each, on one machine.
+
+    Small subnets keep two threads of one process only partly busy: on 2 cores two processes at one thread scored
+    1.2x as many genomes/s (RESULTS.md section 6). Forking costs a tenth of a second where Ray's start costs
+    seconds, and every process inherits the supernet and the data already loaded here. One thread is also what
+    makes the fork safe: OpenMP's threads do not survive it, and a forked process at two threads hangs."""
+
+    def __init__(self, supernet, data_spec: DataSpec, processes: int):
+        global _FORKED
+        self.accel = CPU
+        _FORKED = SerialPool(supernet, data_spec, CPU)
+        self.data = _FORKED.data  # the search's exports read it too
+        self.processes = processes
+        self.executor = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork"),
+                                            initializer=torch.set_num_threads, initargs=(1,))
+        self.space = supernet.space
+        self.scored_by: list[dict] = []
+
+    def score(self, genomes: Sequence, on_scored: OnScored | None = None) -> list[dict]:
+        genomes = [np.asarray(g) for g in genomes]
+        results: list[dict | None] = [None] * len(genomes)
+        self.scored_by = []
+        futures = [self.executor.submit(_score_forked, i, genomes[i]) for i in largest_first(self.space, genomes)]
+        try:
+            for future in as_completed(futures):
+                i, score, where = future.result()
+                results[i] = score
+                self.scored_by.append(where)
+                if on_scored:
+                    on_scored(i, score)
+        except BrokenProcessPool:
+            raise JcwError("a scoring process died (out of memory?); score in this process with --workers 0") from None
+        return results  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self.executor.shutdown(cancel_futures=True)
 
 
 class _ScoringActor:
@@ -190,7 +240,7 @@ class RayPool:
         results: list[dict | None] = [None] * len(genomes)
         self.scored_by = []
         pool = ActorPool(self.actors)
-        for i in self._largest_first(genomes):
+        for i in largest_first(self.space, genomes):
             pool.submit(lambda actor, i: actor.score.remote([self.payload_ref], genomes[i], i), i)
         while pool.has_next():
             try:
@@ -204,15 +254,6 @@ class RayPool:
                 on_scored(i, got)
         return results  # type: ignore[return-value]
 
-    def _largest_first(self, genomes: list[np.ndarray]) -> list[int]:
-        """Genome indices by falling dense MACs (a sliced subnet computes its zeros too): costs vary 4x with size,
-        and the costliest handed out last would leave every other worker idle while one finishes."""
-        if not genomes:
-            return []
-        dense = np.array(genomes)
-        dense[:, len(self.space.groups):] = 0
-        return [int(i) for i in np.argsort(-self.space.cost(dense)["macs"], kind="stable")]
-
     def actor_pids(self) -> list[int]:
         return self.ray.get([a.pid.remote() for a in self.actors])
 
@@ -224,6 +265,16 @@ class RayPool:
             self.ray.shutdown()
 
 
+def largest_first(space, genomes: list[np.ndarray]) -> list[int]:
+    """Genome indices by falling dense MACs (a sliced subnet computes its zeros too): costs vary 4x with size, and
+    the costliest handed out last would leave every other worker idle while one finishes."""
+    if not genomes:
+        return []
+    dense = np.array(genomes)
+    dense[:, len(space.groups):] = 0
+    return [int(i) for i in np.argsort(-space.cost(dense)["macs"], kind="stable")]
+
+
 def _cluster_gpus(ray, accelerator: str) -> int:
     """GPUs the scoring actors share: the cluster's for auto and cuda, none for cpu; cuda without any is an error."""
     gpus = int(ray.cluster_resources().get("GPU", 0)) if accelerator != "cpu" else 0
@@ -232,16 +283,19 @@ def _cluster_gpus(ray, accelerator: str) -> int:
     return gpus
 
 
-SERIAL_UP_TO_CPUS = 2  # where `workers=None` scores in this process rather than on Ray actors
+LOCAL_UP_TO_CPUS = 2  # where `workers=None` scores on this machine's own processes rather than on Ray actors
 
 
 def scoring_pool(supernet, data_spec: DataSpec, workers: int | None, address: str | None = None,
                  accel: Accelerator | None = None):
     """`workers=0` scores in this process, N on N Ray actors. None chooses by the machine: with no cluster named and
-    at most SERIAL_UP_TO_CPUS CPUs, this process at all its threads, which scores as fast as one actor per CPU there
-    and saves Ray's start-up (RESULTS.md section 6); else one actor per CPU (or GPU). `accel` is the caller's choice
+    at most LOCAL_UP_TO_CPUS CPUs, one forked process per CPU (this process where CUDA scores, or on one CPU), which
+    saves Ray's start-up (RESULTS.md section 6); else one Ray actor per CPU (or GPU). `accel` is the caller's choice
     for this process (chosen here from the spec if the caller made none); Ray's actors choose their own."""
-    if workers == 0 or (workers is None and address is None
-                        and len(os.sched_getaffinity(0)) <= SERIAL_UP_TO_CPUS):
-        return SerialPool(supernet, data_spec, accel or Accelerator.choose(data_spec.accelerator))
+    cpus = len(os.sched_getaffinity(0))
+    if workers == 0 or (workers is None and address is None and cpus <= LOCAL_UP_TO_CPUS):
+        accel = accel or Accelerator.choose(data_spec.accelerator)
+        if workers is None and cpus > 1 and not accel.cuda:  # CUDA does not survive a fork
+            return ForkPool(supernet, data_spec, cpus)
+        return SerialPool(supernet, data_spec, accel)
     return RayPool(supernet, data_spec, workers, address)

@@ -38,7 +38,7 @@ class SearchConfig:
     generations: int = 100
     seed: int = 0
     out: str | None = None
-    workers: int | None = None  # None: serial on 2 CPUs or fewer, else one Ray actor per CPU; 0: serial, in-process
+    workers: int | None = None  # None: forked processes on 2 CPUs or fewer, else one Ray actor per CPU; 0: in-process
     ray_address: str | None = None
     evaluator: str = "predictor"  # predictor | supernet
     survival: str = "nsga2"  # nsga2 (rank and crowding) | jcw (multi-target); benchmarks/selection.py
@@ -68,8 +68,8 @@ class SearchConfig:
 class SupernetConfig:
     """Everything needed to rebuild the network and its space; saved beside the weights."""
 
-    # the defaults build the first demo, mbv2_small on grey 28 px images (supernets/mbv2_small_fmnist); the shipped
-    # default is trained with the options in supernets/mbv2_small_56_fmnist_rgb/COMMAND
+    # the defaults build the shipped default, mbv2_small on grey 28 px images (supernets/mbv2_small_fmnist); the
+    # sparse-ready one is trained with the options in supernets/mbv2_small_56_fmnist_rgb/COMMAND
     model: str = "mbv2_small"
     dataset: str = "fashion-mnist"
     input_size: int = 28
@@ -135,7 +135,7 @@ class PredictorFitConfig:
     scored: str | None = None  # an earlier fit's dataset.csv on this supernet, reused without rescoring
     calibration_images: int = CALIBRATION_IMAGES
     val_images: int | None = None  # cap on validation images per scored subnet (None: the whole split)
-    workers: int | None = None  # Ray scoring actors (None: serial on 2 CPUs or fewer, else one per CPU; 0: serial)
+    workers: int | None = None  # Ray scoring actors (None: forked processes on <= 2 CPUs, else one per CPU; 0: serial)
     ray_address: str | None = None
     data_dir: str | None = None
     force: bool = False

@@ -34,6 +34,6 @@ def accelerator_opt(p: argparse.ArgumentParser) -> None:
 
 def ray_opts(p: argparse.ArgumentParser, default_workers: int | None = None) -> None:
     p.add_argument("--workers", type=int, default=default_workers,
-                   help="Ray scoring actors (default: in this process on 2 CPUs or fewer, else one per CPU; "
-                        "0: in this process)")
+                   help="Ray scoring actors (default: one forked process per CPU on 2 CPUs or fewer, else one actor "
+                        "per CPU; 0: in this process)")
     p.add_argument("--ray-address", default=None, help="join an existing Ray cluster")

@@ -62,9 +62,10 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = False, timeout: i
     return proc
 
 
-def kill_cli_when(*args: str, line_starts: str, then_exists: Path | None = None, timeout: float = 300) -> None:
+def kill_cli_when(*args: str, line_starts: str, then_exists: Path | None = None, timeout: float = 300) -> list[int]:
     """Run `jcw ARGS` in a fresh process and SIGKILL it once it prints a line starting with `line_starts` (and, when
-    given, once `then_exists` is written): a run cut off as a dying laptop cuts it, for the resume tests."""
+    given, once `then_exists` is written): a run cut off as a dying laptop cuts it, for the resume tests. Every
+    process it had started must die with it; returns their pids."""
     proc = subprocess.Popen([sys.executable, "-m", "jcw.cli", *args], cwd=ROOT, env=cli_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     deadline = time.time() + timeout
@@ -73,9 +74,32 @@ def kill_cli_when(*args: str, line_starts: str, then_exists: Path | None = None,
             while then_exists is not None and not then_exists.exists() and time.time() < deadline:
                 time.sleep(0.1)
             break
+    started = children_of(proc.pid)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be cut off"
+    deadline = time.time() + 10
+    while children_alive(started) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not children_alive(started), f"processes the run started outlived it: {children_alive(started)}"
+    return started
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def children_of(pid: int) -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+            and (stat := _stat(int(p.name))) is not None and int(stat[1]) == pid]
+
+
+def children_alive(pids: list[int]) -> list[int]:
+    """Those of `pids` still running (a zombie has exited: only its exit status waits to be read)."""
+    return [pid for pid in pids if (stat := _stat(pid)) is not None and stat[0] != "Z"]
 
 
 def cli_env(extra: dict | None = None) -> dict:

@@ -1,6 +1,7 @@
 """End to end from one search run (`small_run`, made once per session): its front, and export, ONNX, pick, plot,
 resume after a kill, and fine-tuning of what it exported."""
 import json
+import os
 import re
 import shutil
 
@@ -130,6 +131,17 @@ def test_plot_and_page_carry_every_front_id(small_run, supernet, tmp_path):
     assert (tmp_path / "both.png").stat().st_size > 10_000
     both = (tmp_path / "both.html").read_text().replace("\\u002f", "/")  # plotly escapes slashes in its JSON
     assert f'"name":"{run} (joint, pixel4-jcw-arm)"' in both and f'"name":"{small_run} (joint, pixel4-jcw-arm)"' in both
+
+
+def test_a_search_killed_outright_takes_its_scoring_processes_along(tmp_path):
+    """With the default --workers on this 2-CPU machine a search scores on forked processes; killed outright, as an
+    OOM kill does, it must not leave them waiting."""
+    args = ["search", "--device", "pixel4", "--latency", "1ms", "--population", "8", "--generations", "6",
+            "--refine", "2", "--refine-every", "2", "--rescore", "2", "--calibration-images", "100",
+            "--val-images", "200", "--out", str(tmp_path / "run")]
+    started = kill_cli_when(*args, line_starts="gen   2  refined")
+    if len(os.sched_getaffinity(0)) == 2:
+        assert len(started) == 2  # one per CPU, and both gone
 
 
 @pytest.mark.slow

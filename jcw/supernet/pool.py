@@ -6,8 +6,10 @@ scored exactly once; after `max_restarts` deaths the pool gives up with a clear 
 """
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import signal
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
@@ -91,6 +93,16 @@ class SerialPool:
 
 
 _FORKED: SerialPool | None = None  # what a forked scoring process inherits from the pool that forked it
+_PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def _forked_start(parent: int) -> None:
+    """One thread, and death with the parent: a forked process holds the pipe it waits on open itself, so a parent
+    killed outright (an OOM kill, SIGKILL) would otherwise leave it waiting forever."""
+    torch.set_num_threads(1)
+    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before prctl took hold
+        os._exit(1)
 
 
 def _score_forked(index: int, genome: np.ndarray) -> tuple[int, dict, dict]:
@@ -113,7 +125,7 @@ class ForkPool:
         self.data = _FORKED.data  # the search's exports read it too
         self.processes = processes
         self.executor = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork"),
-                                            initializer=torch.set_num_threads, initargs=(1,))
+                                            initializer=_forked_start, initargs=(os.getpid(),))
         self.space = supernet.space
         self.scored_by: list[dict] = []
 

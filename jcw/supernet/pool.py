@@ -1,4 +1,5 @@
-"""Score many genomes on the supernet: true top-1 after batch-norm recalibration, serially or on a Ray actor pool.
+"""Score many genomes on the supernet: true top-1 after batch-norm recalibration, serially, on forked processes or on
+a Ray actor pool.
 
 The supernet's weights go into Ray's object store once; every actor builds the supernet from them once and then
 scores the genomes sent to it. An actor that dies has its genome re-queued on a fresh actor, so every candidate is
@@ -92,13 +93,16 @@ class SerialPool:
         pass
 
 
-_FORKED: SerialPool | None = None  # what a forked scoring process inherits from the pool that forked it
+_FORKED: SerialPool | None = None  # in a forked scoring process: the pool it scores with, inherited from its parent
 _PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
-def _forked_start(parent: int) -> None:
+def _forked_start(parent: int, pool: SerialPool) -> None:
     """One thread, and death with the parent: a forked process holds the pipe it waits on open itself, so a parent
-    killed outright (an OOM kill, SIGKILL) would otherwise leave it waiting forever."""
+    killed outright (an OOM kill, SIGKILL) would otherwise leave it waiting forever. `pool` comes through the fork
+    as it is in the parent's memory, supernet and data included: nothing is pickled."""
+    global _FORKED
+    _FORKED = pool
     torch.set_num_threads(1)
     ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the parent died before prctl took hold
@@ -119,13 +123,12 @@ class ForkPool:
     makes the fork safe: OpenMP's threads do not survive it, and a forked process at two threads hangs."""
 
     def __init__(self, supernet, data_spec: DataSpec, processes: int):
-        global _FORKED
         self.accel = CPU
-        _FORKED = SerialPool(supernet, data_spec, CPU)
-        self.data = _FORKED.data  # the search's exports read it too
+        serial = SerialPool(supernet, data_spec, CPU)
+        self.data = serial.data  # the search's exports read it too
         self.processes = processes
         self.executor = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork"),
-                                            initializer=_forked_start, initargs=(os.getpid(),))
+                                            initializer=_forked_start, initargs=(os.getpid(), serial))
         self.space = supernet.space
         self.scored_by: list[dict] = []
 
@@ -133,8 +136,8 @@ class ForkPool:
         genomes = [np.asarray(g) for g in genomes]
         results: list[dict | None] = [None] * len(genomes)
         self.scored_by = []
-        futures = [self.executor.submit(_score_forked, i, genomes[i]) for i in largest_first(self.space, genomes)]
         try:
+            futures = [self.executor.submit(_score_forked, i, genomes[i]) for i in largest_first(self.space, genomes)]
             for future in as_completed(futures):
                 i, score, where = future.result()
                 results[i] = score

@@ -6,7 +6,6 @@ kernel ridge regression are compared by held-out Kendall tau, and the best is ke
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import kendalltau, spearmanr
 
 from jcw.errors import JcwError
 from jcw.predictor.dataset import read_scored
@@ -18,6 +17,8 @@ from jcw.space import SearchSpace
 
 def rank_metrics(pred: np.ndarray, true: np.ndarray) -> dict:
     """RMSE and rank agreement; a constant side has no ranking, so its tau and rho are NaN (fit says why)."""
+    from scipy.stats import kendalltau, spearmanr  # a third of a second: fits need it, a search's refits do not
+
     rmse = round(float(np.sqrt(np.mean((pred - true) ** 2))), 4)
     if np.ptp(pred) == 0 or np.ptp(true) == 0:
         return {"rmse": rmse, "kendall_tau": float("nan"), "spearman_rho": float("nan")}

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from jcw.supernet.subnet import export_subnet, load_subnet
-from jcw.supernet.accuracy import recalibrate_bn
+from jcw.supernet.accuracy import evaluate, recalibrate_bn
 
 
 def _genome(space, seed=5):
@@ -32,6 +32,16 @@ def test_exported_subnet_matches_supernet(supernet, data, tmp_path):
     expected = supernet.space.cost(genome)["params"][0]
     assert abs(total - expected) <= len(supernet.info.weight_layers)
     assert model.jcw_metadata["genome"] == [int(v) for v in genome]
+
+
+def test_exported_test_top1_is_the_saved_networks(supernet, data, tmp_path):
+    """The test top-1 written at export is scored on a folded twin; the file it describes still holds its masks."""
+    genome = _genome(supernet.space, 3)
+    path = export_subnet(supernet, genome, tmp_path / "s.pt", data=data, calibration_images=500, test=True)
+    model = load_subnet(path)
+    assert any(hasattr(m, "parametrizations") for m in model.modules())
+    # folding batch norm changes rounding only: an image or two of 10,000 may flip
+    assert model.jcw_metadata["test_top1"] == pytest.approx(evaluate(model, data, "test").top1, abs=0.03)
 
 
 def test_masks_hold_through_training(supernet, data, tmp_path):

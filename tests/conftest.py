@@ -85,7 +85,8 @@ def kill_cli_when(*args: str, line_starts: str, then_exists: Path | None = None,
     return started
 
 
-def _stat(pid: int) -> list[str] | None:
+def proc_stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat's fields after the command name (state, ppid, ...); None once the process is gone."""
     try:
         return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
@@ -94,12 +95,12 @@ def _stat(pid: int) -> list[str] | None:
 
 def children_of(pid: int) -> list[int]:
     return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
-            and (stat := _stat(int(p.name))) is not None and int(stat[1]) == pid]
+            and (stat := proc_stat(int(p.name))) is not None and int(stat[1]) == pid]
 
 
 def children_alive(pids: list[int]) -> list[int]:
     """Those of `pids` still running (a zombie has exited: only its exit status waits to be read)."""
-    return [pid for pid in pids if (stat := _stat(pid)) is not None and stat[0] != "Z"]
+    return [pid for pid in pids if (stat := proc_stat(pid)) is not None and stat[0] != "Z"]
 
 
 def cli_env(extra: dict | None = None) -> dict:

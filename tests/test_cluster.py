@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import run_cli
+from conftest import proc_stat, run_cli
 
 from jcw.config import TrainConfig
 from jcw.search.archive import pareto_mask
@@ -40,7 +40,8 @@ def raylets() -> set[int]:
 
 
 def parent_pid(pid: int) -> int:
-    return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    stat = proc_stat(pid)
+    return int(stat[1]) if stat else -1  # gone since it was listed
 
 
 def ray_start(ray: str, *args: str, env: dict | None = None) -> None:

@@ -1,5 +1,6 @@
-"""Ray scoring pool: work spread over actors largest first, each genome scored once at its thread count, dead actors
-restarted by Ray, and every failure it cannot recover from named; the allocator setting that keeps scoring fast."""
+"""Scoring pools: forked processes on a small machine; on Ray, work spread over actors largest first, each genome
+scored once at its thread count, dead actors restarted by Ray, and every failure it cannot recover from named; the
+allocator setting that keeps scoring fast."""
 import os
 import signal
 import subprocess

@@ -70,19 +70,26 @@ def evaluate(net: nn.Module, data, split: str = "val", batch_size: int = 100, li
     return Score(top1=100.0 * int(correct.sum()) / total, loss=loss / total, correct=correct if per_image else None)
 
 
+def folded_twin(net: nn.Module) -> nn.Module:
+    """The form scoring runs a calibrated subnet in: masks baked into the weights, channels_last, and each batch norm
+    folded into the convolution before it (torch.fx's eval-mode fusion: the same top-1, about 10% less time). In
+    place where the masks are baked: pass a copy to keep them."""
+    return fuse(bake_masks(net).to(memory_format=torch.channels_last).eval())
+
+
 def score_genome(supernet, genome, data, split: str = "val", calibration_images: int = CALIBRATION_IMAGES,
                  eval_images: int | None = None, per_image: bool = False, accel: Accelerator = CPU) -> Score:
     """True top-1 of one subnet, with its own batch-norm statistics.
 
     Scores the physically sliced subnet (the exported network, tested equal to the masked supernet), not the masked
     supernet: a masked forward pass costs as much as the largest subnet, a sliced one only what the subnet costs,
-    which is 2-20x less. Once recalibrated, each batch norm is folded into the convolution before it (torch.fx's
-    eval-mode fusion: same top-1, about 10% less time). The supernet's own statistics are untouched.
+    which is 2-20x less. It is calibrated with its masks already baked in (cheaper than masked), then evaluated as
+    its `folded_twin`. The supernet's own statistics are untouched.
     """
     small, _ = subnet_from_supernet(supernet, np.asarray(genome))
     small = bake_masks(small).to(memory_format=torch.channels_last)
     recalibrate_bn(small, data, calibration_images, accel=accel)
-    return evaluate(fuse(small.eval()), data, split, limit=eval_images, per_image=per_image, accel=accel)
+    return evaluate(folded_twin(small), data, split, limit=eval_images, per_image=per_image, accel=accel)
 
 
 def evaluate_genomes(supernet: str | None, genomes: str, split: str = "val",

@@ -1,9 +1,12 @@
 """Where a search's time goes, how fast subnets are scored, and how Ray scales, on this machine, in one run.
 
-    python benchmarks/speed.py [--old-tree DIR ...] [--genomes 12] [--seeds 0 1 2] [--searches-only]
+    python benchmarks/speed.py [--old-tree DIR ...] [--variant NAME=ARGS ...] [--genomes 12] [--seeds 0 1 2]
+                               [--searches-only]
 
 - The README's search (`jcw search --device pixel4 --latency 1ms`) once per seed: wall time with the CLI's start-up,
-  and the phases the search records in its config.json (`timings_s`), for this tree and each --old-tree.
+  and the phases the search records in its config.json (`timings_s`), for this tree and each --old-tree; each
+  --variant runs this tree's search with more options (for example `"refine-every 50=--refine-every 50"`), to weigh a
+  lever that changes what is scored against the front it finds.
 - Scoring rate with the search's default settings on the default Ray pool, for this tree and each --old-tree (older
   checkouts of jcw; each in its own process, one after the other).
 - Ray scaling at 1 torch thread per worker: 1 worker against 2, threads as each worker reports them.
@@ -69,8 +72,9 @@ def scoring_rate(tree: Path, workers: int, genomes: int, threads: int = 0) -> di
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def readme_search(tree: Path, seed: int) -> dict:
-    """The README's search run from `tree` (its code and shipped artifacts): wall time, phases, front, pick."""
+def readme_search(tree: Path, seed: int, extra: list[str] = ()) -> dict:
+    """The README's search run from `tree` (its code and shipped artifacts), with `extra` options: wall time, phases,
+    front, pick."""
     import pandas as pd
 
     from jcw.search.archive import hypervolume
@@ -78,8 +82,8 @@ def readme_search(tree: Path, seed: int) -> dict:
     out = Path(tempfile.mkdtemp()) / "run"
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "jcw.cli", "search", "--device", "pixel4", "--latency", "1ms", "--seed",
-                    str(seed), "--out", str(out)], cwd=tree, env=dict(os.environ, PYTHONPATH=str(tree)), check=True,
-                   capture_output=True)
+                    str(seed), "--out", str(out), *extra], cwd=tree, env=dict(os.environ, PYTHONPATH=str(tree)),
+                   check=True, capture_output=True)
     wall = time.perf_counter() - start
     config = json.loads((out / "config.json").read_text())
     front, pick = pd.read_csv(out / "pareto.csv"), pd.read_csv(out / "summary.csv").iloc[0]
@@ -110,6 +114,10 @@ def section(searches: dict[str, list[dict]], rates: dict, scaling: dict, genomes
                      f"{np.mean([s['hv'] for s in runs]):.4f} (sd {np.std([s['hv'] for s in runs], ddof=1):.4f}), "
                      f"top-1 at 1 ms mean {np.mean([s['top1'] for s in runs]):.2f}% "
                      f"(sd {np.std([s['top1'] for s in runs], ddof=1):.2f}).")
+    older = [code for code in searches if code.startswith("older tree")]
+    for code in (c for c in searches if older and not c.startswith("older tree")):
+        ratio = np.median([s["wall"] for s in searches[older[0]]]) / np.median([s["wall"] for s in searches[code]])
+        lines.append(f"\n{code}: {ratio:.2f}x as fast as the {older[0]} (median against median).")
     searches = searches["this tree"]
     lines += ["", "Where this tree's search spends its time (median over the seeds, seconds; `generations` "
               "includes refinement scoring, refits, predictor calls and checkpoints):",
@@ -140,15 +148,20 @@ def section(searches: dict[str, list[dict]], rates: dict, scaling: dict, genomes
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--old-tree", type=Path, nargs="+", default=[], help="checkouts of older jcw to compare with")
+    ap.add_argument("--variant", nargs="+", default=[], metavar="NAME=ARGS",
+                    help="this tree's search with more options, e.g. 'refine-every 50=--refine-every 50'")
     ap.add_argument("--genomes", type=int, default=12)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--searches-only", action="store_true", help="skip the scoring-rate and Ray-scaling runs")
     args = ap.parse_args()
-    trees = {"this tree": ROOT, **{f"older tree ({t.name})": t for t in args.old_tree}}
-    searches = {name: [] for name in trees}
+    runs = {"this tree": (ROOT, []), **{f"this tree, {v.split('=', 1)[0]}": (ROOT, v.split("=", 1)[1].split())
+                                         for v in args.variant},
+            **{f"older tree ({t.name})": (t, []) for t in args.old_tree}}
+    trees = {name: tree for name, (tree, extra) in runs.items() if not extra}
+    searches = {name: [] for name in runs}
     for seed in args.seeds:  # trees interleaved, so that a machine slowing down mid-run slows them alike
-        for name, tree in trees.items():
-            searches[name].append(readme_search(tree, seed))
+        for name, (tree, extra) in runs.items():
+            searches[name].append(readme_search(tree, seed, extra))
     print(f"searches: { {k: [round(s['wall'], 1) for s in v] for k, v in searches.items()} }", flush=True)
     if args.searches_only:
         write_section("speed.py", section(searches, {}, {}, args.genomes))

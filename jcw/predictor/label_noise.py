@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import kendalltau
 
 LABELS = "correct.npz"  # beside dataset.csv: per subnet (its rows, in order), which validation images it got right
 
@@ -33,6 +32,8 @@ def load_labels(path: str | Path) -> np.ndarray:
 def label_ceiling(correct: np.ndarray, redraws: int = 200, seed: int = 0) -> dict:
     """The perfect predictor's tau against these labels (median over redraws of the images) and one subnet's top-1
     sd over redraws, in points. Each redraw is a multinomial weighting of the images, so it costs one product."""
+    from scipy.stats import kendalltau  # a third of a second: a search imports this module but never calls this
+
     right = np.asarray(correct, np.float32)
     n = right.shape[1]
     measured = right.mean(1)

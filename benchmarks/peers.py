@@ -314,8 +314,8 @@ def section(frame: pd.DataFrame, args) -> str:
              f"one recipe (`jcw.finetune`, lr 0.02, batch 256), seeds {sorted(set(frame.seed))}; test top-1 on the "
              "whole test split, mean (sd) over seeds. pixel4: jcw's model of TFLite with XNNPACK (sparse only where "
              "XNNPACK's rules run it so); host: the .tflite timed on this machine (LiteRT, XNNPACK, 1 thread, "
-             "median), while other work shared the 2 cores: the same network timed 0.124 and 0.143 ms, so read host "
-             "times to about 15%. Distilled rows learn half from the full network's soft labels.",
+             f"median), while other work shared the 2 cores{_host_spread(frame)}. Distilled rows learn half from the "
+             "full network's soft labels.",
              *([] if set(frame.seed) == set(args.seeds) else
                ["", f"**Partial:** {len(frame)} rows so far, from seed(s) {sorted(set(frame.seed))} of {args.seeds}; "
                 "the protocol is still running. Each row is final; the means and the goals below will change."]),
@@ -344,6 +344,20 @@ def section(frame: pd.DataFrame, args) -> str:
               f"Compute: {frame.seconds.sum() / 3600:.1f} h on this machine. Rows at "
               f"{', '.join(sorted(set(frame['commit'])))}.", "", *goals(frame, args.budgets)]
     return "\n".join(lines)
+
+
+def _host_spread(frame: pd.DataFrame) -> str:
+    """How far apart two host timings of one network lie: where the joint search keeps every density at 1, its pick
+    is the channels-only pick, and both rows timed it."""
+    if "id" not in frame:
+        return ""
+    picks = frame[frame.row.isin(["jcw channels", "jcw joint"])].dropna(subset=["id"])
+    twins = [g.host_tflite_ms.tolist() for _, g in picks.groupby(["seed", "budget", "id"]) if len(g) == 2]
+    if not twins:
+        return ""
+    worst = max(abs(a - b) / min(a, b) for a, b in twins)
+    return (f"; the same network, timed in two rows, gave {'; '.join(f'{a:.3f} and {b:.3f}' for a, b in twins)} ms "
+            f"(at most {worst:.0%} apart)")
 
 
 def _sd(values: pd.Series) -> str:

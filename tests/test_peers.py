@@ -69,10 +69,13 @@ def test_the_section_states_each_goal_met_or_missed_by_its_margin(peers):
                  row(seed, 0.5, "Torch-Pruning L1, one-shot + distilled", 95.0),  # not a Torch-Pruning row to beat
                  row(seed, 0.5, "jcw channels", 92.2 + shift), row(seed, 0.5, "jcw joint", 92.9 + shift),
                  row(seed, 0.5, "jcw joint + distilled", 93.5)]
+    rows[4].update(id=7, host_tflite_ms=0.1)  # seed 0's jcw rows picked one network: its two host timings
+    rows[5].update(id=7, host_tflite_ms=0.11)
     args = types.SimpleNamespace(seeds=[0, 1, 2], budgets=[0.5], epochs=3, supernet="supernets/x/supernet.pt")
     text = peers.section(pd.DataFrame(rows), args)
+    assert "the same network, timed in two rows, gave 0.100 and 0.110 ms (at most 10% apart)" in text
     assert "+1.90 points against the best Torch-Pruning row (2 and 2 seeds; goal +1.0: met)" in text
     assert "0.10 points below the full network's fine-tuned top-1 (goal within 0.3: met)" in text
     assert "Both distilled: jcw 93.50, Torch-Pruning 95.00 (-1.50)" in text  # each compared with its own kind
     assert "**Partial:** 14 rows so far, from seed(s) [0, 1] of [0, 1, 2]" in text
-    assert "| 50% | jcw joint | 2 of 2 | 1.000 (33%) | 0.100 | 80.00 | **93.00** (0.14) | +1.90 (SE 0.14) |" in text
+    assert "| 50% | jcw joint | 2 of 2 | 1.000 (33%) | 0.105 | 80.00 | **93.00** (0.14) | +1.90 (SE 0.14) |" in text

@@ -159,7 +159,12 @@ class FinetuneConfig:
 
 
 def apply_defaults(parser: argparse.ArgumentParser, *configs: type) -> None:
-    """Every option of `parser` named like a field of these dataclasses takes that field's default."""
+    """Every option of `parser` named like a field of these dataclasses takes that field's default, and its help
+    says so: the defaults live here, where `--help` would otherwise not see them."""
     for cls in configs:
         defaults = {f.name: f.default for f in fields(cls) if f.default is not MISSING}
-        parser.set_defaults(**{a.dest: defaults[a.dest] for a in parser._actions if a.dest in defaults})
+        mine = [a for a in parser._actions if a.dest in defaults]
+        parser.set_defaults(**{a.dest: defaults[a.dest] for a in mine})
+        for a in mine:
+            if defaults[a.dest] is not None and defaults[a.dest] is not False and "default" not in (a.help or ""):
+                a.help = f"{a.help} (default: %(default)s)" if a.help else "default: %(default)s"

@@ -6,7 +6,7 @@ searched as the README does, with the three budgets at once (`jcw search --devic
 0.4ms,0.5ms,1ms --genes G --seed N`); each budget's pick is then fine-tuned with one recipe (`jcw finetune --epochs
 5 --seed N`: the same data order for every row of a seed) and scored on the test split, which nothing selects on.
 
-    python benchmarks/finetune_density.py [--seeds 0 1 2] [--epochs 5]
+    python benchmarks/finetune_density.py [--seeds 0 1 2] [--epochs 5] [--only SUPERNET ...]
 
 Each finished search and fine-tune is appended to benchmarks/rows/finetune_density.jsonl (committed) as it ends, and a
 rerun skips what is there (a killed fine-tune resumes from its checkpoint). Writes its section of benchmarks/RESULTS.md.
@@ -32,6 +32,9 @@ BUDGET = 1.0
 FRACTIONS = (0.4, 0.5, 1.0)
 ROWS = [("sparse-ready (mbv2_small_56_fmnist_rgb)", "mbv2_small_56_fmnist_rgb", "joint"),
         ("sparse-ready (mbv2_small_56_fmnist_rgb)", "mbv2_small_56_fmnist_rgb", "channels"),
+        # the same recipe on the default's split (55,000 training images instead of 45,000)
+        ("sparse-ready, 55,000 images (mbv2_small_56_fmnist_rgb_55k)", "mbv2_small_56_fmnist_rgb_55k", "joint"),
+        ("sparse-ready, 55,000 images (mbv2_small_56_fmnist_rgb_55k)", "mbv2_small_56_fmnist_rgb_55k", "channels"),
         # on pixel4 the default's density genes stay dense (its stem): its search is a channel search
         ("default (mbv2_small_fmnist)", "mbv2_small_fmnist", "channels")]
 WORK = ROOT / "benchmarks" / "work" / "finetune_density"
@@ -69,7 +72,7 @@ def finetune(run: Path, subnet_id: int, seed: int, epochs: int) -> dict:
             "test_after": round(float(meta["test_top1"]), 2), "finetune_s": round(time.perf_counter() - start)}
 
 
-def run_all(seeds: list[int], epochs: int) -> pd.DataFrame:
+def run_all(seeds: list[int], epochs: int, only: list[str] | None = None) -> pd.DataFrame:
     done = {}
     if CACHE.exists():
         done = {(r["supernet"], r["genes"], r["seed"], r["budget_ms"]): r
@@ -79,6 +82,8 @@ def run_all(seeds: list[int], epochs: int) -> pd.DataFrame:
     rows = []
     for seed in seeds:
         for label, name, genes in ROWS:
+            if only and name not in only:
+                continue
             run = WORK / f"{name}-{genes}-s{seed}"
             summary = None
             for fraction in FRACTIONS:
@@ -122,17 +127,18 @@ def section(frame: pd.DataFrame, seeds: list[int], epochs: int) -> str:
                          f"{g.mean_density.mean():.3f} | {g.val.mean():.2f} ({g.val.std():.2f}) | "
                          f"{g.test_before.mean():.2f} ({g.test_before.std():.2f}) | "
                          f"**{g.test_after.mean():.2f}** ({g.test_after.std():.2f}) |")
-    lines += ["", "Joint minus channels-only on the sparse-ready supernet, test top-1 after fine-tuning (paired by seed):",
+    lines += ["", "Joint minus channels-only on each sparse-ready supernet, test top-1 after fine-tuning (paired by seed):",
               ""]
     ready = frame[frame.supernet.str.startswith("sparse-ready")]
-    for budget, g in ready.groupby("budget_ms"):
+    for (label, budget), g in ready.groupby(["supernet", "budget_ms"], sort=False):
         by = g.dropna(subset=["test_after"]).pivot_table(index="seed", columns="genes", values="test_after")
         if {"joint", "channels"} <= set(by.columns) and len(by.dropna()):
             diff = (by["joint"] - by["channels"]).dropna()
             se = diff.std() / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
-            lines.append(f"- {budget:g} ms: {diff.mean():+.2f} points (SE {se:.2f}, {len(diff)} seeds)")
+            lines.append(f"- {label}, {budget:g} ms: {diff.mean():+.2f} points (SE {se:.2f}, {len(diff)} seeds)")
         else:
-            lines.append(f"- {budget:g} ms: no channels-only subnet fits, so only the joint search has a pick")
+            lines.append(f"- {label}, {budget:g} ms: no channels-only subnet fits, so only the joint search has a "
+                         "pick")
     lines += ["", f"Runs at {', '.join(sorted(set(frame['commit'])))}."]
     return "\n".join(lines)
 
@@ -141,8 +147,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--only", nargs="+", metavar="SUPERNET", help="run only these supernets' rows (folder names)")
     args = ap.parse_args()
-    frame = run_all(args.seeds, args.epochs)
+    frame = run_all(args.seeds, args.epochs, args.only)
     text = section(frame, args.seeds, args.epochs)
     write_section("finetune_density.py", text)
     print(text)

@@ -79,6 +79,12 @@ class SearchSpace:
     def smallest(self) -> np.ndarray:
         return self.gene_sizes - 1
 
+    def uniform(self, ratio: float) -> np.ndarray:
+        """Dense, with every channel group at the choice nearest `ratio` of its base width: the uniform-width
+        baseline every pruning method is measured against."""
+        return np.array([int(np.argmin([abs(c - ratio * g.base) for c in g.choices])) for g in self.groups]
+                        + [0] * len(self.sparse), dtype=np.int64)
+
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         return rng.integers(0, self.gene_sizes[None, :], size=(n, self.n_genes))
 
@@ -222,8 +228,8 @@ def width_choices(base: int, min_ratio: float = 0.25, step: float = 1 / 8, divis
 
 
 def parse_genomes(spec: str, space: SearchSpace, seed: int = 0) -> list[tuple[str, np.ndarray]]:
-    """Genomes named on the command line: largest, smallest, random:N, or a file (a JSON list of genomes, or a
-    CSV with a genome column), comma-separated, each with a label."""
+    """Genomes named on the command line: largest, smallest, random:N, uniform:R (every group at R of its width,
+    dense), or a file (a JSON list of genomes, or a CSV with a genome column), comma-separated, each with a label."""
     out = []
     for part in [p.strip() for p in spec.split(",") if p.strip()]:
         if part == "largest":
@@ -237,6 +243,14 @@ def parse_genomes(spec: str, space: SearchSpace, seed: int = 0) -> list[tuple[st
                 raise JcwError(f"--genome {part!r}: write random:N with N a whole number") from None
             for i, g in enumerate(space.sample(n, np.random.default_rng(seed))):
                 out.append((f"random{i}", g))
+        elif part.startswith("uniform:"):
+            try:
+                ratio = float(part.split(":", 1)[1])
+            except ValueError:
+                ratio = -1.0
+            if not 0 < ratio <= 1:
+                raise JcwError(f"--genome {part!r}: write uniform:R with R a width ratio in (0, 1]")
+            out.append((part, space.uniform(ratio)))
         elif Path(part).is_file():
             try:
                 if part.endswith(".csv"):
@@ -249,7 +263,7 @@ def parse_genomes(spec: str, space: SearchSpace, seed: int = 0) -> list[tuple[st
             for i, g in enumerate(items):
                 out.append((f"{Path(part).stem}{i}", space.check(g)[0]))
         else:
-            raise JcwError(f"--genome {part!r}: use largest, smallest, random:N or a file path")
+            raise JcwError(f"--genome {part!r}: use largest, smallest, random:N, uniform:R or a file path")
     if not out:
-        raise JcwError("--genome is empty; use largest, smallest, random:N or a file path")
+        raise JcwError("--genome is empty; use largest, smallest, random:N, uniform:R or a file path")
     return out

@@ -36,6 +36,7 @@ def test_help_and_version():
      ["train/ and val/"]),
     (["search", "--device", "pixel4", "--latency", "1ms", "--ray-address", "127.0.0.1:1"], ["does not answer"]),
     (["supernet", "eval", "--genome", "random:many"], ["random:N"]),
+    (["supernet", "eval", "--genome", "uniform:2"], ["uniform:R", "(0, 1]"]),
     (["pick", "/nonexistent-run", "--latency", "1ms"], ["not a finished search run"]),
 ])
 def test_bad_input_is_one_clear_line(args, needles, tmp_path):

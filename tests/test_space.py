@@ -25,6 +25,24 @@ def test_space_basics(tiny_supernet):
     assert (space.cost(space.largest())["macs"] > space.cost(space.smallest())["macs"]).all()
 
 
+def test_uniform_width_is_dense_and_spans_the_widths(tiny_supernet):
+    from jcw.space import parse_genomes
+
+    space = tiny_supernet.space
+    assert (space.uniform(1.0) == space.largest()).all()
+    quarter = space.uniform(0.25)
+    assert (quarter[:len(space.groups)] == space.smallest()[:len(space.groups)]).all()  # min ratio 0.25
+    assert (quarter[len(space.groups):] == 0).all()  # dense
+    half = space.widths(space.uniform(0.5)[None])[0]
+    assert all(abs(w - g.base / 2) == min(abs(c - g.base / 2) for c in g.choices) for w, g in zip(half, space.groups))
+    assert space.cost(space.uniform(0.5))["macs"] < space.cost(space.largest())["macs"]
+    (label, genome), = parse_genomes("uniform:0.5", space)
+    assert label == "uniform:0.5" and (genome == space.uniform(0.5)).all()
+    for bad in ("uniform:0", "uniform:1.5", "uniform:half", "uniform:nan"):
+        with pytest.raises(JcwError, match="uniform:R"):
+            parse_genomes(bad, space)
+
+
 def test_check_rejects_out_of_range(tiny_supernet):
     space = tiny_supernet.space
     bad = space.largest()

@@ -240,7 +240,8 @@ def build_parser() -> Parser:
     tr.set_defaults(func=_supernet_train)
     ev = sn_sub.add_parser("eval", help="top-1 and loss of chosen subnets, batch norm recalibrated")
     ev.add_argument("--supernet", default=None)
-    ev.add_argument("--genome", default="largest,smallest", help="largest, smallest, random:N, or a file")
+    ev.add_argument("--genome", default="largest,smallest",
+                    help="largest, smallest, random:N, uniform:R (every group at R of its width, dense), or a file")
     ev.add_argument("--split", default="val", choices=("val", "test"))
     ev.add_argument("--calibration-images", type=int, default=config.CALIBRATION_IMAGES)
     ev.add_argument("--seed", type=int, default=0)

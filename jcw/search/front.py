@@ -35,14 +35,7 @@ def score_column(history: pd.DataFrame, predicted: bool) -> np.ndarray:
 
 def uniform_genomes(space, upper: np.ndarray) -> np.ndarray:
     """Uniform-width reference subnets, dense: every group at the same fraction of its base width."""
-    ratios = np.linspace(1.0, 0.25, 7)
-    out = []
-    for r in ratios:
-        g = np.zeros(space.n_genes, dtype=np.int64)
-        for i, grp in enumerate(space.groups):
-            g[i] = int(np.argmin([abs(c - r * grp.base) for c in grp.choices]))
-        out.append(np.minimum(g, upper))
-    return np.unique(np.array(out), axis=0)
+    return np.unique(np.array([np.minimum(space.uniform(r), upper) for r in np.linspace(1.0, 0.25, 7)]), axis=0)
 
 
 def rescore_front(cfg: SearchConfig, ctx, history: pd.DataFrame) -> pd.DataFrame:

@@ -27,7 +27,12 @@ import pandas as pd
 from sections import write_section
 from xnnpack_rules import ROOT, commit
 
+from jcw.config import SearchConfig
+from jcw.data import supernet_data
+from jcw.latency.table import load_table
 from jcw.search.archive import hypervolume
+from jcw.supernet.accuracy import score_genome
+from jcw.supernet.supernet import load_supernet
 
 BUDGET, FLOOR = 1.0, 80.0
 SUPERNETS = {"default (mbv2_small_fmnist)": "mbv2_small_fmnist",
@@ -37,6 +42,19 @@ SUPERNETS = {"default (mbv2_small_fmnist)": "mbv2_small_fmnist",
              # its grid (1, 0.9, ..., 0.2) holds densities XNNPACK runs dense, which the search now repairs to dense
              "sparse-ready demo (mbv2_small_s2_fmnist_rgb)": "mbv2_small_s2_fmnist_rgb"}
 CACHE = ROOT / "benchmarks" / "work" / "sparse_default.jsonl"
+WIDTHS = ROOT / "benchmarks" / "work" / "sparse_default_widths.jsonl"
+RATIOS = (1.0, 0.75, 0.5, 0.25)  # dense uniform widths, scored on every supernet
+
+
+def uniform_widths(name: str) -> list[dict]:
+    """Each dense uniform width's pixel4 latency and top-1 (scored as a search scores), to show where two supernets
+    differ along the size range rather than at one pick."""
+    net = load_supernet(str(ROOT / "supernets" / name / "supernet.pt"))
+    data, bound = supernet_data(net.config), load_table("pixel4").bind(net.space)
+    images = SearchConfig.calibration_images
+    return [{"ratio": r, "ms": float(bound.latency(net.space.uniform(r))[0]),
+             **{split: score_genome(net, net.space.uniform(r), data, split, images).top1 for split in ("val", "test")}}
+            for r in RATIOS]
 
 
 def search(name: str, genes: str, seed: int) -> dict:
@@ -88,7 +106,20 @@ def main() -> None:
                      f"{g.pick_val.mean():.2f} ({g.pick_val.std():.2f}) | {g.pick_test.mean():.2f} "
                      f"({g.pick_test.std():.2f}) | {g.pick_density.mean():.3f} | {g.front.mean():.1f} "
                      f"({g['sparse'].mean():.1f}) | {np.median(g.seconds):.0f} |")
-    lines += ["", f"Searches run at {', '.join(sorted(set(frame['commit'])))}."]
+    lines += ["", f"Searches run at {', '.join(sorted(set(frame['commit'])))}.", "",
+              "Dense uniform widths (`jcw supernet eval --genome uniform:R --calibration-images 1000 --split S`: "
+              "batch norm recalibrated on the search's 1,000 images): pixel4 ms, validation / test top-1.", "",
+              "| supernet | " + " | ".join(f"uniform {r:g}x" for r in RATIOS) + " |",
+              "| --- |" + " --- |" * len(RATIOS)]
+    widths = {r["supernet"]: r["widths"] for r in map(json.loads, WIDTHS.read_text().splitlines())} \
+        if WIDTHS.exists() else {}
+    for label, name in SUPERNETS.items():
+        if label not in widths:
+            widths[label] = uniform_widths(name)
+            with WIDTHS.open("a") as f:
+                f.write(json.dumps({"supernet": label, "widths": widths[label]}) + "\n")
+        lines.append(f"| {label} | " + " | ".join(f"{w['ms']:.3f} ms: {w['val']:.2f} / {w['test']:.2f}"
+                                                   for w in widths[label]) + " |")
     write_section("sparse_default.py", "\n".join(lines))
     print("\n".join(lines))
 

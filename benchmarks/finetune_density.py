@@ -127,8 +127,8 @@ def section(frame: pd.DataFrame, seeds: list[int], epochs: int) -> str:
                          f"{g.mean_density.mean():.3f} | {g.val.mean():.2f} ({g.val.std():.2f}) | "
                          f"{g.test_before.mean():.2f} ({g.test_before.std():.2f}) | "
                          f"**{g.test_after.mean():.2f}** ({g.test_after.std():.2f}) |")
-    lines += ["", "Joint minus channels-only on each sparse-ready supernet, test top-1 after fine-tuning (paired by seed):",
-              ""]
+    lines += ["", "Joint minus channels-only on each sparse-ready supernet, test top-1 after fine-tuning "
+              "(paired by seed):", ""]
     ready = frame[frame.supernet.str.startswith("sparse-ready")]
     for (label, budget), g in ready.groupby(["supernet", "budget_ms"], sort=False):
         by = g.dropna(subset=["test_after"]).pivot_table(index="seed", columns="genes", values="test_after")

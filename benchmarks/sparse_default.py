@@ -2,15 +2,17 @@
 
 The default (supernets/mbv2_small_fmnist) cannot run sparse on pixel4, so its search is a channel search;
 supernets/mbv2_small_56_fmnist_rgb (and its twin trained on the default's 55,000 images, ..._55k) has the same
-blocks at the same resolutions behind a stem XNNPACK starts its sparse subgraph at. Each is searched as the README does (`jcw search --device pixel4 --latency 1ms`, with
-`--supernet`/`--predictor`), the 56 px ones also with `--genes channels`, over seeds; every search reports its 1 ms
-pick's top-1 on the validation images it was chosen on and on the test split. The sparse-ready demo (28 px, a
-stride-2 stem) is searched too: its density grid has choices XNNPACK runs dense, which the search repairs to dense.
+blocks at the same resolutions behind a stem XNNPACK starts its sparse subgraph at. Each is searched as the README
+does (`jcw search --device pixel4 --latency 1ms`, with `--supernet`/`--predictor`), the 56 px ones also with
+`--genes channels`, over seeds; every search reports its 1 ms pick's top-1 on the validation images it was chosen on
+and on the test split. Each supernet's dense uniform widths are scored too, to show where along the size range two
+supernets differ. The sparse-ready demo (28 px, a stride-2 stem) is searched too: its density grid has choices
+XNNPACK runs dense, which the search repairs to dense.
 
     python benchmarks/sparse_default.py [--seeds 0 1 2]
 
-Finished searches are kept in benchmarks/work/sparse_default.jsonl and reused by a rerun. Writes its section of
-benchmarks/RESULTS.md between its markers.
+Finished searches and widths are kept in benchmarks/work/sparse_default*.jsonl and reused by a rerun. Writes its
+section of benchmarks/RESULTS.md between its markers.
 """
 from __future__ import annotations
 

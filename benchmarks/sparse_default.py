@@ -43,6 +43,9 @@ SUPERNETS = {"default (mbv2_small_fmnist)": "mbv2_small_fmnist",
              "sparse-ready, 55,000 images (mbv2_small_56_fmnist_rgb_55k)": "mbv2_small_56_fmnist_rgb_55k",
              # its grid (1, 0.9, ..., 0.2) holds densities XNNPACK runs dense, which the search now repairs to dense
              "sparse-ready demo (mbv2_small_s2_fmnist_rgb)": "mbv2_small_s2_fmnist_rgb"}
+# the 55,000-image recipe with the default's sampling (independent densities, 1 to 0.2): widths only, no predictor yet
+WIDTHS_ONLY = {"sparse-ready, 55,000 images, default sampling (mbv2_small_56_fmnist_rgb_indep)":
+               "mbv2_small_56_fmnist_rgb_indep"}
 CACHE = ROOT / "benchmarks" / "work" / "sparse_default.jsonl"
 WIDTHS = ROOT / "benchmarks" / "work" / "sparse_default_widths.jsonl"
 RATIOS = (1.0, 0.75, 0.5, 0.25)  # dense uniform widths, scored on every supernet
@@ -115,7 +118,7 @@ def main() -> None:
               "| --- |" + " --- |" * len(RATIOS)]
     widths = {r["supernet"]: r["widths"] for r in map(json.loads, WIDTHS.read_text().splitlines())} \
         if WIDTHS.exists() else {}
-    for label, name in SUPERNETS.items():
+    for label, name in {**SUPERNETS, **WIDTHS_ONLY}.items():
         if label not in widths:
             widths[label] = uniform_widths(name)
             with WIDTHS.open("a") as f:

@@ -26,14 +26,12 @@ import time
 
 import numpy as np
 import pandas as pd
-import torch
 from sections import write_section
 from xnnpack_rules import ROOT, commit
 
 from jcw.data import supernet_data
 from jcw.search.archive import genomes_from_column
-from jcw.supernet.accuracy import evaluate, folded_twin, recalibrate_bn
-from jcw.supernet.slicing import bake_masks, subnet_from_supernet
+from jcw.supernet.accuracy import score_genome
 from jcw.supernet.supernet import load_supernet
 
 WORK = ROOT / "benchmarks" / "work" / "pick_rule"
@@ -57,15 +55,9 @@ def scores(seed: int, frame: pd.DataFrame, net, data) -> tuple[np.ndarray, np.nd
     if cache.exists():
         saved = np.load(cache)
         return saved["val_correct"], saved["test_top1"]
-    right, test = [], []
-    for genome in genomes_from_column(frame["genome"]):
-        small, _ = subnet_from_supernet(net, genome)
-        small = bake_masks(small).to(memory_format=torch.channels_last)
-        recalibrate_bn(small, data, CALIBRATION)
-        twin = folded_twin(small)
-        right.append(evaluate(twin, data, "val", per_image=True).correct)
-        test.append(evaluate(twin, data, "test").top1)
-    val_correct, test_top1 = np.array(right), np.array(test)
+    genomes = genomes_from_column(frame["genome"])
+    val_correct = np.array([score_genome(net, g, data, "val", CALIBRATION, per_image=True).correct for g in genomes])
+    test_top1 = np.array([score_genome(net, g, data, "test", CALIBRATION).top1 for g in genomes])
     np.savez(cache, val_correct=val_correct, test_top1=test_top1)
     return val_correct, test_top1
 

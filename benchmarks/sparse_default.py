@@ -1,13 +1,13 @@
 """Is a sparse-ready 56 px supernet ready to be the default? Its joint front against the default's, on pixel4.
 
 The default (supernets/mbv2_small_fmnist) cannot run sparse on pixel4, so its search is a channel search;
-supernets/mbv2_small_56_fmnist_rgb (and its twin trained on the default's 55,000 images, ..._55k) has the same
-blocks at the same resolutions behind a stem XNNPACK starts its sparse subgraph at. Each is searched as the README
-does (`jcw search --device pixel4 --latency 1ms`, with `--supernet`/`--predictor`), the 56 px ones also with
-`--genes channels`, over seeds; every search reports its 1 ms pick's top-1 on the validation images it was chosen on
-and on the test split. Each supernet's dense uniform widths are scored too, to show where along the size range two
-supernets differ. The sparse-ready demo (28 px, a stride-2 stem) is searched too: its density grid has choices
-XNNPACK runs dense, which the search repairs to dense.
+supernets/mbv2_small_56_fmnist_rgb (and its twins trained on the default's 55,000 images: ..._55k with XNNPACK's
+sampling, ..._indep with the default's) has the same blocks at the same resolutions behind a stem XNNPACK starts its
+sparse subgraph at. Each is searched as the README does (`jcw search --device pixel4 --latency 1ms`, with
+`--supernet`/`--predictor`), the 56 px ones also with `--genes channels`, over seeds; every search reports its 1 ms
+pick's top-1 on the validation images it was chosen on and on the test split. Each supernet's dense uniform widths
+are scored too, to show where along the size range two supernets differ. The sparse-ready demo (28 px, a stride-2
+stem) is searched too: its density grid has choices XNNPACK runs dense, which the search repairs to dense.
 
     python benchmarks/sparse_default.py [--seeds 0 1 2]
 
@@ -41,11 +41,11 @@ SUPERNETS = {"default (mbv2_small_fmnist)": "mbv2_small_fmnist",
              "sparse-ready (mbv2_small_56_fmnist_rgb)": "mbv2_small_56_fmnist_rgb",
              # the same recipe on the default's split: 55,000 training images instead of 45,000
              "sparse-ready, 55,000 images (mbv2_small_56_fmnist_rgb_55k)": "mbv2_small_56_fmnist_rgb_55k",
+             # the 55,000-image split with the default's sampling (independent densities, 1 to 0.2)
+             "sparse-ready, 55,000 images, default sampling (mbv2_small_56_fmnist_rgb_indep)":
+                 "mbv2_small_56_fmnist_rgb_indep",
              # its grid (1, 0.9, ..., 0.2) holds densities XNNPACK runs dense, which the search now repairs to dense
              "sparse-ready demo (mbv2_small_s2_fmnist_rgb)": "mbv2_small_s2_fmnist_rgb"}
-# the 55,000-image recipe with the default's sampling (independent densities, 1 to 0.2): widths only, no predictor yet
-WIDTHS_ONLY = {"sparse-ready, 55,000 images, default sampling (mbv2_small_56_fmnist_rgb_indep)":
-               "mbv2_small_56_fmnist_rgb_indep"}
 CACHE = ROOT / "benchmarks" / "work" / "sparse_default.jsonl"
 WIDTHS = ROOT / "benchmarks" / "work" / "sparse_default_widths.jsonl"
 RATIOS = (1.0, 0.75, 0.5, 0.25)  # dense uniform widths, scored on every supernet
@@ -118,7 +118,7 @@ def main() -> None:
               "| --- |" + " --- |" * len(RATIOS)]
     widths = {r["supernet"]: r["widths"] for r in map(json.loads, WIDTHS.read_text().splitlines())} \
         if WIDTHS.exists() else {}
-    for label, name in {**SUPERNETS, **WIDTHS_ONLY}.items():
+    for label, name in SUPERNETS.items():
         if label not in widths:
             widths[label] = uniform_widths(name)
             with WIDTHS.open("a") as f:

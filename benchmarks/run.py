@@ -19,7 +19,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from jcw.data import load_dataset  # noqa: E402
+from jcw.data import supernet_data  # noqa: E402
 from jcw.supernet.subnet import export_subnet  # noqa: E402
 from jcw.finetune import FinetuneConfig, finetune  # noqa: E402
 from jcw.latency.table import load_table  # noqa: E402
@@ -249,7 +249,8 @@ def main() -> None:
     seeds = [0, 1, 2]
     gens, pop, rescore = (20, 32, 10) if args.quick else (60, 64, 30)
     work = OUT / "work"
-    net, data = load_supernet(), load_dataset()
+    net = load_supernet()
+    data = supernet_data(net.config)
     devices = [PHONE, "host"] if "host" in _devices() else [PHONE]
     t_start = time.time()
     gran_md, fronts, gran_df = granularity(net, devices, seeds, gens, pop, rescore, work)

@@ -15,8 +15,8 @@ import jcw
 from jcw.errors import JcwError
 
 KINDS = ("latency_tables", "predictors", "supernets")
-DEFAULT_SUPERNET = "mbv2_small_fmnist/supernet.pt"
-DEFAULT_PREDICTOR = "mbv2_small_fmnist"
+DEFAULT_SUPERNET = "mbv2_small_56_fmnist_rgb_indep/supernet.pt"
+DEFAULT_PREDICTOR = "mbv2_small_56_fmnist_rgb_indep"
 
 
 def artifact_dir(kind: str) -> Path:

@@ -70,8 +70,9 @@ class SearchConfig:
 class SupernetConfig:
     """Everything needed to rebuild the network and its space; saved beside the weights."""
 
-    # the defaults build the shipped default, mbv2_small on grey 28 px images (supernets/mbv2_small_fmnist); the
-    # sparse-ready one is trained with the options in supernets/mbv2_small_56_fmnist_rgb/COMMAND
+    # the defaults build the first default, mbv2_small on grey 28 px images (supernets/mbv2_small_fmnist), whose
+    # stem XNNPACK cannot start a sparse subgraph at; the shipped default is trained with the options in
+    # supernets/mbv2_small_56_fmnist_rgb_indep/COMMAND
     model: str = "mbv2_small"
     dataset: str = "fashion-mnist"
     input_size: int = 28

@@ -20,6 +20,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# the first default (grey 28 px images, a stride-1 stem: nothing sparse on pixel4), still loadable by path
+OLD_DEFAULT = ROOT / "supernets" / "mbv2_small_fmnist"
+OLD_DEFAULT_PREDICTOR = ROOT / "predictors" / "mbv2_small_fmnist"
 # the user's own tables (`jcw latency measure`'s default folder) must not leak into the tests, nor theirs into it
 os.environ["JCW_HOME"] = tempfile.mkdtemp(prefix="jcw-home-")
 

@@ -90,10 +90,11 @@ _FAULTS = """
 import resource
 import numpy as np
 from jcw.allocator import keep_freed_memory
-from jcw.data import load_dataset
+from jcw.data import supernet_data
 from jcw.supernet.accuracy import score_genome
 from jcw.supernet.supernet import load_supernet
-net, data = load_supernet(), load_dataset()
+net = load_supernet()
+data = supernet_data(net.config)
 genome = net.space.sample(1, np.random.default_rng(0))[0]
 def faults():
     score_genome(net, genome, data, calibration_images=250, eval_images=500)  # warm: buffers at their sizes

@@ -18,8 +18,8 @@ def test_exported_subnet_matches_supernet(supernet, data, tmp_path):
     recalibrate_bn(supernet, data, 500)
     supernet.eval()
     x = next(data.batches("val", 32)).images
-    with torch.no_grad():
-        assert torch.allclose(model(x), supernet(x), atol=1e-5)
+    with torch.no_grad():  # each form re-estimates batch norm with its own float sums: logits up to 5 differ by 2e-4
+        assert torch.allclose(model(x), supernet(x), atol=1e-3)
     # masks hold the density of every sparse layer, and the parameter count is the kept nonzeros
     dens = supernet.space.density_values(genome)[0]
     total = 0
@@ -87,6 +87,7 @@ def test_cpu_runtime_matches_and_uses_sparse_kernels(supernet, tmp_path):
     sparse = {l.name for l in supernet.space.layers if l.sparse >= 0 and l.kind == "conv" and l.kernel == 1}
     runtime = cpu_runtime(load_subnet(path), sparse | {"classifier.1"})
     assert sum(isinstance(m, SparseConv1x1) for m in runtime.modules()) == len(sparse) + 1
-    x = torch.randn(2, 1, 28, 28)
+    c = supernet.config
+    x = torch.randn(2, c.in_channels, c.input_size, c.input_size)
     with torch.no_grad():
         assert torch.allclose(runtime(x), model(x), atol=1e-4)

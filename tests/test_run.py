@@ -54,11 +54,9 @@ def test_export_onnx_and_tflite_equal_the_torch_subnet_with_its_zeros(small_run,
     member = front.iloc[len(front) // 2]
     ran = jcw("export", str(small_run), "--id", str(int(member["id"])), "--onnx", "--tflite", "--out",
               str(tmp_path / "x.pt"), check=True)
-    # the demo's stem (3x3 stride 1 on grey images) is not where XNNPACK starts a sparse subgraph: it says so
-    assert "XNNPACK will run nothing sparse: its stem is a 3x3 stride-1 conv on 1-channel images" in ran.stdout
     assert f"tflite: {tmp_path / 'x.tflite'}" in ran.stdout
     report = pd.read_csv(tmp_path / "x.xnnpack.csv")
-    assert (report["xnnpack"] == "dense").all() and report["stored_sparse"].any()
+    assert report["stored_sparse"].any()
     model = load_subnet(tmp_path / "x.pt")
     assert model.jcw_metadata["genome"] == json.loads(member["genome"])
     x = next(data.batches("val", 16)).images
@@ -206,4 +204,4 @@ def test_finetune_distills_from_the_supernet(small_run, tmp_path):
     Supernet(SupernetConfig(model="mbv2_tiny", dataset="cifar100", input_size=32, in_channels=3, num_classes=100)
              ).save(tmp_path / "cifar.pt")
     other = jcw("finetune", *common, "--out", str(tmp_path / "y"), "--distill-from", str(tmp_path / "cifar.pt"))
-    one_clear_line(other, "cifar100 (100 classes)", "fashion-mnist (10 classes)")
+    one_clear_line(other, "cifar100 (100 classes)", "fashion-mnist-rgb (10 classes)")

@@ -3,9 +3,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import ROOT
+from conftest import OLD_DEFAULT, OLD_DEFAULT_PREDICTOR, ROOT
 
-OLD_DEFAULT = ROOT / "supernets" / "mbv2_small_fmnist"  # grey 28 px images, a stride-1 stem: nothing sparse on pixel4
 from jcw.errors import JcwError
 from jcw.search.archive import pareto_mask
 from jcw.search.budget import parse_budget, parse_budgets
@@ -80,7 +79,7 @@ def test_density_genes_stay_dense_where_the_runtime_never_runs_them_sparse(tmp_p
 
     lines: list[str] = []
     search(_small(tmp_path, "dense", generations=2, supernet=str(OLD_DEFAULT / "supernet.pt"),
-                  predictor=str(ROOT / "predictors" / OLD_DEFAULT.name)), log=lines.append)
+                  predictor=str(OLD_DEFAULT_PREDICTOR)), log=lines.append)
     assert any(line.startswith("note: tflite-xnnpack on pixel4 runs no layer of mbv2_small sparse (its stem is")
                and line.endswith("all density genes stay at 1.0") for line in lines)
     history = pd.read_csv(tmp_path / "dense" / "history.csv")

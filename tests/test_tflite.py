@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import OLD_DEFAULT, ROOT
 from jcw.models import create_model
 from jcw.models.graph import analyse
 from jcw.xnnpack import SPARSE_FRACTION, is_1x1, runs_sparse, sparse_subgraph
@@ -292,10 +292,13 @@ def test_the_whole_network_ruler_prices_zeros_only_where_xnnpack_runs_them_spars
     sparse = with_densities(space, genome, 0.2)
     assert price(ready, sparse) < 0.9 * dense
     assert price(ready, sparse) == pytest.approx(bound.latency(sparse)[0], rel=0.03)
-    # the default's stem starts no sparse subgraph: its zeros are priced dense
-    default = supernet.space
-    zeros = default.sample(1, np.random.default_rng(3))[0]
-    zeros[len(default.groups):] = len(default.densities) - 1
-    plain = zeros.copy()
-    plain[len(default.groups):] = 0
-    assert price(supernet, zeros) == pytest.approx(price(supernet, plain))
+    # the first default's stem starts no sparse subgraph: its zeros are priced dense; the default's are priced sparse
+    first = load_supernet(OLD_DEFAULT / "supernet.pt")
+    for net, runs_any_sparse in ((first, False), (supernet, True)):
+        zeros = net.space.sample(1, np.random.default_rng(3))[0]
+        zeros[len(net.space.groups):] = len(net.space.densities) - 1
+        plain = zeros.copy()
+        plain[len(net.space.groups):] = 0
+        assert (price(net, zeros) < 0.9 * price(net, plain)) == runs_any_sparse
+        if not runs_any_sparse:
+            assert price(net, zeros) == pytest.approx(price(net, plain))

@@ -88,10 +88,21 @@ def write_page(run: str | Path, space: SearchSpace, record: RunRecord | None = N
 # The one thing plotly does not do by itself: a click on a front point shows its layers and its export command.
 _ON_CLICK = """
 const gd = document.getElementById('{plot_id}'), run = __RUN__, full = __FULL__;
-gd.on('plotly_click', ev => {
+// A candidate drawn within a few pixels of a front point can win plotly's hover: the front point under it still counts.
+const frontPoint = ev => {
   const p = ev.points.find(q => q.data.name.startsWith('Pareto front'));
-  if (!p) return;
-  const [id, , , , , , channels, densities] = p.customdata;
+  if (p) return p.customdata;
+  const q = ev.points[0], front = gd._fullData.find(t => t.name.startsWith('Pareto front') && t.visible === true);
+  if (!q || !front) return null;
+  const x = Array.from(front.x), y = Array.from(front.y);  // the decoded arrays (gd.data holds them base64-packed)
+  const dist = i => Math.hypot(q.xaxis.d2p(x[i]) - q.xaxis.d2p(q.x), q.yaxis.d2p(y[i]) - q.yaxis.d2p(q.y));
+  const near = x.map((_, i) => i).filter(i => dist(i) <= 6).sort((a, b) => dist(a) - dist(b));
+  return near.length ? front.customdata[near[0]] : null;
+};
+gd.on('plotly_click', ev => {
+  const member = frontPoint(ev);
+  if (!member) return;
+  const [id, , , , , , channels, densities] = member;
   const command = `jcw export ${run} --id ${id}`;
   document.getElementById('pick').style.display = 'block';
   document.getElementById('command').textContent = command;

@@ -1,6 +1,8 @@
 """The data path a data-parallel worker reads: its own share of every batch, exactly as the whole batch holds it."""
 import torch
 
+import jcw.data
+
 from conftest import write_imagefolder
 
 
@@ -13,6 +15,22 @@ def test_each_shard_is_its_slice_of_the_augmented_batch(data):
         assert torch.equal(torch.cat([s[i].images for s in shards]), batch.images)
         assert torch.equal(torch.cat([s[i].labels for s in shards]), batch.labels)
     assert not torch.equal(shards[0][0].images, shards[1][0].images)
+
+
+def test_unaugmented_passes_resized_once_are_the_batches_resized_each_time(data, monkeypatch):
+    """The default's 28 px images are served at 56 px: scoring passes reuse their resized images, bit for bit."""
+    assert data.input_size == 56 and data.splits["val"][0].shape[-1] == 28
+    passes = [("val", dict(limit=300)), ("train", dict(shuffle=True, seed=1234, limit=250)),
+              ("test", dict(limit=200, shard=(1, 2)))]
+    kept = [list(data.batches(split, 100, **kw)) for split, kw in passes]
+    assert len(data._resized) == 3
+    monkeypatch.setattr(jcw.data, "RESIZED_CACHE_BYTES", 0)
+    data._resized.clear()
+    for (split, kw), batches in zip(passes, kept):
+        fresh = list(data.batches(split, 100, **kw))
+        assert len(fresh) == len(batches) and all(torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+                                                  for a, b in zip(fresh, batches))
+    assert not data._resized  # over the cap: nothing kept
 
 
 def test_imagefolder_shards_decode_their_share_on_workers_that_outlive_the_epoch(tmp_path):

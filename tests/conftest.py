@@ -27,7 +27,7 @@ OLD_DEFAULT_PREDICTOR = ROOT / "predictors" / "mbv2_small_fmnist"
 os.environ["JCW_HOME"] = tempfile.mkdtemp(prefix="jcw-home-")
 
 # The search every export, pick, plot, finetune and resume test works from (small, serial, seeded).
-SMALL = ["--device", "pixel4-jcw-arm", "--population", "16", "--generations", "30", "--rescore", "4",
+SMALL = ["--device", "pixel4", "--population", "16", "--generations", "30", "--rescore", "4",
          "--calibration-images", "250", "--val-images", "500", "--workers", "0", "--seed", "1"]
 SMALL_BUDGETS = "0.5ms,0.9ms"
 

@@ -1,6 +1,6 @@
-"""Is a sparse-ready 56 px supernet ready to be the default? Its joint front against the default's, on pixel4.
+"""Is a sparse-ready 56 px supernet ready to be the default? Its joint front against the first default's, on pixel4.
 
-The default (supernets/mbv2_small_fmnist) cannot run sparse on pixel4, so its search is a channel search;
+The first default (supernets/mbv2_small_fmnist) cannot run sparse on pixel4, so its search is a channel search;
 supernets/mbv2_small_56_fmnist_rgb (and its twins trained on the default's 55,000 images: ..._55k with XNNPACK's
 sampling, ..._indep with the default's) has the same blocks at the same resolutions behind a stem XNNPACK starts its
 sparse subgraph at. Each is searched as the README does (`jcw search --device pixel4 --latency 1ms`, with
@@ -37,7 +37,7 @@ from jcw.supernet.accuracy import score_genome
 from jcw.supernet.supernet import load_supernet
 
 BUDGET, FLOOR = 1.0, 80.0
-SUPERNETS = {"default (mbv2_small_fmnist)": "mbv2_small_fmnist",
+SUPERNETS = {"first default (mbv2_small_fmnist)": "mbv2_small_fmnist",
              "sparse-ready (mbv2_small_56_fmnist_rgb)": "mbv2_small_56_fmnist_rgb",
              # the same recipe on the default's split: 55,000 training images instead of 45,000
              "sparse-ready, 55,000 images (mbv2_small_56_fmnist_rgb_55k)": "mbv2_small_56_fmnist_rgb_55k",
@@ -102,8 +102,8 @@ def main() -> None:
     lines = ["## 14. The sparse-ready supernet against the default (benchmarks/sparse_default.py)", "",
              f"`jcw search --device pixel4 --latency 1ms --genes G --seed N --supernet S --predictor P`, seeds "
              f"{args.seeds}, mean (sd) over seeds. Hypervolume against ({BUDGET:g} ms, {FLOOR:g}%); the pick is "
-             "the best true (validation) top-1 within 1 ms, also scored on the test split. On pixel4 the default's "
-             "density genes stay dense (its stem), so its joint search is a channel search.", "",
+             "the best true (validation) top-1 within 1 ms, also scored on the test split. On pixel4 the first "
+             "default's density genes stay dense (its stem), so its joint search is a channel search.", "",
              "| supernet | genes | hypervolume | best @0.5 ms (val) | 1 ms pick: val | test | pick's mean density "
              "| front members (sparse) | search s |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for (label, genes), g in frame.groupby(["supernet", "genes"], sort=False):

@@ -20,8 +20,8 @@ on this machine (LiteRT, XNNPACK, 1 thread). Budgets are set on the first; the r
     python benchmarks/peers.py [--seeds 0 1 2] [--budgets 0.3 0.5] [--epochs 3]
     python benchmarks/peers.py --quick     # 1 seed, the 0.5 budget, 1 epoch of 16,384 images; no RESULTS.md section
 
-Every finished row is appended to benchmarks/rows/peers.jsonl (committed; --quick's rows go to
-benchmarks/work/peers-quick.jsonl) and a rerun skips it, from a fresh clone too: a distilled row whose search is gone
+Every finished row is appended to benchmarks/rows/peers-SUPERNET.jsonl (committed; --quick's rows go to
+benchmarks/work/peers-quick-SUPERNET.jsonl) and a rerun skips it, from a fresh clone too: a distilled row whose search is gone
 runs the search again (it is seeded) and checks that it picks the same subnet. A fine-tune killed midway resumes
 from its checkpoint.
 """
@@ -169,8 +169,10 @@ def finetuned(model: nn.Module, data, out: Path, epochs: int, seed: int, teacher
             "val_after": float(log["val_top1"].iloc[-1])}
 
 
-def cache_path(quick: bool) -> Path:
-    return WORK.with_name("peers-quick.jsonl") if quick else ROW_CACHES / "peers.jsonl"
+def cache_path(quick: bool, supernet: str) -> Path:
+    """Rows of one supernet: a new default starts its own rows rather than mixing with the old one's."""
+    name = Path(supernet).parent.name
+    return WORK.with_name(f"peers-quick-{name}.jsonl") if quick else ROW_CACHES / f"peers-{name}.jsonl"
 
 
 def finished_rows(cache: Path) -> list[dict]:
@@ -185,7 +187,7 @@ class Protocol:
 
     def __init__(self, args):
         self.args = args
-        self.cache = cache_path(args.quick)
+        self.cache = cache_path(args.quick, args.supernet)
         self.cache.parent.mkdir(parents=True, exist_ok=True)
         self.done = {(r["seed"], r["budget"], r["row"]): r for r in finished_rows(self.cache)}
         self.supernet = load_supernet(args.supernet)
@@ -308,7 +310,7 @@ def section(frame: pd.DataFrame, args) -> str:
     full = frame[frame.row == "full network (dense)"]
     full_ms = float(frame.full_ms.iloc[0])
     lines = ["## 16. Against Torch-Pruning, uniform width and the dense network (benchmarks/peers.py)", "",
-             f"Full network: the default supernet's largest subnet ({Path(args.supernet).parent.name}), "
+             f"Full network: the largest subnet of {Path(args.supernet).parent.name}, "
              f"{full_ms:.3f} ms on the pixel4 model (as of the rows' commits). Budgets: "
              f"{', '.join(f'{b:.0%}' for b in args.budgets)} of it. Every row fine-tuned {args.epochs} epochs with "
              f"one recipe (`jcw.finetune`, lr 0.02, batch 256), seeds {sorted(set(frame.seed))}; test top-1 on the "
@@ -419,13 +421,13 @@ def main() -> None:
     ap.add_argument("--section-only", action="store_true",
                     help="write the RESULTS.md section from the finished rows, running nothing")
     args = ap.parse_args()
+    args.supernet = args.supernet or str(default_supernet_path())
     if args.section_only:
-        cache = cache_path(quick=False)
+        cache = cache_path(False, args.supernet)
         frame = pd.DataFrame([r for r in finished_rows(cache)
                               if r["seed"] in args.seeds and r["epochs"] == args.epochs])
         if frame.empty:
             sys.exit(f"no finished rows in {cache}")
-        args.supernet = args.supernet or str(default_supernet_path())
         from sections import write_section
         text = section(frame, args)
         write_section("peers.py", text)
@@ -435,7 +437,6 @@ def main() -> None:
     if args.quick:  # a third of an epoch per fine-tune keeps it under 20 minutes on 2 cores
         args.seeds, args.budgets, args.epochs = args.seeds[:1], [0.5], 1
         args.limit_train = args.limit_train or 16384
-    args.supernet = args.supernet or str(default_supernet_path())
     protocol = Protocol(args)
     for seed in args.seeds:
         protocol.run_seed(seed)

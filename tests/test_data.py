@@ -20,12 +20,13 @@ def test_each_shard_is_its_slice_of_the_augmented_batch(data):
 def test_unaugmented_passes_resized_once_are_the_batches_resized_each_time(data, monkeypatch):
     """The default's 28 px images are served at 56 px: scoring passes reuse their resized images, bit for bit."""
     assert data.input_size == 56 and data.splits["val"][0].shape[-1] == 28
+    monkeypatch.setattr(data, "_resized", {})  # the shared fixture's own passes stay kept for the other tests
     passes = [("val", dict(limit=300)), ("train", dict(shuffle=True, seed=1234, limit=250)),
               ("test", dict(limit=200, shard=(1, 2)))]
     kept = [list(data.batches(split, 100, **kw)) for split, kw in passes]
     assert len(data._resized) == 3
     monkeypatch.setattr(jcw.data, "RESIZED_CACHE_BYTES", 0)
-    data._resized.clear()
+    monkeypatch.setattr(data, "_resized", {})
     for (split, kw), batches in zip(passes, kept):
         fresh = list(data.batches(split, 100, **kw))
         assert len(fresh) == len(batches) and all(torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
@@ -49,3 +50,13 @@ def test_imagefolder_shards_decode_their_share_on_workers_that_outlive_the_epoch
     again = list(data.batches("train", 8, shuffle=True, seed=4))  # the next epoch: the same worker processes
     assert loader._iterator._workers is first and all(w.is_alive() for w in first)
     assert sorted(torch.cat([b.labels for b in again]).tolist()) == sorted(torch.cat([b.labels for b in whole]).tolist())
+
+
+def test_channel_stats_from_histograms_are_the_float_computation():
+    images = torch.randint(0, 256, (300, 3, 6, 6), dtype=torch.uint8)
+    images[:, 1] //= 4  # channels that differ
+    mean, sd = jcw.data.channel_stats(images)
+    as_float = images.float() / 255
+    assert torch.allclose(mean, as_float.mean(dim=(0, 2, 3)), atol=1e-6)
+    assert torch.allclose(sd, as_float.std(dim=(0, 2, 3)), atol=1e-6)
+    assert mean[1] < mean[0] / 2

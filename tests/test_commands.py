@@ -95,6 +95,22 @@ TINY_SEARCH = ["--device", "pixel4", "--population", "8", "--generations", "3",
 
 # at full width no subnet is under 2.5 ms on pixel4 with its 1x1 convs dense
 @pytest.mark.slow
+def test_a_budget_only_the_smallest_uniform_reference_meets_picks_it(supernet, tmp_path):
+    """Dense, the narrowest subnet is uniform width at 0.25x: a search that never visits it still scores it as a
+    reference, and it is the pick, not "no subnet fits"."""
+    jcw("search", *TINY_SEARCH, "--latency", "0.392ms", "--genes", "channels", "--out", str(tmp_path / "r"),
+        check=True)
+    history = pd.read_csv(tmp_path / "r" / "history.csv")
+    pick = pd.read_csv(tmp_path / "r" / "summary.csv").iloc[0]
+    chosen = history.set_index("id").loc[int(pick["id"])]
+    groups = len(supernet.space.groups)
+    genome = json.loads(chosen["genome"])
+    assert chosen["uniform"] and genome[:groups] == supernet.space.smallest()[:groups].tolist()
+    assert not any(genome[groups:])  # dense
+    assert pd.read_csv(tmp_path / "r" / "pareto.csv")["id"].tolist() == [int(pick["id"])]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("genes,frozen,budget", [("channels", "density", "0.9ms"), ("density", "channels", "2.5ms")])
 def test_genes_option_keeps_the_other_half_of_every_genome_full(genes, frozen, budget, supernet, tmp_path):
     extra = ["--survival", "nsga2", "--evaluator", "supernet"] if genes == "channels" else []

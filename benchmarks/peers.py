@@ -21,9 +21,9 @@ on this machine (LiteRT, XNNPACK, 1 thread). Budgets are set on the first; the r
     python benchmarks/peers.py --quick     # 1 seed, the 0.5 budget, 1 epoch of 16,384 images; no RESULTS.md section
 
 Every finished row is appended to benchmarks/rows/peers-SUPERNET.jsonl (committed; --quick's rows go to
-benchmarks/work/peers-quick-SUPERNET.jsonl) and a rerun skips it, from a fresh clone too: a distilled row whose search is gone
-runs the search again (it is seeded) and checks that it picks the same subnet. A fine-tune killed midway resumes
-from its checkpoint.
+benchmarks/work/peers-quick-SUPERNET.jsonl) and a rerun skips it, from a fresh clone too: a distilled row whose
+search is gone runs the search again (it is seeded) and checks that it picks the same subnet. A fine-tune killed
+midway resumes from its checkpoint.
 """
 from __future__ import annotations
 

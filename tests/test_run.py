@@ -95,7 +95,7 @@ def test_pick_exports_the_best_true_top1_within_each_budget(small_run, tmp_path)
 
 def test_plot_and_page_carry_every_front_id(small_run, supernet, tmp_path):
     from jcw.search.page import FRONT_TRUE, front_page
-    from jcw.search.plot import front_figure
+    from jcw.search.plot import SPARSE_LABEL, front_figure
 
     run = tmp_path / "run"
     shutil.copytree(small_run, run)
@@ -109,10 +109,15 @@ def test_plot_and_page_carry_every_front_id(small_run, supernet, tmp_path):
     front = next(t for t in fig.data if t.name == FRONT_TRUE)
     assert sorted(int(t) for t in front.text) == ids
     assert [int(c[0]) for c in front.customdata] == [int(t) for t in front.text]  # each hover names its own point
+    # sparse members stand out, on the page and on the png: the small run's front has some (export test above)
+    sparse = pd.read_csv(run / "pareto.csv").set_index("id")["mean_density"] < 1
+    assert list(front.marker.symbol) == ["diamond-open" if sparse[int(i)] else "circle" for i in front.text]
     assert (run / "pareto.png").stat().st_size > 10_000
     # the png: a readable subset of ids, always the per-budget picks, no two labels overlapping, nothing clipped
     fig = front_figure(run)
     ax = fig.axes[0]
+    marked = next(line for line in ax.lines if line.get_label() == SPARSE_LABEL)
+    assert sparse.any() and len(marked.get_xdata()) == sparse.sum()
     labels = [t for t in ax.texts if t.get_text().isdigit()]
     picks = set(pd.read_csv(run / "summary.csv")["id"].astype(int))
     written = {int(t.get_text()) for t in labels}

@@ -52,15 +52,20 @@ def front_page(run: str | Path, space: SearchSpace, record: RunRecord | None = N
                     name="uniform width, dense (true top-1)", line=dict(dash="dash", color="gray"),
                     marker=dict(symbol="square", size=6), customdata=_hover_data(uniform, space),
                     hovertemplate=HOVER)
+    # sparse members as open diamonds: what a joint search adds over channel pruning
+    symbols = np.where(front["mean_density"] < 1, "diamond-open", "circle")
     for name, column, visible in ((FRONT_TRUE, "true_top1", True), (FRONT_PREDICTED, "predicted_top1", False)):
         fig.add_scatter(x=front["latency_ms"], y=front[column], mode="lines+markers+text", name=name,
                         text=[str(i) for i in front["id"]], textposition="top center", visible=visible,
-                        marker=dict(size=9, color="crimson" if visible else "darkorange"),
+                        marker=dict(size=10, symbol=symbols, line=dict(width=2),
+                                    color="crimson" if visible else "darkorange"),
                         customdata=_hover_data(front, space), hovertemplate=HOVER)
     for b in options["budgets_ms"]:
         fig.add_vline(x=b, line=dict(color="black", dash="dot", width=1), annotation_text=f"{b:g} ms")
+    sparse = int((front["mean_density"] < 1).sum())
     fig.update_layout(
-        title=f"{Path(run).name}: {len(pareto)} front members on {options['device']} "
+        title=f"{Path(run).name}: {len(pareto)} front members ({sparse} with sparse weights, open diamonds) on "
+              f"{options['device']} "
               f"({record.config.get('table', {}).get('source', '?')} latency table)",
         xaxis_title=f"latency on {options['device']} (ms)", yaxis_title="validation top-1 (%)",
         template="plotly_white", hovermode="closest", height=560,

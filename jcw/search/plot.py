@@ -17,6 +17,7 @@ from jcw.space import SearchSpace
 from jcw.supernet.supernet import load_supernet
 
 MAX_LABELS = 12  # ids written on the png; the page labels every member
+SPARSE_LABEL = "front member with sparse weights (mean density < 1)"
 
 
 def _pyplot():
@@ -71,6 +72,10 @@ def front_figure(run: str | Path, record: RunRecord | None = None):
     ax.plot(uniform["latency_ms"], uniform["true_top1"], "s--", color="tab:gray", ms=4,
             label="uniform width, dense (true top-1)")
     ax.plot(pareto["latency_ms"], pareto["top1"], "o-", color="tab:red", ms=5, label="Pareto front (true top-1)")
+    sparse = pareto[pareto["mean_density"] < 1]
+    if len(sparse):  # what a joint search adds over channel pruning, and what export stores sparse
+        ax.plot(sparse["latency_ms"], sparse["top1"], "D", color="darkred", ms=7, mfc="white", mew=1.5,
+                label=SPARSE_LABEL)
     xs = pd.concat([pareto["latency_ms"], uniform["latency_ms"]])
     ys = pd.concat([pareto["top1"], uniform["true_top1"]])
     budgets = config["options"]["budgets_ms"]
@@ -82,7 +87,7 @@ def front_figure(run: str | Path, record: RunRecord | None = None):
     device = config["options"]["device"]
     ax.set_xlabel(f"latency on {device} (ms)")
     ax.set_ylabel("validation top-1 (%)")
-    ax.set_title(f"{run.name}: {len(pareto)} front members on {device} "
+    ax.set_title(f"{run.name}: {len(pareto)} front members ({len(sparse)} sparse) on {device} "
                  f"({config['table'].get('source', '?')} latency table)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)

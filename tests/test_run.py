@@ -32,6 +32,8 @@ def test_front_is_true_top1_within_budget_and_non_dominated(small_run):
     assert np.allclose(history.loc[front["id"], "true_top1"], front["top1"])
     stdout = (small_run.parent / "stdout.txt").read_text()
     assert "gen  25  refined the predictor with" in stdout  # generation 25 refit the predictor on scored members
+    sparse = int((front["mean_density"] < 1).sum())
+    assert f"front: {len(front)} members, " in stdout and f"; {sparse} with sparse weights, " in stdout
     summary = pd.read_csv(small_run / "summary.csv")
     assert sorted(summary["budget_ms"]) == [0.5, 0.9]
     assert sorted(int(p.stem) for p in (small_run / "subnets").glob("*.pt")) == sorted(summary["id"])

@@ -72,6 +72,10 @@ def _predictor_fit(args) -> None:
           f"{out / 'report.png'}\ndataset: {out / 'dataset.csv'}")
 
 
+def _span_ms(front) -> str:
+    return f"{front['latency_ms'].min():.4g}-{front['latency_ms'].max():.4g} ms"
+
+
 def _search(args) -> None:
     from jcw.search.budget import parse_budgets
     from jcw.search.run import SearchConfig, search
@@ -93,6 +97,11 @@ def _search(args) -> None:
         else:
             test = "-" if row.test_top1 is None or row.test_top1 != row.test_top1 else f"{row.test_top1:.2f}%"
             print(f"{row.budget_ms:>8g}ms {int(row.id):>5} {row.latency_ms:>12.4f}   {row.top1:>10.2f}%   {test:>11}")
+    front, sparse = result.pareto, result.pareto[result.pareto["mean_density"] < 1]
+    if len(front):  # what the joint search adds over channel pruning, at a glance
+        print(f"\nfront: {len(front)} members, {_span_ms(front)}; " + (
+            f"{len(sparse)} with sparse weights, {_span_ms(sparse)} (open diamonds in the plot)" if len(sparse) else
+            "all dense"))
     run = RunDir(result.out)
     print(f"\npareto: {run.pareto}\nplot: {run.png}\nhistory: {run.history}")
     if run.subnets.is_dir():

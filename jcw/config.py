@@ -50,8 +50,9 @@ class SearchConfig:
     refine: int = 8  # front members scored on the supernet in each refinement round (0: never refine)
     refine_every: int = 25  # generations between refinement rounds
     calibration_images: int = 1000  # BN recalibration images per scored subnet (benchmarks/scoring_fidelity.py)
-    # validation images per scored subnet (None: the whole split): on the default's 15,000-image split the first
-    # 7,500 rank 30 subnets spread over the range at Kendall tau 0.954 against the whole (RESULTS.md section 13)
+    # validation images per scored subnet (None: the whole split): on mbv2_small_56_fmnist_rgb's 15,000-image split
+    # the first 7,500 rank 30 subnets spread over the range at Kendall tau 0.954 against the whole (RESULTS.md
+    # section 13); the default holds out 5,000, which the cap leaves whole
     val_images: int | None = 7500
     export: bool = True
     resume: bool = False

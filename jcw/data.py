@@ -73,10 +73,15 @@ class Batch:
 
 
 class InMemoryData:
-    """A dataset held as uint8 NCHW tensors, with a deterministic train/val split."""
+    """A dataset held as uint8 NCHW tensors, with a deterministic train/val split.
+
+    `channels` serves one stored channel as that many copies (grey images in the 3-channel form a network's stem
+    needs): the copies are made per batch, after augmentation and resizing, which then cost a third, and so does
+    the memory the images and the resized scoring images take."""
 
     def __init__(self, name: str, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
-                 test_y: torch.Tensor, num_classes: int, val_size: int = VAL_SIZE, flip: bool = True):
+                 test_y: torch.Tensor, num_classes: int, val_size: int = VAL_SIZE, flip: bool = True,
+                 channels: int | None = None):
         self.name = name
         self.num_classes = num_classes
         self.flip = flip
@@ -88,8 +93,9 @@ class InMemoryData:
             "val": (train_x[val_idx], train_y[val_idx]),
             "test": (test_x, test_y),
         }
-        self.mean, self.std = channel_stats(train_x[train_idx])
-        self.in_channels = train_x.shape[1]
+        self.in_channels = channels or train_x.shape[1]
+        mean, std = channel_stats(train_x[train_idx])
+        self.mean, self.std = (t.expand(self.in_channels).contiguous() for t in (mean, std))
         self.input_size = train_x.shape[2]
         self._resized: dict[tuple, torch.Tensor] = {}  # unaugmented passes, resized once (see `_unaugmented`)
 
@@ -141,6 +147,7 @@ class InMemoryData:
                 images = resized(self.augment(x[idx], gen, rows), self.input_size)
             else:
                 images = resized(x[idx[rows]], self.input_size)
+            images = images.expand(-1, self.in_channels, -1, -1)  # the stored channel's copies, if any
             yield Batch(self.normalize(images), y[idx[rows]].long())
 
     def _unaugmented(self, x: torch.Tensor, order: torch.Tensor, key: tuple) -> torch.Tensor | None:
@@ -263,10 +270,9 @@ def load_fashion_mnist(data_dir: str | os.PathLike | None = None, download: bool
         raise JcwError(f"Fashion-MNIST not found in {where}"
                        f"{why}; install it with `sudo apt-get install dataset-fashion-mnist` or pass --data-dir DIR")
     arrays = {k: torch.from_numpy(_read_idx(folder / f).copy()) for k, f in FASHION_FILES.items()}
-    channels = 3 if rgb else 1
-    images = {k: arrays[k][:, None].expand(-1, channels, -1, -1).contiguous() for k in ("train_x", "test_x")}
-    return InMemoryData("fashion-mnist-rgb" if rgb else "fashion-mnist", images["train_x"], arrays["train_y"],
-                        images["test_x"], arrays["test_y"], num_classes=10, val_size=val_size)
+    return InMemoryData("fashion-mnist-rgb" if rgb else "fashion-mnist", arrays["train_x"][:, None],
+                        arrays["train_y"], arrays["test_x"][:, None], arrays["test_y"], num_classes=10,
+                        val_size=val_size, channels=3 if rgb else None)
 
 
 def _torchvision_download(data_dir: str | os.PathLike | None) -> tuple[Path | None, str]:

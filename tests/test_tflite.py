@@ -52,10 +52,15 @@ def test_fashion_mnist_rgb_is_the_same_split_with_the_grey_channel_three_times(d
 
     rgb = load_dataset("fashion-mnist-rgb")
     assert (rgb.name, rgb.in_channels, rgb.input_size) == ("fashion-mnist-rgb", 3, 28)
-    for split in ("train", "val", "test"):
-        (x, y), (grey, labels) = rgb.splits[split], data.splits[split]
-        assert x.shape[1] == 3 and torch.equal(y, labels) and all(torch.equal(x[:, c], grey[:, 0]) for c in range(3))
+    for split in ("train", "val", "test"):  # one channel stored, three served (copied after augmenting, resizing)
+        assert torch.equal(rgb.splits[split][1], data.splits[split][1]) and rgb.splits[split][0].shape[1] == 1
     assert torch.allclose(rgb.mean, data.mean.expand(3)) and torch.allclose(rgb.std, data.std.expand(3))
+    grey = load_dataset("fashion-mnist", input_size=56)  # not the shared fixture: resized here
+    rgb.resize(56)
+    for kw in (dict(augment=True, shuffle=True, seed=3), dict()):
+        x, g = next(rgb.batches("train", 64, **kw)), next(grey.batches("train", 64, **kw))
+        assert x.images.shape == (64, 3, 56, 56) and torch.equal(x.labels, g.labels)
+        assert all(torch.equal(x.images[:, c], g.images[:, 0]) for c in range(3))
 
 
 def test_two_thirds_of_the_1x1_weights_counted_together_must_be_zero():

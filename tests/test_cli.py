@@ -32,6 +32,9 @@ def test_help_and_version():
     (["supernet", "train", "--random-densities", "xnnpack", "--out", "/tmp/jcw-x"],
      ["XNNPACK runs no layer of mbv2_small sparse", "3-channel images"]),
     (["search", "--device", "pixel4", "--latency", "0.1ms,30ms"], ["budget 0.1ms is below", "least achievable"]),
+    # the shipped host-tflite table covers the first default's layers, not the default's 56 px stem
+    (["search", "--device", "host-tflite", "--latency", "1ms"],
+     ["does not cover layer features.0.0", "jcw latency measure --device host-tflite --runtime tflite-xnnpack"]),
     (["supernet", "train", "--dataset", "imagefolder", "--data-dir", "/nonexistent", "--out", "/tmp/jcw-x"],
      ["train/ and val/"]),
     (["search", "--device", "pixel4", "--latency", "1ms", "--ray-address", "127.0.0.1:1"], ["does not answer"]),

@@ -200,6 +200,19 @@ def interpolate(grid_axes: list[np.ndarray], values: np.ndarray, queries: list[n
     return out
 
 
+def _covering_command(table: LatencyTable) -> str:
+    """How to get a table of this device that covers another supernet's layers: measured tables are measured again
+    on this machine, derived ones derived again."""
+    if table.meta.get("source") == "measured":
+        runtime = "" if table.runtime == "torch" else f" --runtime {table.runtime}"
+        return (f"measure one on this machine with `jcw latency measure --device {table.device}{runtime} "
+                f"--supernet S`")
+    if table.runtime == "jcw-arm":
+        return (f"derive one with `jcw latency derive --device {table.device.removesuffix('-jcw-arm')} "
+                f"--sparse-kernel jcw-arm --supernet S`")
+    return f"derive one with `jcw latency derive --device {table.device} --supernet S`"
+
+
 class BoundTable:
     """A table interpolated onto one space's choices: `latency(genomes)` in ms.
 
@@ -215,7 +228,7 @@ class BoundTable:
             frame = groups.get(layer_key(layer))
             if frame is None:
                 raise JcwError(f"the {table.device} table does not cover layer {layer.name} (signature "
-                               f"{layer.signature}); derive or measure a table for this supernet")
+                               f"{layer.signature}); {_covering_command(table)}, S being the supernet searched")
             values, impl = self._layer_grid(layer, frame)
             self.layer_tables.append(values)
             self.impl.append(impl)

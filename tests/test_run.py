@@ -203,14 +203,25 @@ def test_finetune_distills_from_the_supernet(small_run, tmp_path):
     common = [str(subnet), "--epochs", "1", "--limit-train", "256", "--batch-size", "128", "--val-images", "200",
               "--test-images", "500"]
     jcw("finetune", *common, "--out", str(tmp_path / "plain"), check=True)
-    jcw("finetune", *common, "--out", str(tmp_path / "taught"), "--distill-from", str(default_supernet_path()),
-        check=True)
+    taught_run = jcw("finetune", *common, "--out", str(tmp_path / "taught"), "--distill-from",
+                     str(default_supernet_path()), "--onnx", check=True)
     plain, taught = (pd.read_csv(tmp_path / name / "finetune_log.csv") for name in ("plain", "taught"))
     assert len(plain) == len(taught) == 1
     assert abs(plain["train_loss"][0] - taught["train_loss"][0]) > 1e-3
     config = json.loads((tmp_path / "taught" / "finetune_config.json").read_text())
     assert config["distill_from"] == str(default_supernet_path()) and config["test_images"] == 500
     assert (tmp_path / "taught" / "subnet.pt").is_file()
+    # --onnx ships the fine-tuned network, not the one it started from
+    import onnxruntime as ort
+
+    from jcw.supernet.subnet import load_subnet
+
+    assert f"onnx: {tmp_path / 'taught' / 'subnet.onnx'}" in taught_run.stdout
+    x = torch.randn(4, 3, 56, 56)
+    with torch.no_grad():
+        tuned, start = (load_subnet(f).eval()(x).numpy() for f in (tmp_path / "taught" / "subnet.pt", subnet))
+    got = ort.InferenceSession(str(tmp_path / "taught" / "subnet.onnx")).run(None, {"images": x.numpy()})[0]
+    assert np.abs(got - tuned).max() <= 1e-4 < np.abs(got - start).max()
     missing = jcw("finetune", *common, "--out", str(tmp_path / "x"), "--distill-from", str(tmp_path / "none.pt"))
     one_clear_line(missing, "none.pt")
     Supernet(SupernetConfig(model="mbv2_tiny", dataset="cifar100", input_size=32, in_channels=3, num_classes=100)

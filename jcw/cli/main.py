@@ -153,6 +153,7 @@ def _plot(args) -> None:
 
 
 def _finetune(args) -> None:
+    from jcw.export.from_run import deployable
     from jcw.finetune import FinetuneConfig, finetune
 
     cfg = FinetuneConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, distill_from=args.distill_from,
@@ -160,8 +161,9 @@ def _finetune(args) -> None:
                          test_images=args.test_images, accelerator=args.accelerator)
     res = finetune(args.subnet, cfg, out=args.out, resume=args.resume, data_dir=args.data_dir)
     split = f" (first {args.test_images} images)" if args.test_images else ""
-    print(f"test top-1{split}: {res['test_top1_before']:.2f}% before, {res['test_top1']:.2f}% after\n"
-          f"subnet: {res['subnet']}\nlog: {res['log']}")
+    print(f"test top-1{split}: {res['test_top1_before']:.2f}% before, {res['test_top1']:.2f}% after")
+    # the fine-tuned network is the one to ship: its .onnx and .tflite where asked
+    _print_paths({**deployable(Path(res["subnet"]), args.onnx, args.tflite), "log": res["log"]})
 
 
 def build_parser() -> Parser:
@@ -315,6 +317,9 @@ def build_parser() -> Parser:
     ft.add_argument("--val-images", type=int, help="cap on validation images scored after each epoch")
     ft.add_argument("--test-images", type=int, help="cap on test images scored before and after (default: all)")
     ft.add_argument("--resume", action="store_true")
+    ft.add_argument("--onnx", action="store_true", help="also OUT/subnet.onnx of the fine-tuned network")
+    ft.add_argument("--tflite", action="store_true",
+                    help="also OUT/subnet.tflite, its sparse 1x1 weights stored for XNNPACK, with its report")
     data_opt(ft)
     accelerator_opt(ft)
     config.apply_defaults(ft, config.FinetuneConfig)

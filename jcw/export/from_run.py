@@ -1,4 +1,5 @@
-"""`jcw export` and `jcw pick`: a run's front member, by id or as the best within a budget, in deployable form."""
+"""`jcw export` and `jcw pick`: a run's front member, by id or as the best within a budget, in deployable form; and
+the same forms for any subnet file, such as a fine-tuned one."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,7 +16,13 @@ def export_from_run(run: str | Path, subnet_id: int, out: str | Path | None = No
                     data_dir: str | None = None, tflite: bool = False) -> dict[str, Path]:
     """Member `subnet_id` as a subnet file (RUN/subnets/ID.pt or `out`) and, with `onnx` or `tflite`, an .onnx or a
     .tflite (with its XNNPACK report, .xnnpack.csv) beside it."""
-    paths = {"subnet": export_member(run, subnet_id, out=out, data_dir=data_dir)}
+    return deployable(export_member(run, subnet_id, out=out, data_dir=data_dir), onnx, tflite)
+
+
+def deployable(subnet: Path, onnx: bool = False, tflite: bool = False) -> dict[str, Path]:
+    """The subnet file and, with `onnx` or `tflite`, an .onnx or a .tflite (with its XNNPACK report, .xnnpack.csv)
+    beside it."""
+    paths = {"subnet": Path(subnet)}
     if onnx:
         paths["onnx"] = export_onnx(paths["subnet"], paths["subnet"].with_suffix(".onnx"))
     if tflite:

@@ -82,6 +82,26 @@ def test_latency_commands_measure_validate_compare_and_derive(block_supernet, tm
     same = json.loads(jcw("latency", "compare", str(tmp_path / "host-test.csv"), str(tmp_path / "host-test.csv"),
                           "--json", check=True).stdout)
     assert same["median_ratio"] == 1.0 and same["mape_pct"] == 0.0 and same["common_entries"] == len(table)
+    # --extend: another supernet's missing entries only (here a 3-channel stem), the table's own rows untouched
+    from jcw.latency.table import load_table
+    from jcw.errors import JcwError
+    from jcw.supernet.supernet import Supernet, SupernetConfig, load_supernet
+
+    rgb = tmp_path / "rgb.pt"
+    Supernet(SupernetConfig(model="mbv2_tiny", dataset="fashion-mnist-rgb", in_channels=3)).save(rgb)
+    with pytest.raises(JcwError, match="only for input channels 1..1, but features.0.0 needs 3..3; measure one"):
+        load_table(str(tmp_path / "host-test.csv")).bind(load_supernet(rgb).space)
+    one_clear_line(jcw("latency", "measure", "--device", "host-test", "--supernet", str(rgb), "--threads", "2",
+                       "--extend", "--out-dir", str(tmp_path)), "measured in torch at 1 thread(s)")
+    extended = jcw("latency", "measure", "--device", "host-test", "--supernet", str(rgb), "--extend",
+                   "--out-dir", str(tmp_path), check=True)
+    grown = pd.read_csv(tmp_path / "host-test.csv")
+    timed = int(extended.stdout.split(" entries measured")[0].rsplit(" ", 1)[1])
+    assert 0 < timed and len(grown) == len(table) + timed and f"{len(grown)} in the table" in extended.stdout
+    pd.testing.assert_frame_equal(grown[grown["c_in"] != 3].reset_index(drop=True), table)
+    assert (grown[grown["c_in"] == 3]["n"] == 3).sum() == timed  # the new rows, timed as the table was
+    assert json.loads((tmp_path / "host-test.json").read_text())["made"]["extended"][0]["entries_timed"] == timed
+    load_table(str(tmp_path / "host-test.csv")).bind(load_supernet(rgb).space)
     derived = jcw("latency", "derive", "--device", "pixel4", "--supernet", sn, "--out-dir", str(tmp_path), check=True)
     assert "leave-one-out MAPE" in derived.stdout
     assert json.loads((tmp_path / "pixel4.json").read_text())["source"] == "derived"

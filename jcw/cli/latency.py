@@ -47,10 +47,12 @@ def _latency_measure(args) -> None:
     from jcw.latency.measure import measure
 
     table, csv_path, json_path = measure(args.device, args.supernet, args.threads, args.repeats, args.runtime,
-                                         args.out_dir, " ".join(["jcw"] + sys.argv[1:]))
-    spread = table.meta["spread"]
+                                         args.out_dir, " ".join(["jcw"] + sys.argv[1:]), args.extend)
+    spread, made = table.meta["spread"], table.meta["made"]
+    run = made["extended"][-1] if args.extend else made
     print(f"{args.device} ({table.runtime}, {table.threads} thread{'s' * (table.threads > 1)} pinned to cores "
-          f"{table.meta['made']['pinned_cores']}): {len(table.entries)} entries measured, spread over repeats "
+          f"{run['pinned_cores']}): {run['entries_timed']} entries measured, {len(table.entries)} in the table; "
+          "spread over repeats "
           f"{spread['median_std_pct']}% (median), {spread['p90_std_pct']}% (90th percentile)\ntable: {csv_path}\n"
           f"metadata: {json_path}")
 
@@ -118,6 +120,9 @@ def add_latency_commands(sub) -> None:
                          "--tflite` writes, in LiteRT; onnxruntime: the bundle's micro-models")
     lm.add_argument("--out-dir", default=None, help="default: your table folder ($JCW_HOME/latency_tables, "
                                                      "~/.local/share/jcw/latency_tables), read before shipped tables")
+    lm.add_argument("--extend", action="store_true",
+                    help="add to the table of that name in --out-dir only the entries it lacks (a new supernet's "
+                         "layers), timed as it was; it must come from this machine, runtime and threads")
     lm.set_defaults(func=_latency_measure)
     lc = la_sub.add_parser("compare", help="entry-by-entry agreement of two tables, against the first's noise")
     lc.add_argument("reference", help="a device name or a table .csv/.json")

@@ -21,16 +21,17 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm import tqdm
 
 from jcw import __version__
 from jcw.errors import JcwError
-from jcw.latency.cpu import cpu_identity, processor_name
-from jcw.latency.grid import space_entries
+from jcw.latency.cpu import cpu_identity, cpu_mismatch, processor_name
+from jcw.latency.grid import merge_entries, space_entries
 from jcw.latency.host_runtime import cpu_runtime
 from jcw.latency.ops import has_sparse_kernel, micro_model
-from jcw.latency.table import LatencyTable, user_table_dir
+from jcw.latency.table import KEY, LatencyTable, layer_key, load_table, user_table_dir
 from jcw.latency.tflite_runtime import convert, interpreter, set_inputs
 from jcw.space import Layer, SearchSpace
 from jcw.supernet.slicing import subnet_from_supernet
@@ -105,21 +106,50 @@ def pinned(threads: int) -> Iterator[list[int]]:
 
 def measure_table(device: str, spaces: list[SearchSpace], threads: int = 1, repeats: int = 30,
                   command: str = "", calibration_subnets: int = 5, supernet=None,
-                  runtime: str = "torch") -> LatencyTable:
+                  runtime: str = "torch", previous: LatencyTable | None = None) -> LatencyTable:
     """Time every entry the spaces need on this machine at `threads`; calibrate the per-call overhead end to end.
 
     runtime="torch" times what exported subnets run on the CPU; "tflite-xnnpack" what `jcw export --tflite` writes,
     run in LiteRT; "onnxruntime" the bundle's micro-models the way `run.sh --local` does, to check a phone bundle's
-    round trip against a direct measurement.
+    round trip against a direct measurement. With `previous` (a table of this machine, runtime and threads), only
+    the entries it lacks are timed and added to it: a new supernet's layers, without timing again what it shares.
     """
+    if previous is not None:
+        return _extended(previous, spaces, threads, runtime, command)
     with torch_threads(threads), pinned(threads) as cores:
         table = _measure_table(device, spaces, threads, repeats, command, calibration_subnets, supernet, runtime)
     table.meta["made"]["pinned_cores"] = cores
     return table
 
 
+def _extended(previous: LatencyTable, spaces: list[SearchSpace], threads: int, runtime: str,
+              command: str) -> LatencyTable:
+    """`previous` with the entries `spaces` need and it lacks, timed as it was (its repeats, warm-up, pinning)."""
+    meta = previous.meta
+    other = cpu_mismatch(meta)
+    if other or previous.runtime != runtime or previous.threads != threads:
+        how = f"on another CPU ({other})" if other else f"in {previous.runtime} at {previous.threads} thread(s)"
+        raise JcwError(f"the {previous.device} table in {previous.folder} was measured {how}; extend only a table "
+                       "of this machine, runtime and threads, or measure a new one")
+    repeats = int(previous.entries["n"].iloc[0])
+    with torch_threads(threads), pinned(threads) as cores:
+        added = _measure_table(previous.device, spaces, threads, repeats, command, 0, None, runtime, previous.entries)
+    new = added.meta["made"]["entries_timed"]
+    entries = merge_entries(previous.entries, added.entries)  # the rows they share hold the same values
+    spread = (entries.std_ms / entries.latency_ms).replace([np.inf], np.nan)
+    made = dict(meta["made"], extended=[*meta["made"].get("extended", []), {
+        "command": added.meta["made"]["command"], "date": added.meta["made"]["date"], "cpu": cpu_identity(),
+        "entries_timed": new, "pinned_cores": cores}])
+    meta = dict(meta, made=made, input_sizes=sorted({*meta.get("input_sizes", []), *added.meta["input_sizes"]}),
+                models=sorted({*meta.get("models", []), *added.meta["models"]}),
+                spread=dict(meta["spread"], median_std_pct=round(float(100 * spread.median()), 2),
+                            p90_std_pct=round(float(100 * spread.quantile(0.9)), 2)))
+    return LatencyTable(device=previous.device, entries=entries, meta=meta)
+
+
 def _measure_table(device: str, spaces: list[SearchSpace], threads: int, repeats: int, command: str,
-                   calibration_subnets: int, supernet, runtime: str) -> LatencyTable:
+                   calibration_subnets: int, supernet, runtime: str,
+                   known: pd.DataFrame | None = None) -> LatencyTable:
     if device != "host" and not device.startswith("host"):
         raise JcwError(f"`jcw latency measure` times this machine; name its table host or host-SOMETHING, not "
                        f"{device!r} (for a phone use `jcw latency bundle`)")
@@ -127,10 +157,17 @@ def _measure_table(device: str, spaces: list[SearchSpace], threads: int, repeats
         raise JcwError(f"unknown runtime {runtime!r}; choose {', '.join(RUNTIME_DETAILS)}")
     gen = torch.Generator().manual_seed(0)
     dense_cache: dict[tuple, tuple[float, float]] = {}
-    total = len(space_entries(spaces, lambda *a: (0, 0, 0, "")))
-    bar = tqdm(total=total, desc=f"measuring {device}", dynamic_ncols=True, file=sys.stderr)
+    # entries a table being extended already holds: kept as they are, not timed again
+    kept = {} if known is None else {tuple(r[:-4]): tuple(r[-4:]) for r in
+                                     known[KEY + ["c_in", "c_out", "density", "latency_ms", "std_ms", "n",
+                                                  "impl"]].itertuples(index=False)}
+    grid = space_entries(spaces, lambda *a: (0, 0, 0, ""), known)
+    timed = sum(tuple(r) not in kept for r in grid[KEY + ["c_in", "c_out", "density"]].itertuples(index=False))
+    bar = tqdm(total=timed, desc=f"measuring {device}", dynamic_ncols=True, file=sys.stderr)
 
     def price(layer: Layer, c_in: int, c_out: int, d: float):
+        if (*layer_key(layer), c_in, c_out, d) in kept:
+            return kept[(*layer_key(layer), c_in, c_out, d)]
         key = (layer.signature, c_in, c_out)
         if key not in dense_cache:
             op = (onnx_micro_op(layer, c_in, c_out, 1.0) if runtime == "onnxruntime"
@@ -145,7 +182,7 @@ def _measure_table(device: str, spaces: list[SearchSpace], threads: int, repeats
         bar.update(1)
         return round(best[0], 6), round(best[1], 6), repeats, impl
 
-    entries = space_entries(spaces, price)
+    entries = space_entries(spaces, price, known)
     bar.close()
     spread = (entries.std_ms / entries.latency_ms).replace([np.inf], np.nan)
     meta = {
@@ -159,7 +196,8 @@ def _measure_table(device: str, spaces: list[SearchSpace], threads: int, repeats
         "made": {"command": command or f"jcw latency measure --device {device} --threads {threads}",
                  "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "machine": platform.node(),
                  "cores": os.cpu_count(), "jcw": __version__, "python": sys.version.split()[0],
-                 "method": f"{WARMUP} warm-up calls, median of {repeats} timed calls per entry"},
+                 "method": f"{WARMUP} warm-up calls, median of {repeats} timed calls per entry",
+                 "entries_timed": timed},
         "overhead_ms": 0.0,
         "error": {"kind": "not validated yet: run `jcw latency validate`"},
     }
@@ -220,11 +258,18 @@ def _calibrate_overhead(table: LatencyTable, supernet, genomes: np.ndarray, repe
 
 
 def measure(device: str = "host", supernets: list[str | None] | None = None, threads: int = 1, repeats: int = 30,
-            runtime: str = "torch", out_dir: str | Path | None = None, command: str = "") -> tuple[LatencyTable, Path,
-                                                                                                    Path]:
+            runtime: str = "torch", out_dir: str | Path | None = None, command: str = "",
+            extend: bool = False) -> tuple[LatencyTable, Path, Path]:
     """Measure this machine's table for the given supernet files (default: the shipped one) and save it: to
-    `out_dir`, by default the user's table folder, which lookups read before the shipped tables."""
+    `out_dir`, by default the user's table folder, which lookups read before the shipped tables. With `extend`,
+    the table of that name in that folder gets only the entries it lacks."""
+    folder = Path(out_dir) if out_dir else user_table_dir()
+    previous = None
+    if extend:
+        if not (folder / f"{device}.json").exists():
+            raise JcwError(f"no {device} table in {folder} to extend; measure one without --extend")
+        previous = load_table(str(folder / f"{device}.json"))
     nets = [load_supernet(s) for s in (supernets or [None])]
     table = measure_table(device, [n.space for n in nets], threads=threads, repeats=repeats, command=command,
-                          supernet=nets[0], runtime=runtime)
-    return (table, *table.save(out_dir or user_table_dir()))
+                          supernet=nets[0], runtime=runtime, previous=previous)
+    return (table, *table.save(folder))

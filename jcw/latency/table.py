@@ -290,7 +290,7 @@ class BoundTable:
             if query.min() < grid.min() - 1e-9 or query.max() > grid.max() + 1e-9:
                 raise JcwError(f"the {self.table.device} table covers {layer.signature} only for {name} "
                                f"{grid.min():g}..{grid.max():g}, but {layer.name} needs {query.min():g}.."
-                               f"{query.max():g}; derive or measure a table for this supernet")
+                               f"{query.max():g}; {_covering_command(self.table)}, S being the supernet searched")
         lat = interpolate(axes, values, [q_in, q_out, q_d])
         impl_frame = frame.groupby(["c_in", "c_out", "density"])["impl"].first().reindex(full)
         impl_grid = impl_frame.to_numpy().reshape(values.shape)

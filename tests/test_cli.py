@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import jcw, one_clear_line, run_cli
+from conftest import ROOT, jcw, one_clear_line, run_cli
 
 
 def test_help_and_version():
@@ -32,8 +32,9 @@ def test_help_and_version():
     (["supernet", "train", "--random-densities", "xnnpack", "--out", "/tmp/jcw-x"],
      ["XNNPACK runs no layer of mbv2_small sparse", "3-channel images"]),
     (["search", "--device", "pixel4", "--latency", "0.1ms,30ms"], ["budget 0.1ms is below", "least achievable"]),
-    # the shipped host-tflite table covers the first default's layers, not the default's 56 px stem
-    (["search", "--device", "host-tflite", "--latency", "1ms"],
+    # the shipped host-tflite table covers the defaults' stems, not the s2 demo's (28 px, stride 2)
+    (["search", "--device", "host-tflite", "--latency", "1ms", "--supernet",
+      str(ROOT / "supernets" / "mbv2_small_s2_fmnist_rgb" / "supernet.pt")],
      ["does not cover layer features.0.0", "jcw latency measure --device host-tflite --runtime tflite-xnnpack"]),
     (["supernet", "train", "--dataset", "imagefolder", "--data-dir", "/nonexistent", "--out", "/tmp/jcw-x"],
      ["train/ and val/"]),

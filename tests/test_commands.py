@@ -89,7 +89,7 @@ def test_latency_commands_measure_validate_compare_and_derive(block_supernet, tm
 
     rgb = tmp_path / "rgb.pt"
     Supernet(SupernetConfig(model="mbv2_tiny", dataset="fashion-mnist-rgb", in_channels=3)).save(rgb)
-    with pytest.raises(JcwError, match="only for input channels 1..1, but features.0.0 needs 3..3; measure one"):
+    with pytest.raises(JcwError, match="only for input channels 1..1, but features.0.0 needs 3..3; measure its layers"):
         load_table(str(tmp_path / "host-test.csv")).bind(load_supernet(rgb).space)
     one_clear_line(jcw("latency", "measure", "--device", "host-test", "--supernet", str(rgb), "--threads", "2",
                        "--extend", "--out-dir", str(tmp_path)), "measured in torch at 1 thread(s)")
@@ -102,6 +102,10 @@ def test_latency_commands_measure_validate_compare_and_derive(block_supernet, tm
     assert (grown[grown["c_in"] == 3]["n"] == 3).sum() == timed  # the new rows, timed as the table was
     assert json.loads((tmp_path / "host-test.json").read_text())["made"]["extended"][0]["entries_timed"] == timed
     load_table(str(tmp_path / "host-test.csv")).bind(load_supernet(rgb).space)
+    for extra, needle in ((["--repeats", "5"], "extend it only at its own repeats"), ([], "nothing to extend")):
+        one_clear_line(jcw("latency", "measure", "--device", "host-test", "--supernet", str(rgb), "--extend",
+                           "--out-dir", str(tmp_path), *extra), needle)
+    assert pd.read_csv(tmp_path / "host-test.csv").equals(grown)  # untouched by both
     derived = jcw("latency", "derive", "--device", "pixel4", "--supernet", sn, "--out-dir", str(tmp_path), check=True)
     assert "leave-one-out MAPE" in derived.stdout
     assert json.loads((tmp_path / "pixel4.json").read_text())["source"] == "derived"

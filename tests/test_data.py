@@ -34,6 +34,30 @@ def test_unaugmented_passes_resized_once_are_the_batches_resized_each_time(data,
     assert not data._resized  # over the cap: nothing kept
 
 
+def test_one_stored_channel_served_as_three_is_three_stored_channels():
+    """Grey-as-RGB keeps one channel and copies it per batch, after augmenting and resizing: the batches must be
+    those of the three channels stored."""
+    from jcw.data import InMemoryData
+
+    gen = torch.Generator().manual_seed(0)
+    grey = {k: torch.randint(0, 256, (n, 1, 12, 12), dtype=torch.uint8, generator=gen) for k, n in (("x", 300),
+                                                                                               ("t", 60))}
+    labels = {k: torch.randint(0, 10, (n,), generator=gen) for k, n in (("x", 300), ("t", 60))}
+    three = InMemoryData("t", grey["x"].expand(-1, 3, -1, -1).contiguous(), labels["x"],
+                         grey["t"].expand(-1, 3, -1, -1).contiguous(), labels["t"], 10, val_size=50)
+    one = InMemoryData("t", grey["x"], labels["x"], grey["t"], labels["t"], 10, val_size=50, channels=3)
+    assert one.in_channels == 3 and one.splits["train"][0].shape[1] == 1
+    assert torch.equal(one.mean, three.mean) and torch.equal(one.std, three.std)
+    for data in (three, one):
+        data.resize(24)
+    for split, kw in (("train", dict(shuffle=True, augment=True, seed=3)), ("train", dict(shuffle=True, seed=9)),
+                      ("val", {}), ("test", dict(shard=(1, 2))), ("train", dict(augment=True, shard=(0, 3)))):
+        a, b = list(three.batches(split, 32, **kw)), list(one.batches(split, 32, **kw))
+        assert len(a) == len(b) > 0 and all(torch.equal(x.images, y.images) and torch.equal(x.labels, y.labels)
+                                            for x, y in zip(a, b)), (split, kw)
+        assert a[0].images.shape[1:] == (3, 24, 24)
+
+
 def test_imagefolder_shards_decode_their_share_on_workers_that_outlive_the_epoch(tmp_path):
     from jcw.data import ImageFolderData, loader_workers
 

@@ -217,7 +217,9 @@ def test_finetune_distills_from_the_supernet(small_run, tmp_path):
     from jcw.supernet.subnet import load_subnet
 
     assert f"onnx: {tmp_path / 'taught' / 'subnet.onnx'}" in taught_run.stdout
-    x = torch.randn(4, 3, 56, 56)
+    arch = load_subnet(subnet).jcw_arch
+    x = torch.randn(4, arch["in_channels"], arch["input_size"], arch["input_size"],
+                    generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         tuned, start = (load_subnet(f).eval()(x).numpy() for f in (tmp_path / "taught" / "subnet.pt", subnet))
     got = ort.InferenceSession(str(tmp_path / "taught" / "subnet.onnx")).run(None, {"images": x.numpy()})[0]

@@ -113,7 +113,8 @@ def add_latency_commands(sub) -> None:
     lm = la_sub.add_parser("measure", help="time every table entry on this machine")
     lm.add_argument("--device", default="host")
     lm.add_argument("--threads", type=int, default=1)
-    lm.add_argument("--repeats", type=int, default=30)
+    lm.add_argument("--repeats", type=int, default=None, help="timed calls per entry (default: 30; with --extend, "
+                                                              "the table's own)")
     lm.add_argument("--supernet", action="append")
     lm.add_argument("--runtime", default="torch", choices=("torch", "tflite-xnnpack", "onnxruntime"),
                     help="torch: what exported subnets run on the CPU (default); tflite-xnnpack: what `export "
@@ -122,7 +123,8 @@ def add_latency_commands(sub) -> None:
                                                      "~/.local/share/jcw/latency_tables), read before shipped tables")
     lm.add_argument("--extend", action="store_true",
                     help="add to the table of that name in --out-dir only the entries it lacks (a new supernet's "
-                         "layers), timed as it was; it must come from this machine, runtime and threads")
+                         "layers), timed as it was; it must come from this machine, runtime and threads; its "
+                         "validation error stays the original's until `jcw latency validate` runs again")
     lm.set_defaults(func=_latency_measure)
     lc = la_sub.add_parser("compare", help="entry-by-entry agreement of two tables, against the first's noise")
     lc.add_argument("reference", help="a device name or a table .csv/.json")

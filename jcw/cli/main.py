@@ -77,6 +77,7 @@ def _span_ms(front) -> str:
 
 
 def _search(args) -> None:
+    from jcw.search.archive import sparse_members
     from jcw.search.budget import parse_budgets
     from jcw.search.run import SearchConfig, search
     from jcw.search.rundir import RunDir
@@ -97,7 +98,7 @@ def _search(args) -> None:
         else:
             test = "-" if row.test_top1 is None or row.test_top1 != row.test_top1 else f"{row.test_top1:.2f}%"
             print(f"{row.budget_ms:>8g}ms {int(row.id):>5} {row.latency_ms:>12.4f}   {row.top1:>10.2f}%   {test:>11}")
-    front, sparse = result.pareto, result.pareto[result.pareto["mean_density"] < 1]
+    front, sparse = result.pareto, result.pareto[sparse_members(result.pareto)]
     if len(front):  # what the joint search adds over channel pruning, at a glance
         print(f"\nfront: {len(front)} members, {_span_ms(front)}; " + (
             f"{len(sparse)} with sparse weights, {_span_ms(sparse)} (open diamonds in the plot)" if len(sparse) else
@@ -156,6 +157,10 @@ def _finetune(args) -> None:
     from jcw.export.from_run import deployable
     from jcw.finetune import FinetuneConfig, finetune
 
+    if args.tflite:  # before the training, not after it
+        from jcw.latency.tflite_runtime import require_tflite
+
+        require_tflite()
     cfg = FinetuneConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, distill_from=args.distill_from,
                          seed=args.seed, limit_train=args.limit_train, val_images=args.val_images,
                          test_images=args.test_images, accelerator=args.accelerator)

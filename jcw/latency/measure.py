@@ -39,6 +39,7 @@ from jcw.supernet.supernet import load_supernet
 from jcw.threads import torch_threads
 
 WARMUP = 10
+REPEATS = 30  # timed calls per entry
 
 
 def time_call(fn, repeats: int) -> tuple[float, float]:
@@ -104,7 +105,7 @@ def pinned(threads: int) -> Iterator[list[int]]:
         os.sched_setaffinity(0, allowed)
 
 
-def measure_table(device: str, spaces: list[SearchSpace], threads: int = 1, repeats: int = 30,
+def measure_table(device: str, spaces: list[SearchSpace], threads: int = 1, repeats: int | None = None,
                   command: str = "", calibration_subnets: int = 5, supernet=None,
                   runtime: str = "torch", previous: LatencyTable | None = None) -> LatencyTable:
     """Time every entry the spaces need on this machine at `threads`; calibrate the per-call overhead end to end.
@@ -115,36 +116,50 @@ def measure_table(device: str, spaces: list[SearchSpace], threads: int = 1, repe
     the entries it lacks are timed and added to it: a new supernet's layers, without timing again what it shares.
     """
     if previous is not None:
-        return _extended(previous, spaces, threads, runtime, command)
+        return _extended(previous, spaces, threads, runtime, command, repeats)
     with torch_threads(threads), pinned(threads) as cores:
-        table = _measure_table(device, spaces, threads, repeats, command, calibration_subnets, supernet, runtime)
+        table = _measure_table(device, spaces, threads, repeats or REPEATS, command, calibration_subnets, supernet,
+                               runtime)
     table.meta["made"]["pinned_cores"] = cores
     return table
 
 
-def _extended(previous: LatencyTable, spaces: list[SearchSpace], threads: int, runtime: str,
-              command: str) -> LatencyTable:
+def _extended(previous: LatencyTable, spaces: list[SearchSpace], threads: int, runtime: str, command: str,
+              repeats: int | None) -> LatencyTable:
     """`previous` with the entries `spaces` need and it lacks, timed as it was (its repeats, warm-up, pinning)."""
-    meta = previous.meta
-    other = cpu_mismatch(meta)
+    meta, where = previous.meta, f"the {previous.device} table in {previous.folder}"
+    other, version = cpu_mismatch(meta), _version(runtime)
     if other or previous.runtime != runtime or previous.threads != threads:
         how = f"on another CPU ({other})" if other else f"in {previous.runtime} at {previous.threads} thread(s)"
-        raise JcwError(f"the {previous.device} table in {previous.folder} was measured {how}; extend only a table "
-                       "of this machine, runtime and threads, or measure a new one")
-    repeats = int(previous.entries["n"].iloc[0])
+        raise JcwError(f"{where} was measured {how}; extend only a table of this machine, runtime and threads, or "
+                       "measure a new one")
+    if meta.get("runtime_version", version) != version:
+        raise JcwError(f"{where} was measured with {meta['runtime_version']}, this machine runs {version}; new "
+                       "entries would not be timed as it was: measure a new one")
+    counts = previous.entries["n"].dropna().unique()
+    if len(counts) != 1 or (repeats is not None and repeats != counts[0]):
+        raise JcwError(f"{where} holds entries of {', '.join(str(int(c)) for c in sorted(counts))} timed calls; "
+                       f"extend it only at its own repeats (leave --repeats out)")
     with torch_threads(threads), pinned(threads) as cores:
-        added = _measure_table(previous.device, spaces, threads, repeats, command, 0, None, runtime, previous.entries)
+        added = _measure_table(previous.device, spaces, threads, int(counts[0]), command, 0, None, runtime,
+                               previous.entries)
     new = added.meta["made"]["entries_timed"]
     entries = merge_entries(previous.entries, added.entries)  # the rows they share hold the same values
-    spread = (entries.std_ms / entries.latency_ms).replace([np.inf], np.nan)
-    made = dict(meta["made"], extended=[*meta["made"].get("extended", []), {
+    made = meta.get("made", {})
+    made = dict(made, extended=[*made.get("extended", []), {
         "command": added.meta["made"]["command"], "date": added.meta["made"]["date"], "cpu": cpu_identity(),
-        "entries_timed": new, "pinned_cores": cores}])
+        "runtime_version": version, "entries_timed": new, "pinned_cores": cores}])
+    # overhead_ms, error and calibration_genomes stay the original measurement's: validate again for the new layers
     meta = dict(meta, made=made, input_sizes=sorted({*meta.get("input_sizes", []), *added.meta["input_sizes"]}),
-                models=sorted({*meta.get("models", []), *added.meta["models"]}),
-                spread=dict(meta["spread"], median_std_pct=round(float(100 * spread.median()), 2),
-                            p90_std_pct=round(float(100 * spread.quantile(0.9)), 2)))
+                models=sorted({*meta.get("models", []), *added.meta["models"]}), spread=_spread(entries))
     return LatencyTable(device=previous.device, entries=entries, meta=meta)
+
+
+def _spread(entries: pd.DataFrame) -> dict:
+    spread = (entries.std_ms / entries.latency_ms).replace([np.inf], np.nan)
+    return {"median_std_pct": round(float(100 * spread.median()), 2),
+            "p90_std_pct": round(float(100 * spread.quantile(0.9)), 2),
+            "what": "standard deviation over each entry's timed calls, relative to its median"}
 
 
 def _measure_table(device: str, spaces: list[SearchSpace], threads: int, repeats: int, command: str,
@@ -163,12 +178,16 @@ def _measure_table(device: str, spaces: list[SearchSpace], threads: int, repeats
                                                   "impl"]].itertuples(index=False)}
     grid = space_entries(spaces, lambda *a: (0, 0, 0, ""), known)
     timed = sum(tuple(r) not in kept for r in grid[KEY + ["c_in", "c_out", "density"]].itertuples(index=False))
+    if known is not None and not timed:
+        raise JcwError(f"the {device} table already holds every entry these supernets need; nothing to extend")
     bar = tqdm(total=timed, desc=f"measuring {device}", dynamic_ncols=True, file=sys.stderr)
 
     def price(layer: Layer, c_in: int, c_out: int, d: float):
         if (*layer_key(layer), c_in, c_out, d) in kept:
             return kept[(*layer_key(layer), c_in, c_out, d)]
-        key = (layer.signature, c_in, c_out)
+        key, dense = (layer.signature, c_in, c_out), (*layer_key(layer), c_in, c_out, 1.0)
+        if key not in dense_cache and dense in kept:  # a new density of a kept shape: its dense time as kept
+            dense_cache[key] = kept[dense][:2]
         if key not in dense_cache:
             op = (onnx_micro_op(layer, c_in, c_out, 1.0) if runtime == "onnxruntime"
                   else tflite_micro_op(layer, c_in, c_out, 1.0, threads) if runtime == "tflite-xnnpack"
@@ -184,15 +203,12 @@ def _measure_table(device: str, spaces: list[SearchSpace], threads: int, repeats
 
     entries = space_entries(spaces, price, known)
     bar.close()
-    spread = (entries.std_ms / entries.latency_ms).replace([np.inf], np.nan)
     meta = {
         "device": device, "processor": processor_name(), "cpu": cpu_identity(), "runtime": runtime,
         "runtime_detail": RUNTIME_DETAILS[runtime], "runtime_version": _version(runtime),
         "threads": threads, "batch": 1, "input_sizes": sorted({s.input_size for s in spaces}),
         "models": sorted({s.model for s in spaces}), "source": "measured",
-        "spread": {"median_std_pct": round(float(100 * spread.median()), 2),
-                   "p90_std_pct": round(float(100 * spread.quantile(0.9)), 2),
-                   "what": "standard deviation over each entry's timed calls, relative to its median"},
+        "spread": _spread(entries),
         "made": {"command": command or f"jcw latency measure --device {device} --threads {threads}",
                  "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "machine": platform.node(),
                  "cores": os.cpu_count(), "jcw": __version__, "python": sys.version.split()[0],
@@ -257,7 +273,8 @@ def _calibrate_overhead(table: LatencyTable, supernet, genomes: np.ndarray, repe
     return float(np.median(residuals))
 
 
-def measure(device: str = "host", supernets: list[str | None] | None = None, threads: int = 1, repeats: int = 30,
+def measure(device: str = "host", supernets: list[str | None] | None = None, threads: int = 1,
+            repeats: int | None = None,
             runtime: str = "torch", out_dir: str | Path | None = None, command: str = "",
             extend: bool = False) -> tuple[LatencyTable, Path, Path]:
     """Measure this machine's table for the given supernet files (default: the shipped one) and save it: to

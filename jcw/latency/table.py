@@ -201,12 +201,17 @@ def interpolate(grid_axes: list[np.ndarray], values: np.ndarray, queries: list[n
 
 
 def _covering_command(table: LatencyTable) -> str:
-    """How to get a table of this device that covers another supernet's layers: measured tables are measured again
-    on this machine, derived ones derived again."""
-    if table.meta.get("source") == "measured":
+    """How to get a table of this device that covers another supernet's layers: a host table is measured on this
+    machine (`--extend` keeps what it has), a phone's timed on the phone, a derived one derived again."""
+    if table.meta.get("source") == "measured" and table.device.startswith("host"):
         runtime = "" if table.runtime == "torch" else f" --runtime {table.runtime}"
-        return (f"measure one on this machine with `jcw latency measure --device {table.device}{runtime} "
-                f"--supernet S`")
+        threads = "" if table.threads == 1 else f" --threads {table.threads}"
+        return (f"measure its layers on this machine with `jcw latency measure --device {table.device}{runtime}"
+                f"{threads} --supernet S --extend --out-dir DIR` (DIR: the table's folder, if it was measured here; "
+                "without --extend, a new table for S alone)")
+    if table.meta.get("source") == "measured":
+        return (f"time its layers on the phone with `jcw latency bundle --device {table.device} --supernet S` and "
+                "`jcw latency import`")
     if table.runtime == "jcw-arm":
         return (f"derive one with `jcw latency derive --device {table.device.removesuffix('-jcw-arm')} "
                 f"--sparse-kernel jcw-arm --supernet S`")

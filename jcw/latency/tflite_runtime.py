@@ -22,6 +22,14 @@ MISSING = ("TFLite export and tflite-xnnpack tables need TensorFlow and LiteRT, 
            "(the README's setup does)")
 
 
+def require_tflite() -> None:
+    """One clear error, before any long work, where the tflite extra is missing (without importing it)."""
+    from importlib.util import find_spec
+
+    if find_spec("tensorflow") is None or find_spec("ai_edge_litert") is None:
+        raise JcwError(MISSING)
+
+
 def tensorflow():
     """TensorFlow, quiet, or one clear error where the tflite extra is not installed."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep its start-up notices out of jcw's output

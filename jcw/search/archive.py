@@ -52,6 +52,12 @@ def describe(space: SearchSpace, genomes: np.ndarray) -> pd.DataFrame:
     })
 
 
+def sparse_members(frame: pd.DataFrame) -> pd.Series:
+    """Which rows (of pareto.csv, or any frame with `describe`'s columns) keep sparse weights: what a joint search
+    adds over channel pruning. A density the table's runtime would run dense never reaches the front."""
+    return frame["mean_density"] < 1
+
+
 def genomes_from_column(column: pd.Series) -> np.ndarray:
     return np.array([json.loads(s) for s in column], dtype=np.int64)
 

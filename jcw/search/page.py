@@ -13,7 +13,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from jcw.io import write_text
-from jcw.search.archive import describe, genomes_from_column
+from jcw.search.archive import describe, genomes_from_column, sparse_members
 from jcw.search.rundir import RunDir, RunRecord
 from jcw.space import SearchSpace
 
@@ -53,7 +53,7 @@ def front_page(run: str | Path, space: SearchSpace, record: RunRecord | None = N
                     marker=dict(symbol="square", size=6), customdata=_hover_data(uniform, space),
                     hovertemplate=HOVER)
     # sparse members as open diamonds: what a joint search adds over channel pruning
-    symbols = np.where(front["mean_density"] < 1, "diamond-open", "circle")
+    symbols = np.where(sparse_members(front), "diamond-open", "circle")
     for name, column, visible in ((FRONT_TRUE, "true_top1", True), (FRONT_PREDICTED, "predicted_top1", False)):
         fig.add_scatter(x=front["latency_ms"], y=front[column], mode="lines+markers+text", name=name,
                         text=[str(i) for i in front["id"]], textposition="top center", visible=visible,
@@ -62,7 +62,7 @@ def front_page(run: str | Path, space: SearchSpace, record: RunRecord | None = N
                         customdata=_hover_data(front, space), hovertemplate=HOVER)
     for b in options["budgets_ms"]:
         fig.add_vline(x=b, line=dict(color="black", dash="dot", width=1), annotation_text=f"{b:g} ms")
-    sparse = int((front["mean_density"] < 1).sum())
+    sparse = int(sparse_members(front).sum())
     fig.update_layout(
         title=f"{Path(run).name}: {len(pareto)} front members ({sparse} with sparse weights, open diamonds) on "
               f"{options['device']} "

@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 
 from jcw.errors import JcwError
 from jcw.io import atomic_path, write_text
-from jcw.search.archive import spread_pick
+from jcw.search.archive import sparse_members, spread_pick
 from jcw.search.page import write_page
 from jcw.search.rundir import RunDir, RunRecord
 from jcw.space import SearchSpace
@@ -72,7 +72,7 @@ def front_figure(run: str | Path, record: RunRecord | None = None):
     ax.plot(uniform["latency_ms"], uniform["true_top1"], "s--", color="tab:gray", ms=4,
             label="uniform width, dense (true top-1)")
     ax.plot(pareto["latency_ms"], pareto["top1"], "o-", color="tab:red", ms=5, label="Pareto front (true top-1)")
-    sparse = pareto[pareto["mean_density"] < 1]
+    sparse = pareto[sparse_members(pareto)]
     if len(sparse):  # what a joint search adds over channel pruning, and what export stores sparse
         ax.plot(sparse["latency_ms"], sparse["top1"], "D", color="darkred", ms=7, mfc="white", mew=1.5,
                 label=SPARSE_LABEL)

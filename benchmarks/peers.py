@@ -245,18 +245,19 @@ class Protocol:
             path = self.exported(uniform[min(uniform, key=lambda r: abs(r - ratio))])
             self.row(seed, None, f"uniform {ratio}x", lambda p=path, r=ratio: (load_subnet(p), {"width": r}, p))
         budgets = {f: f * self.full_ms for f in self.args.budgets}
-        for fraction, budget_ms in budgets.items():
+        peers = [(m, s) for m in IMPORTANCE for s in SCHEDULES]
+        for fraction, budget_ms in budgets.items():  # first what the headline compares, at every budget
             fits = [r for r in sorted(uniform, reverse=True)
                     if self.ruler.ms(bake_masks(load_subnet(self.exported(uniform[r])))) <= budget_ms]
             path = self.exported(uniform[fits[0]]) if fits else None
             self.row(seed, fraction, "uniform, widest within",
                      lambda: (load_subnet(path), {"width": fits[0]}, path) if fits else None)
-            for method in IMPORTANCE:
-                for schedule in SCHEDULES:
-                    self.row(seed, fraction, f"Torch-Pruning {method}, {schedule}",
-                             lambda m=method, s=schedule: self.pruned(seed, m, s, budget_ms))
             for genes in ("channels", "joint"):
                 self.row(seed, fraction, f"jcw {genes}", lambda g=genes: self.picked(seed, g, budgets, budget_ms))
+            self.peer_row(seed, fraction, budget_ms, *peers[0])
+        for fraction, budget_ms in budgets.items():  # then Torch-Pruning's other criteria and schedules
+            for method, schedule in peers[1:]:
+                self.peer_row(seed, fraction, budget_ms, method, schedule)
         for fraction in budgets:  # the best of each kind again, taught by the full network
             for prefix in ("jcw", "Torch-Pruning"):
                 rows = [r for r in self.done.values() if r["seed"] == seed and r["budget"] == fraction and r["fits"]
@@ -265,6 +266,10 @@ class Protocol:
                     best = max(rows, key=lambda r: r["val_after"])
                     self.row(seed, fraction, f"{best['row']} + distilled", lambda b=best: self.rebuilt(seed, b),
                              teacher=True)
+
+    def peer_row(self, seed: int, fraction: float, budget_ms: float, method: str, schedule: str) -> None:
+        self.row(seed, fraction, f"Torch-Pruning {method}, {schedule}",
+                 lambda: self.pruned(seed, method, schedule, budget_ms))
 
     def pruned(self, seed: int, method: str, schedule: str, budget_ms: float, ratio: float | None = None):
         """Torch-Pruning's network within the budget (or at `ratio`); the iterative schedule's rounding can leave a

@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 
 from jcw.artifacts import default_supernet_path
+from jcw.errors import JcwError
 from jcw.supernet.supernet import Supernet, SupernetConfig
 
 from conftest import SMALL, SMALL_BUDGETS, jcw, kill_cli_when, one_clear_line
@@ -97,12 +98,19 @@ def test_pick_exports_the_best_true_top1_within_each_budget(small_run, tmp_path)
 
 def test_plot_and_page_carry_every_front_id(small_run, supernet, tmp_path):
     from jcw.search.page import FRONT_TRUE, front_page
-    from jcw.search.plot import SPARSE_LABEL, front_figure
+    from jcw.search.plot import SPARSE_LABEL, front_figure, run_space
+    from jcw.search.rundir import RunDir, RunRecord
 
     run = tmp_path / "run"
     shutil.copytree(small_run, run)
     (run / "pareto.png").unlink()
     (run / "pareto.html").unlink()
+    # the run keeps its space: redrawing needs neither the supernet file nor torch; older runs rebuild it
+    kept = (run / "config.json").read_text()
+    assert run_space(RunDir(run).read()) == supernet.space
+    config = json.loads(kept)
+    config["resolved"]["supernet"] = str(tmp_path / "moved" / "supernet.pt")
+    (run / "config.json").write_text(json.dumps(config))
     jcw("plot", str(run), check=True)
     ids = sorted(pd.read_csv(run / "pareto.csv")["id"])
     page = (run / "pareto.html").read_text()
@@ -135,6 +143,11 @@ def test_plot_and_page_carry_every_front_id(small_run, supernet, tmp_path):
     assert points["latency_ms"].between(x0, x1).all() and points["top1"].between(y0, y1).all()
     # one subnet's layers, and two runs compared
     member = ids[len(ids) // 2]
+    config = json.loads(kept)
+    config["resolved"]["space"].pop("definition")  # as runs wrote it before: the CLI rebuilds it from the supernet
+    with pytest.raises(JcwError, match="predates kept search spaces"):
+        run_space(RunRecord(None, None, config))
+    (run / "config.json").write_text(json.dumps(config))
     drawn = jcw("plot", str(run), "--id", str(member), check=True)
     assert (run / f"layers-{member}.png").stat().st_size > 10_000 and f"layers-{member}.png" in drawn.stdout
     jcw("plot", str(run), str(small_run), "--out", str(tmp_path / "both"), check=True)

@@ -143,13 +143,19 @@ def _pick(args) -> None:
 
 def _plot(args) -> None:
     from jcw.search.plot import plot_compare, plot_member, plot_run
+    from jcw.search.rundir import RunDir
 
     if len(args.run) > 1:
         png, html = plot_compare(args.run, args.out or Path(args.run[0]) / "compare")
         return print(f"plot: {png}\npage: {html}")
+    space, resolved = None, RunDir(args.run[0]).read().config["resolved"]
+    if "definition" not in resolved["space"]:  # a run from before config.json kept its space: rebuild it
+        from jcw.supernet.supernet import load_supernet
+
+        space = load_supernet(resolved["supernet"]).space
     if args.id is not None:
-        return print(f"layers: {plot_member(args.run[0], args.id)}")
-    png = plot_run(args.run[0])
+        return print(f"layers: {plot_member(args.run[0], args.id, space)}")
+    png = plot_run(args.run[0], space)
     print(f"plot: {png}\npage: {png.with_suffix('.html')}")
 
 

@@ -14,7 +14,6 @@ from jcw.search.archive import sparse_members, spread_pick
 from jcw.search.page import write_page
 from jcw.search.rundir import RunDir, RunRecord
 from jcw.space import SearchSpace
-from jcw.supernet.supernet import load_supernet
 
 MAX_LABELS = 12  # ids written on the png; the page labels every member
 SPARSE_LABEL = "front member with sparse weights (mean density < 1)"
@@ -37,8 +36,12 @@ def _save(fig, path: Path) -> Path:
 
 
 def run_space(record: RunRecord) -> SearchSpace:
-    """The search space of the supernet a run searched (its path is in config.json)."""
-    return load_supernet(record.config["resolved"]["supernet"]).space
+    """The search space a run searched, as its config.json keeps it: redrawing needs no torch and no supernet file."""
+    resolved = record.config["resolved"]
+    if "definition" not in resolved["space"]:
+        raise JcwError("this run's config.json predates kept search spaces: pass its supernet's, "
+                       f"space=load_supernet({resolved['supernet']!r}).space (`jcw plot` does)")
+    return SearchSpace.from_dict(resolved["space"]["definition"])
 
 
 def plot_run(run: str | Path, space: SearchSpace | None = None) -> Path:

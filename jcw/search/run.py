@@ -191,7 +191,8 @@ def _config_record(cfg: SearchConfig, ctx: _Context, out: RunDir) -> dict:
         "out": str(out.path.resolve()), "supernet": ctx.supernet.path, "supernet_hash": ctx.supernet.hash,
         "predictor": None if ctx.predictor is None else str(cfg.predictor or "default"),
         "smallest_ms": ctx.smallest_ms, "largest_ms": ctx.largest_ms,
-        "space": {"model": ctx.space.model, "genes": ctx.space.n_genes, "subnets": str(ctx.space.num_subnets())}},
+        "space": {"model": ctx.space.model, "genes": ctx.space.n_genes, "subnets": str(ctx.space.num_subnets()),
+                  "definition": ctx.space.to_dict()}},  # `jcw plot` redraws from it without torch
         "versions": {"jcw": __version__, "python": platform.python_version(), "torch": torch.__version__,
                      "pymoo": pymoo.__version__, "ray": version("ray"), "numpy": np.__version__},
         "machine": platform.node(), "table": ctx.table.meta}

@@ -1,6 +1,6 @@
 """A search run's folder: the one place that knows its files' names and formats.
 
-    config.json        every option, resolved paths, versions, the table's metadata
+    config.json        every option, resolved paths and search space, versions, the table's metadata
     history.csv        every evaluated genome
     pareto.csv         the true-scored front
     summary.csv        the chosen subnet per budget

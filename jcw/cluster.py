@@ -41,8 +41,9 @@ def start_ray(address: str | None, log_to_driver: bool = False) -> bool:
         raise
     except Exception as exc:
         where = f"at {address}" if address else "locally"
-        # `ray start --head` turns on token authentication, but Ray sends the token to an explicit address only
-        # under RAY_AUTH_MODE=token, and the refusal reads as a plain connection failure
+        # `ray start --head` turns on token authentication where ~/.ray/auth_token exists (the first local
+        # `ray.init()` writes one), but Ray sends the token to an explicit address only under RAY_AUTH_MODE=token,
+        # and the refusal reads as a plain connection failure
         token = "" if not address or os.environ.get("RAY_AUTH_MODE") else \
             " (a cluster from `ray start --head` needs RAY_AUTH_MODE=token set before jcw starts)"
         raise JcwError(f"cannot start or reach Ray {where} ({exc.__class__.__name__}: "

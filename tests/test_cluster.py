@@ -63,10 +63,14 @@ def ray_cluster():
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     ray = str(Path(sys.executable).with_name("ray"))
-    ray_start(ray, "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false")
+    # `ray start --head` turns token authentication on only where ~/.ray/auth_token exists (the first local
+    # `ray.init()` on a machine writes it): make one, as the README tells users to, so the order of tests is moot
+    subprocess.run([ray, "get-auth-token", "--generate"], capture_output=True, timeout=120, check=True)
+    token = {**os.environ, "RAY_AUTH_MODE": "token"}
+    ray_start(ray, "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false", env=token)
     try:
         before = raylets()
-        ray_start(ray, f"--address=127.0.0.1:{port}", "--num-cpus=1", env={**os.environ, "RAY_AUTH_MODE": "token"})
+        ray_start(ray, f"--address=127.0.0.1:{port}", "--num-cpus=1", env=token)
         (second,) = raylets() - before
         yield f"127.0.0.1:{port}", second
     finally:

@@ -45,8 +45,21 @@ def test_exported_test_top1_is_the_saved_networks(supernet, data, tmp_path):
 
 
 def test_masks_hold_through_training(supernet, data, tmp_path):
+    """As fine-tuning trains: channels_last on the CPU too (Accelerator.network), the same function as before."""
+    from jcw.accelerator import CPU
+
     path = export_subnet(supernet, _genome(supernet.space, 7), tmp_path / "s.pt")
-    model = load_subnet(path).train()
+    images = next(data.batches("val", 32)).images
+    with torch.no_grad():
+        before = load_subnet(path).eval()(images)
+    model = CPU.network(load_subnet(path)).eval()
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(c.parametrizations.weight.original.is_contiguous(memory_format=torch.channels_last)
+               if hasattr(c, "parametrizations") else c.weight.is_contiguous(memory_format=torch.channels_last)
+               for c in convs)
+    with torch.no_grad():
+        assert torch.allclose(model(images), before, atol=1e-4)
+    model.train()
     zero = {n: (m.weight == 0) for n, m in model.named_modules() if hasattr(m, "parametrizations")}
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     for i, batch in enumerate(data.batches("train", 64)):

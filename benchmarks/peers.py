@@ -23,16 +23,20 @@ on this machine (LiteRT, XNNPACK, 1 thread). Budgets are set on the first; the r
 Every finished row is appended to benchmarks/rows/peers-SUPERNET.jsonl (committed; --quick's rows go to
 benchmarks/work/peers-quick-SUPERNET.jsonl) and a rerun skips it, from a fresh clone too: a distilled row whose
 search is gone runs the search again (it is seeded) and checks that it picks the same subnet. A fine-tune killed
-midway resumes from its checkpoint.
+midway resumes from its checkpoint. Several processes may share one cache (`OMP_NUM_THREADS=1`, one per core): each
+claims a row with a lock before it runs it and passes over rows claimed by another, and waits for those before it
+picks a seed's best to distil.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import fcntl
 import json
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,12 +147,13 @@ def predictor_of(supernet: Supernet) -> Path:
 def jcw_pick(supernet: Supernet, genes: str, budgets_ms: list[float], budget_ms: float, ruler: Ruler, seed: int,
              out: Path, search_args: list[str]) -> tuple[Path, dict] | None:
     """The search's front member with the best validation top-1 within `budget_ms` on the ruler, exported."""
-    if not (out / "pareto.csv").exists():
-        subprocess.run([sys.executable, "-m", "jcw.cli", "search", "--device", "pixel4", "--latency",
-                        ",".join(f"{b:.4f}ms" for b in budgets_ms), "--genes", genes, "--seed", str(seed),
-                        "--supernet", str(supernet.path), "--predictor", str(predictor_of(supernet)), "--out",
-                        str(out), "--force", *search_args],
-                       cwd=ROOT, check=True, capture_output=True)
+    with claimed(out.with_name(out.name + ".lock"), wait=True):  # rows at two budgets share a search
+        if not (out / "pareto.csv").exists():
+            subprocess.run([sys.executable, "-m", "jcw.cli", "search", "--device", "pixel4", "--latency",
+                            ",".join(f"{b:.4f}ms" for b in budgets_ms), "--genes", genes, "--seed", str(seed),
+                            "--supernet", str(supernet.path), "--predictor", str(predictor_of(supernet)), "--out",
+                            str(out), "--force", *search_args],
+                           cwd=ROOT, check=True, capture_output=True)
     front = pd.read_csv(out / "pareto.csv").sort_values("top1", ascending=False)
     history = pd.read_csv(out / "history.csv").drop_duplicates("id").set_index("id")
     for member in front.itertuples():
@@ -180,6 +185,20 @@ def finished_rows(cache: Path) -> list[dict]:
     return [json.loads(line) for line in cache.read_text().splitlines()] if cache.exists() else []
 
 
+@contextmanager
+def claimed(path: Path, wait: bool):
+    """Yields whether this process holds `path`'s lock: processes sharing a cache then run each row once. The kernel
+    drops the lock with its holder, so a killed run leaves nothing to clean up."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
 class Protocol:
     """The rows of one benchmark run, each appended to the cache as it finishes and skipped when already there.
 
@@ -190,7 +209,9 @@ class Protocol:
         self.args = args
         self.cache = cache_path(args.quick, args.supernet)
         self.cache.parent.mkdir(parents=True, exist_ok=True)
-        self.done = {(r["seed"], r["budget"], r["row"]): r for r in finished_rows(self.cache)}
+        self.done: dict[tuple, dict] = {}
+        self.reload()
+        self.passed_over: list[tuple] = []  # rows another process held: (seed, budget, name, build, teacher)
         self.supernet = load_supernet(args.supernet)
         cfg = self.supernet.config
         self.data = supernet_data(cfg)
@@ -213,17 +234,32 @@ class Protocol:
             export_subnet(self.supernet, genome, path, data=self.data)
         return path
 
-    def row(self, seed: int, budget: float | None, name: str, build, teacher: bool = False) -> None:
+    def reload(self) -> None:
+        """Rows other processes have finished since."""
+        self.done.update({(r["seed"], r["budget"], r["row"]): r for r in finished_rows(self.cache)})
+
+    def row(self, seed: int, budget: float | None, name: str, build, teacher: bool = False,
+            wait: bool = False) -> None:
         key = (seed, budget, name)
         if key in self.done:
             return
+        slug = "".join(c if c.isalnum() else "_" for c in name)
+        with claimed(self.work / "claims" / f"s{seed}-{budget or 'any'}-{slug}", wait) as mine:
+            if not mine:
+                self.passed_over.append((seed, budget, name, build, teacher))
+                return
+            self.reload()
+            if key not in self.done:
+                self.run_row(key, slug, build, teacher)
+
+    def run_row(self, key: tuple, slug: str, build, teacher: bool) -> None:
+        seed, budget, name = key
         start = time.perf_counter()
         built = build()
         result = {"seed": seed, "budget": budget, "row": name, "fits": built is not None}
         if built is not None:
             model, extra, path = built
             plain = bake_masks(load_subnet(path)) if path else model
-            slug = "".join(c if c.isalnum() else "_" for c in name)
             out = self.work / f"s{seed}" / f"{budget or 'any'}" / slug
             result.update(**extra, pixel4_ms=round(self.ruler.ms(plain), 4),
                           host_tflite_ms=host_tflite_ms(plain, self.ruler),
@@ -259,6 +295,7 @@ class Protocol:
         for fraction, budget_ms in budgets.items():  # then Torch-Pruning's other criteria and schedules
             for method, schedule in peers[1:]:
                 self.peer_row(seed, fraction, budget_ms, method, schedule)
+        self.wait_for(seed)
         for fraction in budgets:  # the best of each kind again, taught by the full network
             for prefix in ("jcw", "Torch-Pruning"):
                 rows = [r for r in self.done.values() if r["seed"] == seed and r["budget"] == fraction and r["fits"]
@@ -267,6 +304,14 @@ class Protocol:
                     best = max(rows, key=lambda r: r["val_after"])
                     self.row(seed, fraction, f"{best['row']} + distilled", lambda b=best: self.rebuilt(seed, b),
                              teacher=True)
+
+    def wait_for(self, seed: int) -> None:
+        """The seed's rows other processes held, finished by them (or here, if they died), so that the best of each
+        kind is chosen from all of them."""
+        mine = [row for row in self.passed_over if row[0] == seed]
+        self.passed_over = [row for row in self.passed_over if row[0] != seed]
+        for row in mine:
+            self.row(*row, wait=True)
 
     def peer_row(self, seed: int, fraction: float, budget_ms: float, method: str, schedule: str) -> None:
         self.row(seed, fraction, f"Torch-Pruning {method}, {schedule}",
@@ -447,6 +492,9 @@ def main() -> None:
     protocol = Protocol(args)
     for seed in args.seeds:
         protocol.run_seed(seed)
+    for seed in args.seeds:  # distilled rows another process held
+        protocol.wait_for(seed)
+    protocol.reload()
     frame = pd.DataFrame([r for r in protocol.done.values() if r["seed"] in args.seeds and r["epochs"] == args.epochs
                           and (r["budget"] is None or r["budget"] in args.budgets)])
     text = section(frame, args)

@@ -79,3 +79,27 @@ def test_the_section_states_each_goal_met_or_missed_by_its_margin(peers):
     assert "Both distilled: jcw 93.50, Torch-Pruning 95.00 (-1.50)" in text  # each compared with its own kind
     assert "**Partial:** 14 rows so far, from seed(s) [0, 1] of [0, 1, 2]" in text
     assert "| 50% | jcw joint | 2 of 2 | 1.000 (33%) | 0.105 | 80.00 | **93.00** (0.14) | +1.90 (SE 0.14) |" in text
+
+
+def test_processes_sharing_the_rows_run_each_row_once(peers, tmp_path):
+    """A row another process holds is passed over, then waited for before a seed's best is chosen; a row that
+    process finished is read back rather than run again."""
+    import json
+
+    protocol = object.__new__(peers.Protocol)  # only what row bookkeeping needs, no supernet
+    protocol.cache, protocol.work, protocol.full_ms = tmp_path / "rows.jsonl", tmp_path, 3.0
+    protocol.done, protocol.passed_over = {}, []
+    protocol.args = type("Args", (), {"epochs": 3})()
+    lock = tmp_path / "claims" / "s0-0.5-Torch_Pruning_L1__one_shot"
+    with peers.claimed(lock, wait=False) as held:  # another process runs the row
+        assert held
+        protocol.row(0, 0.5, "Torch-Pruning L1, one-shot", lambda: pytest.fail("ran a row another process holds"))
+        assert protocol.passed_over and not protocol.done
+        with peers.claimed(lock, wait=False) as again:
+            assert not again
+        protocol.cache.write_text(json.dumps({"seed": 0, "budget": 0.5, "row": "Torch-Pruning L1, one-shot",
+                                              "fits": False, "full_ms": 3.0}) + "\n")
+    protocol.wait_for(0)
+    assert not protocol.passed_over and protocol.done[(0, 0.5, "Torch-Pruning L1, one-shot")]["fits"] is False
+    protocol.row(0, 0.3, "Torch-Pruning L1, one-shot", lambda: None)  # nobody holds it: runs here
+    assert len(protocol.cache.read_text().splitlines()) == 2

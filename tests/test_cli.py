@@ -98,6 +98,19 @@ def test_latency_list_and_predict():
     assert "nn-Meter predictions" in rec["loo_on"]  # what the stated error was measured on
 
 
+def test_a_reader_that_stops_early_gets_no_traceback():
+    """`jcw latency list | head -1`: the pipe closes before jcw has written."""
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+
+    proc = subprocess.Popen([sys.executable, "-m", "jcw.cli", "latency", "list"], cwd=ROOT, env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    assert proc.wait(timeout=120) == 141 and proc.stderr.read() == b""
+
+
 def test_a_budget_the_largest_subnet_meets_is_said_before_the_search_and_kept_in_the_summary(tmp_path):
     import pandas as pd
 

@@ -79,6 +79,7 @@ def test_latency_commands_measure_validate_compare_and_derive(block_supernet, tm
     report = json.loads(jcw("latency", "validate", "--device", "host-test", "--supernet", sn, "--samples", "3",
                             "--out-dir", str(tmp_path), "--json", check=True).stdout)
     assert report["samples"] == 3 and np.isfinite(report["mape"])
+    assert json.loads((tmp_path / "host-test.json").read_text())["error"]["supernet"] == sn  # what the error holds for
     same = json.loads(jcw("latency", "compare", str(tmp_path / "host-test.csv"), str(tmp_path / "host-test.csv"),
                           "--json", check=True).stdout)
     assert same["median_ratio"] == 1.0 and same["mape_pct"] == 0.0 and same["common_entries"] == len(table)

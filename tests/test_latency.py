@@ -230,6 +230,7 @@ def test_validating_a_shipped_table_writes_a_report_and_leaves_the_table_where_i
     # the shipped host table was measured for the first demo's layers (supernets/mbv2_small_fmnist)
     report = validate_table("host", ROOT / "supernets/mbv2_small_fmnist/supernet.pt", samples=2, rounds=1, repeats=3)
     assert report["samples"] == 2 and Path(report["report"]).parent == user_table_dir()
+    assert report["supernet"].endswith("mbv2_small_fmnist/supernet.pt") and len(report["supernet_hash"]) == 16
     # a copy in the user's folder would hide every later update of the shipped table
     assert not (user_table_dir() / "host.csv").exists()
     assert (artifact_dir("latency_tables") / "host.json").read_text() == shipped

@@ -40,7 +40,8 @@ def _latency_list(args) -> None:
         where = " (not this machine's CPU: measure your own)" if row["other_cpu"] else ""
         print(f"{row['device']:<15} {row['runtime']:<15} {row['threads']:>7} {row['source']:<9} {row['entries']:>7}  "
               f"{text:<30} {row['date']}\n{'':<15} prices: {row['processor']}{where}\n"
-              f"{'':<15} error against: {err.get('kind', 'nothing yet')}")
+              f"{'':<15} error against: {err.get('kind', 'nothing yet')}"
+              f"{' of ' + err['supernet'] if 'supernet' in err else ''}")
 
 
 def _latency_measure(args) -> None:
@@ -78,7 +79,7 @@ def _latency_validate(args) -> None:
         print(json.dumps(report))
     else:
         low, high = report["mape_range"]
-        print(f"{args.device}: {report['samples']} subnets, MAPE {report['mape']:.2f}% (median of {report['rounds']} "
+        print(f"{args.device}: {report['samples']} subnets of {report['supernet']}, MAPE {report['mape']:.2f}% (median of {report['rounds']} "
               f"rounds, range {low:.2f}-{high:.2f}%), {100 * report['within_10pct']:.0f}% within 10%\n"
               f"report: {report['report']}")
 

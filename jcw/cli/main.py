@@ -5,6 +5,7 @@ Input problems raise `JcwError`, printed as one line on stderr with exit code 2.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -350,5 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("jcw: interrupted\n")
         return 130
+    except BrokenPipeError:  # `jcw latency list | head`: the reader has all it wants
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # or the exit's flush raises again
+        return 141
     return 0
 

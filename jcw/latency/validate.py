@@ -72,7 +72,8 @@ def validate_table(device: str = "host", supernet: str | Path | None = None, sam
                                                                                  round(float(m.max()), 5)],
              "error_pct": round(float(100 * (p - np.median(m)) / np.median(m)), 2)}
             for g, p, m in zip(genomes, predicted, measured.T)]
-    report = {"samples": len(rows), "rounds": rounds, "repeats": repeats,
+    validated_on = {"supernet": supernet.path, "supernet_hash": supernet.hash}  # the error holds for its layers
+    report = {**validated_on, "samples": len(rows), "rounds": rounds, "repeats": repeats,
               "mape": round(float(np.median(mape)), 3), "mape_range": [round(float(mape.min()), 3),
                                                                       round(float(mape.max()), 3)],
               "within_10pct": round(float(np.median(within)), 3), "rows": rows}
@@ -82,7 +83,7 @@ def validate_table(device: str = "host", supernet: str | Path | None = None, sam
     table.meta["error"] = {"kind": f"end-to-end on {len(rows)} exported subnets spread over the size range, none "
                                    f"calibrated on (seed {seed}); median of {rounds} rounds",
                            "mape_pct": report["mape"], "mape_range_pct": report["mape_range"],
-                           "within_10pct": report["within_10pct"],
+                           "within_10pct": report["within_10pct"], **validated_on,
                            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d")}
     if table.folder is not None and table.folder.resolve() == folder.resolve():
         table.save(folder)

@@ -79,8 +79,9 @@ def _latency_validate(args) -> None:
         print(json.dumps(report))
     else:
         low, high = report["mape_range"]
-        print(f"{args.device}: {report['samples']} subnets of {report['supernet']}, MAPE {report['mape']:.2f}% (median of {report['rounds']} "
-              f"rounds, range {low:.2f}-{high:.2f}%), {100 * report['within_10pct']:.0f}% within 10%\n"
+        print(f"{args.device}: {report['samples']} subnets of {report['supernet']}, MAPE {report['mape']:.2f}% "
+              f"(median of {report['rounds']} rounds, range {low:.2f}-{high:.2f}%), "
+              f"{100 * report['within_10pct']:.0f}% within 10%\n"
               f"report: {report['report']}")
 
 

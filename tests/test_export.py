@@ -58,7 +58,8 @@ def test_masks_hold_through_training(supernet, data, tmp_path):
                if hasattr(c, "parametrizations") else c.weight.is_contiguous(memory_format=torch.channels_last)
                for c in convs)
     with torch.no_grad():
-        assert torch.allclose(model(images), before, atol=1e-3)  # float rounding differs by layout (by over 1e-4 at 2 threads)
+        # float rounding differs by layout (by over 1e-4 at 2 threads)
+        assert torch.allclose(model(images), before, atol=1e-3)
     model.train()
     zero = {n: (m.weight == 0) for n, m in model.named_modules() if hasattr(m, "parametrizations")}
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)

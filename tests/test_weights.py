@@ -1,6 +1,9 @@
 """Starting weights with the user's own head: torchvision's weights API (through its cache) and local files.
 
 The CLI side (`supernet train --weights`) runs in test_imagenet's end-to-end test."""
+import subprocess
+import sys
+
 import pytest
 import torch
 import torchvision.models as tvm
@@ -68,3 +71,17 @@ def test_pretrained_comes_through_torchvisions_weights_api_with_a_new_head(tmp_p
         model = create_model("resnet18", 37, 3, pretrained=True)
     _assert_backbone_from(model, state, 37)
 
+
+
+def test_building_a_network_leaves_torch_dynamo_unimported_until_it_is_used():
+    """Start-up time: torchvision's ops import torch._dynamo (over a second) for a function jcw never calls."""
+    code = ("import sys, torch\n"
+            "from jcw.models import create_model\n"
+            "create_model('mbv2_small', 10, 1)\n"
+            "print('torch._dynamo' in sys.modules)\n"
+            "import torchvision\n"
+            "box = torchvision.ops.roi_align(torch.ones(1, 1, 8, 8), torch.tensor([[0, 0, 0, 4, 4.]]), 2)\n"
+            "import torch._dynamo.utils as utils\n"
+            "print(float(box.sum()), utils.is_compile_supported('cpu'), hasattr(torch._dynamo, 'optimize'))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.split() == ["False", "4.0", "True", "True"]

@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch.nn as nn
-import torchvision.models as tvm
 import yaml
 from scipy.optimize import nnls
 
@@ -34,6 +33,7 @@ from jcw.latency.ops import ONE_BY_ONE, Op, model_ops, named_model_ops, op_featu
 from jcw.latency.sparse_model import DATA as SPARSE_DATA
 from jcw.latency.sparse_model import NETWORKS, SparseKernelModel, fit_xnnpack_kernel
 from jcw.models.graph import analyse
+from jcw.models.torchvision_import import torchvision
 from jcw.xnnpack import subgraph_sparsity
 
 COMPUTE = ("gemm", "dwconv")
@@ -187,7 +187,7 @@ def load_blocks(device: str) -> list[tuple[str, list[Op], float]]:
 def torchvision_model(name: str):
     """An untrained torchvision classifier in the form whole-model pricing traces."""
     kwargs = {"aux_logits": False, "init_weights": False} if name == "inception_v3" else {}
-    return getattr(tvm, name)(weights=None, **kwargs)
+    return getattr(torchvision.models, name)(weights=None, **kwargs)
 
 
 @functools.cache
@@ -369,7 +369,7 @@ def predict_model(device: str, model: str, input_size: int = 224) -> dict:
     if not model.startswith("torchvision:"):
         raise JcwError("--model must look like torchvision:NAME, e.g. torchvision:mobilenet_v2")
     name = model.split(":", 1)[1]
-    if not hasattr(tvm, name):
+    if not hasattr(torchvision.models, name):
         raise JcwError(f"torchvision has no model {name!r}")
     fitted = fit_device(device)
     ms = fitted.model_ms(list(_torchvision_ops(name, input_size)))

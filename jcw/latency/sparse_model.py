@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torchvision.models as tvm
 
 from jcw.latency.ops import ONE_BY_ONE, Op, model_ops, op_features
+from jcw.models.torchvision_import import torchvision
 
 DATA = Path("xnnpack-sparse") / "published_sparse.csv"  # under latency_tables/reference/
 
@@ -44,8 +44,8 @@ def _mobilenet_v1() -> list[Op]:
 NETWORKS = {
     "tfmot_cifar_cnn": _tfmot_cifar_cnn,
     "mobilenet_v1_1.0": _mobilenet_v1,
-    "mobilenet_v2_1.0": lambda: model_ops(tvm.MobileNetV2(width_mult=1.0), 224),
-    "mobilenet_v2_2.0": lambda: model_ops(tvm.MobileNetV2(width_mult=2.0), 224),
+    "mobilenet_v2_1.0": lambda: model_ops(torchvision.models.MobileNetV2(width_mult=1.0), 224),
+    "mobilenet_v2_2.0": lambda: model_ops(torchvision.models.MobileNetV2(width_mult=2.0), 224),
 }
 
 

@@ -34,6 +34,10 @@ def tensorflow():
     """TensorFlow, quiet, or one clear error where the tflite extra is not installed."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep its start-up notices out of jcw's output
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # and the oneDNN one: conversion runs no heavy kernel
+    # torch._dynamo (which jcw's torchvision import defers) loads triton's library, which crashes the process if it
+    # comes after TensorFlow's: a later torch.optim would load it there
+    import torch._dynamo  # noqa: F401
+
     try:
         import tensorflow as tf  # heavy optional runtime: only a TFLite export or table loads it
     except ImportError:

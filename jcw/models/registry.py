@@ -8,11 +8,13 @@ from __future__ import annotations
 from typing import Callable
 
 import torch.nn as nn
-import torchvision.models as tvm
-from torchvision.ops.misc import Conv2dNormActivation
 
 from jcw.errors import JcwError
+from jcw.models.torchvision_import import torchvision
 from jcw.models.weights import load_backbone, pretrained_state_dict, read_weights_file
+
+tvm = torchvision.models
+Conv2dNormActivation = torchvision.ops.misc.Conv2dNormActivation
 
 # (expansion, out channels, repeats, first stride), for 28-32 px inputs: a 28 px stem, then 14 -> 7.
 # Downsampling in the first block keeps training near 600 img/s on 2 cores (about 4x a 28 px first stage).

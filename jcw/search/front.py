@@ -8,6 +8,7 @@ overrated there.
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,11 +96,15 @@ def write_outputs(cfg: SearchConfig, ctx, out: RunDir, history: pd.DataFrame) ->
         summary_rows.append({"budget_ms": b, **row, "test_top1": None, "largest_fits": b >= ctx.largest_ms})
     summary = pd.DataFrame(summary_rows)
     out.write_tables(history, pareto, summary)
-    if cfg.export:  # each pick, with its top-1 on the test split: it was chosen on the validation images
-        for i, row in summary.dropna(subset=["id"]).iterrows():
-            path = export_member(out, int(row["id"]), supernet=ctx.supernet, device=cfg.device, test=True,
-                                 accel=ctx.supernet_accel, data=getattr(ctx.evaluator, "data", None))
-            summary.at[i, "test_top1"] = read_subnet_metadata(path)["test_top1"]
-        out.write_summary(summary)
-    plot_run(out.path, ctx.space)
+    # the plot reads only the tables just written; drawing it (Python, holding the GIL) overlaps the exports' torch
+    # kernels (which release it): about a second of the README search
+    with ThreadPoolExecutor(1) as background:
+        plotted = background.submit(plot_run, out.path, ctx.space)
+        if cfg.export:  # each pick, with its top-1 on the test split: it was chosen on the validation images
+            for i, row in summary.dropna(subset=["id"]).iterrows():
+                path = export_member(out, int(row["id"]), supernet=ctx.supernet, device=cfg.device, test=True,
+                                     accel=ctx.supernet_accel, data=getattr(ctx.evaluator, "data", None))
+                summary.at[i, "test_top1"] = read_subnet_metadata(path)["test_top1"]
+            out.write_summary(summary)
+        plotted.result()
     return SearchResult(out=out.path, pareto=pareto, history=history, summary=summary)

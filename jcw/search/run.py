@@ -1,9 +1,9 @@
 """`jcw search`: NSGA-II over channels x sparsity under a latency budget, driven by pymoo's ask/tell.
 
-Each generation prices the population with the device table and the accuracy predictor (or the supernet), checkpoints
-the algorithm, and appends to history.csv. Every few generations some of the predicted front is scored on the
-supernet and the predictor is refit with those rows, because the search otherwise settles where the predictor
-overrates subnets. At the end the archive's Pareto members are re-scored on the supernet, so the front in
+Each generation prices the population with the device table and the accuracy predictor (or the supernet) and appends
+to history.csv; the algorithm is checkpointed every few seconds. Every few generations some of the predicted front is
+scored on the supernet and the predictor is refit with those rows, because the search otherwise settles where the
+predictor overrates subnets. At the end the archive's Pareto members are re-scored on the supernet, so the front in
 pareto.csv carries true validation top-1.
 """
 from __future__ import annotations
@@ -50,6 +50,10 @@ from jcw.search.rundir import RunDir
 from jcw.search.survival import MultiTargetSurvival, latency_targets
 from jcw.supernet.pool import DataSpec, SerialPool, scoring_pool
 from jcw.supernet.supernet import load_supernet
+
+
+CHECKPOINT_EVERY_S = 5.0  # between checkpoints while the predictor prices generations (a hundredth of a second
+# each) and after every refinement: pickling the algorithm after each generation took 0.5 s of the README search
 
 
 def default_run_name(cfg: SearchConfig) -> str:
@@ -236,7 +240,7 @@ def _search(cfg: SearchConfig, ctx: _Context, out: RunDir, log) -> SearchResult:
             f"do meet tens of ms, see the README's \"ImageNet-size networks\"")
     budget = cfg.largest_budget_ms
     seen = {tuple(json.loads(r["genome"])) for r in rows}
-    t0 = time.time()
+    t0, saved = time.time(), 0.0  # the first generation is checkpointed at once
     while algorithm.has_next():
         pop = algorithm.ask()
         ctx.repair.do(problem, pop)
@@ -259,10 +263,13 @@ def _search(cfg: SearchConfig, ctx: _Context, out: RunDir, log) -> SearchResult:
                          "predicted_top1": float(t) if ctx.predictor is not None else np.nan,
                          "true_top1": np.nan if ctx.predictor is not None else float(t),
                          "genome": json.dumps([int(v) for v in x])})
-        if ctx.predictor is not None and cfg.refine and gen % cfg.refine_every == 0 and algorithm.has_next():
+        refined = ctx.predictor is not None and cfg.refine and gen % cfg.refine_every == 0 and algorithm.has_next()
+        if refined:
             _refine(cfg, ctx, problem, algorithm, rows, gen, log)
-        with ctx.timed("checkpoints"):
-            out.save_checkpoint({"problem": problem, "algorithm": algorithm, "rows": rows})
+        if refined or time.time() - saved >= CHECKPOINT_EVERY_S or not algorithm.has_next():
+            with ctx.timed("checkpoints"):
+                out.save_checkpoint({"problem": problem, "algorithm": algorithm, "rows": rows})
+            saved = time.time()
         _progress_line(log, gen, cfg, rows, ctx.predictor is not None, time.time() - t0)
     ctx.timings["generations"] = time.time() - t0
     history = rescore_front(cfg, ctx, pd.DataFrame(rows))

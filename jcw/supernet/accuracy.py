@@ -77,6 +77,25 @@ def folded_twin(net: nn.Module) -> nn.Module:
     return fuse(bake_masks(net).to(memory_format=torch.channels_last).eval())
 
 
+def calibrated_subnet(supernet, genome, data, calibration_images: int = CALIBRATION_IMAGES,
+                      accel: Accelerator = CPU) -> nn.Module:
+    """The sliced subnet with its masks baked in (cheaper to run than masked), channels_last, batch norm
+    recalibrated for it."""
+    small, _ = subnet_from_supernet(supernet, np.asarray(genome))
+    small = bake_masks(small).to(memory_format=torch.channels_last)
+    recalibrate_bn(small, data, calibration_images, accel=accel)
+    return small
+
+
+def copy_batch_norm_stats(source: nn.Module, target: nn.Module) -> None:
+    """Every batch norm's running statistics from `source` into the same-named one of `target` (same widths)."""
+    norms = dict(source.named_modules())
+    for name, m in target.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            for buffer in ("running_mean", "running_var", "num_batches_tracked"):
+                getattr(m, buffer).copy_(getattr(norms[name], buffer))
+
+
 def score_genome(supernet, genome, data, split: str = "val", calibration_images: int = CALIBRATION_IMAGES,
                  eval_images: int | None = None, per_image: bool = False, accel: Accelerator = CPU) -> Score:
     """True top-1 of one subnet, with its own batch-norm statistics.
@@ -86,9 +105,7 @@ def score_genome(supernet, genome, data, split: str = "val", calibration_images:
     which is 2-20x less. It is calibrated with its masks already baked in (cheaper than masked), then evaluated as
     its `folded_twin`. The supernet's own statistics are untouched.
     """
-    small, _ = subnet_from_supernet(supernet, np.asarray(genome))
-    small = bake_masks(small).to(memory_format=torch.channels_last)
-    recalibrate_bn(small, data, calibration_images, accel=accel)
+    small = calibrated_subnet(supernet, genome, data, calibration_images, accel)
     return evaluate(folded_twin(small), data, split, limit=eval_images, per_image=per_image, accel=accel)
 
 

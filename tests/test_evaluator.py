@@ -11,7 +11,9 @@ import pytest
 
 from jcw.accelerator import CPU
 from jcw.errors import JcwError
+from jcw.supernet.accuracy import evaluate
 from jcw.supernet.pool import DataSpec, ForkPool, RayPool, SerialPool, largest_first, scoring_pool
+from jcw.supernet.subnet import export_subnet, load_subnet, read_subnet_metadata
 
 from conftest import cli_env
 
@@ -60,7 +62,7 @@ def test_ray_pool_spreads_work_replaces_dead_actors_and_names_failures(supernet,
         pool.close()
 
 
-def test_fork_pool_scores_each_genome_once_on_processes_at_one_thread_and_names_a_dead_one(supernet):
+def test_fork_pool_scores_each_genome_once_on_processes_at_one_thread_and_names_a_dead_one(supernet, tmp_path):
     """On at most 2 CPUs the search scores on forked processes at one thread each, as serial scoring would."""
     spec = DataSpec(calibration_images=100, val_images=200)
     genomes = list(supernet.space.sample(4, np.random.default_rng(2)))
@@ -74,6 +76,16 @@ def test_fork_pool_scores_each_genome_once_on_processes_at_one_thread_and_names_
         assert {s["threads"] for s in pool.scored_by} == {1}
         # one thread against two: summation order may flip at most an image or two
         assert np.allclose([s["top1"] for s in scores], [s["top1"] for s in serial], atol=0.25)
+        # a pick's test top-1, each process scoring its share of the split, is the export's own: within 5 images of
+        # 10,000 (one share counted twice would be off by 0.1-0.2)
+        tested = pool.test_score(genomes[0])
+        exported = read_subnet_metadata(export_subnet(supernet, genomes[0], tmp_path / "s.pt", data=pool.data,
+                                                      calibration_images=100, test=True))
+        assert tested.top1 == pytest.approx(exported["test_top1"], abs=0.05)
+        assert tested.top1 == pytest.approx(SerialPool(supernet, spec, CPU).test_score(genomes[0]).top1, abs=0.05)
+        saved = load_subnet(export_subnet(supernet, genomes[0], tmp_path / "t.pt", tested=tested))
+        assert saved.jcw_metadata["test_top1"] == round(tested.top1, 4)
+        assert saved.jcw_metadata["test_top1"] == pytest.approx(evaluate(saved, pool.data, "test").top1, abs=0.1)
         os.kill(next(iter(pool.executor._processes)), signal.SIGKILL)
         with pytest.raises(JcwError, match="a scoring process died"):
             pool.score(genomes)

@@ -96,14 +96,16 @@ def write_outputs(cfg: SearchConfig, ctx, out: RunDir, history: pd.DataFrame) ->
         summary_rows.append({"budget_ms": b, **row, "test_top1": None, "largest_fits": b >= ctx.largest_ms})
     summary = pd.DataFrame(summary_rows)
     out.write_tables(history, pareto, summary)
-    # the plot reads only the tables just written; drawing it (Python, holding the GIL) overlaps the exports' torch
-    # kernels (which release it): about a second of the README search
+    # the plot reads only the tables just written: it is drawn here while the scoring pool tests the picks
     with ThreadPoolExecutor(1) as background:
         plotted = background.submit(plot_run, out.path, ctx.space)
         if cfg.export:  # each pick, with its top-1 on the test split: it was chosen on the validation images
             for i, row in summary.dropna(subset=["id"]).iterrows():
+                genome = genomes_from_column(history.loc[history["id"] == row["id"], "genome"])[0]
+                tested = ctx.evaluator.test_score(genome) if hasattr(ctx.evaluator, "test_score") else None
                 path = export_member(out, int(row["id"]), supernet=ctx.supernet, device=cfg.device, test=True,
-                                     accel=ctx.supernet_accel, data=getattr(ctx.evaluator, "data", None))
+                                     accel=ctx.supernet_accel, data=getattr(ctx.evaluator, "data", None),
+                                     tested=tested)
                 summary.at[i, "test_top1"] = read_subnet_metadata(path)["test_top1"]
             out.write_summary(summary)
         plotted.result()

@@ -51,14 +51,14 @@ def recalibrate_bn(net: nn.Module, data, images: int = CALIBRATION_IMAGES, batch
 
 @torch.no_grad()
 def evaluate(net: nn.Module, data, split: str = "val", batch_size: int = 100, limit: int | None = None,
-             per_image: bool = False, accel: Accelerator = CPU) -> Score:
+             per_image: bool = False, accel: Accelerator = CPU, shard: tuple[int, int] = (0, 1)) -> Score:
     """Top-1 and mean loss in eval mode (and with `per_image`, which images it got right: how noisy top-1 is as a
     label follows from them). Batches of 100 keep every activation under the allocator's 32 MiB mmap threshold
     (see `jcw.allocator`), which made scoring about 1.5x faster than batches of 500."""
     was_training = net.training
     net.eval()
     right, loss = [], 0.0
-    for batch in data.batches(split, batch_size, limit=limit):
+    for batch in data.batches(split, batch_size, limit=limit, shard=shard):  # (k, n): the k-th of n shares
         images, labels = accel.tensors(batch.images, batch.labels)
         with accel.autocast():
             logits = net(images)
@@ -87,13 +87,29 @@ def calibrated_subnet(supernet, genome, data, calibration_images: int = CALIBRAT
     return small
 
 
-def copy_batch_norm_stats(source: nn.Module, target: nn.Module) -> None:
-    """Every batch norm's running statistics from `source` into the same-named one of `target` (same widths)."""
-    norms = dict(source.named_modules())
-    for name, m in target.named_modules():
+_BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def batch_norm_stats(net: nn.Module) -> dict[str, torch.Tensor]:
+    """Every batch norm's running statistics, by module name and buffer: what calibration computed for a subnet, a
+    few kilobytes to hand to another process or another form of the same subnet."""
+    return {f"{name}.{b}": getattr(m, b).clone() for name, m in net.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) for b in _BN_BUFFERS}
+
+
+def load_batch_norm_stats(net: nn.Module, stats: dict[str, torch.Tensor]) -> None:
+    for name, m in net.named_modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            for buffer in ("running_mean", "running_var", "num_batches_tracked"):
-                getattr(m, buffer).copy_(getattr(norms[name], buffer))
+            for b in _BN_BUFFERS:
+                getattr(m, b).copy_(stats[f"{name}.{b}"])
+
+
+@dataclass
+class TestScore:
+    """A subnet's top-1 on the test split and the batch-norm statistics it was scored with."""
+
+    top1: float
+    batch_norm: dict[str, torch.Tensor]
 
 
 def score_genome(supernet, genome, data, split: str = "val", calibration_images: int = CALIBRATION_IMAGES,

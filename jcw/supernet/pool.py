@@ -24,7 +24,8 @@ from jcw.allocator import keep_freed_memory
 from jcw.cluster import start_ray
 from jcw.data import supernet_data
 from jcw.errors import JcwError
-from jcw.supernet.accuracy import CALIBRATION_IMAGES, score_genome
+from jcw.supernet.accuracy import (CALIBRATION_IMAGES, TestScore, batch_norm_stats, calibrated_subnet, evaluate,
+                                   folded_twin, score_genome)
 from jcw.supernet.supernet import Supernet, SupernetConfig
 
 OnScored = Callable[[int, dict], None]  # called with a genome's index and its score as soon as it is scored
@@ -89,6 +90,18 @@ class SerialPool:
                 on_scored(i, out[-1])
         return out
 
+    def test_share(self, genome, shard: tuple[int, int] = (0, 1)) -> tuple[int, int, dict[str, torch.Tensor]]:
+        """Right answers and images on one share of the test split, and the batch-norm statistics they came from."""
+        net = calibrated_subnet(self.supernet, np.asarray(genome), self.data, self.spec.calibration_images,
+                                self.accel)
+        s = evaluate(folded_twin(net), self.data, "test", per_image=True, accel=self.accel, shard=shard)
+        return int(s.correct.sum()), len(s.correct), batch_norm_stats(net)
+
+    def test_score(self, genome) -> TestScore:
+        """A pick's top-1 on the test split, with the statistics its exported file keeps."""
+        right, images, stats = self.test_share(genome)
+        return TestScore(100.0 * right / max(images, 1), stats)
+
     def close(self) -> None:
         pass
 
@@ -112,6 +125,10 @@ def _forked_start(parent: int, pool: SerialPool) -> None:
 def _score_forked(index: int, genome: np.ndarray) -> tuple[int, dict, dict]:
     score = _FORKED.score([genome])[0]
     return index, score, {"genome": index, "worker": os.getpid(), "threads": torch.get_num_threads()}
+
+
+def _test_share_forked(genome: np.ndarray, shard: tuple[int, int]) -> tuple[int, int, dict[str, torch.Tensor]]:
+    return _FORKED.test_share(genome, shard)
 
 
 class ForkPool:
@@ -147,6 +164,17 @@ class ForkPool:
         except BrokenProcessPool:
             raise JcwError("a scoring process died (out of memory?); score in this process with --workers 0") from None
         return results  # type: ignore[return-value]
+
+    def test_score(self, genome) -> TestScore:
+        """As `SerialPool.test_score`, each process scoring its share of every test batch: a search's last scoring,
+        which would otherwise leave all but one CPU idle. Calibration is repeated in each, with the same result."""
+        genome = np.asarray(genome)
+        try:
+            shares = [f.result() for f in [self.executor.submit(_test_share_forked, genome, (k, self.processes))
+                                           for k in range(self.processes)]]
+        except BrokenProcessPool:
+            raise JcwError("a scoring process died (out of memory?); score in this process with --workers 0") from None
+        return TestScore(100.0 * sum(r for r, _, _ in shares) / max(sum(n for _, n, _ in shares), 1), shares[0][2])
 
     def close(self) -> None:
         self.executor.shutdown(cancel_futures=True)

@@ -18,26 +18,30 @@ from jcw.errors import JcwError
 from jcw.io import torch_save
 from jcw.models import create_model
 from jcw.models.graph import analyse
-from jcw.supernet.accuracy import (CALIBRATION_IMAGES, calibrated_subnet, copy_batch_norm_stats, evaluate,
-                                   folded_twin)
+from jcw.supernet.accuracy import (CALIBRATION_IMAGES, TestScore, batch_norm_stats, calibrated_subnet, evaluate,
+                                   folded_twin, load_batch_norm_stats)
 from jcw.supernet.slicing import add_masks, shrink, subnet_from_supernet
 
 FORMAT = "jcw-subnet/1"
 
 
 def export_subnet(supernet, genome, path: str | Path, data=None, metadata: dict | None = None,
-                  calibration_images: int = CALIBRATION_IMAGES, test: bool = False, accel: Accelerator = CPU) -> Path:
+                  calibration_images: int = CALIBRATION_IMAGES, test: bool = False, accel: Accelerator = CPU,
+                  tested: TestScore | None = None) -> Path:
     """Write a subnet file; with `data`, batch norm is recalibrated for this subnet first, and with `test` its top-1
     on the test split goes into the metadata too: a member chosen on validation images is overrated there, so its
-    test top-1 is what it is worth."""
+    test top-1 is what it is worth. `tested` is both, already computed (by the search's scoring pool)."""
     small, arch = subnet_from_supernet(supernet, genome)
     metadata = dict(metadata or {})
-    if data is not None:  # as the search scores: calibrated with masks baked in, tested on the folded twin (2.5x
-        # faster than the masked network); the saved network keeps its masks and takes the twin's statistics
+    if tested is None and data is not None:  # as the search scores: calibrated with masks baked in, tested on the
+        # folded twin (2.5x faster than the masked network); the saved network keeps its masks
         twin = calibrated_subnet(supernet, genome, data, calibration_images, accel)
-        copy_batch_norm_stats(twin, small)
+        load_batch_norm_stats(small, batch_norm_stats(twin))
         if test:
             metadata["test_top1"] = round(evaluate(folded_twin(twin), data, "test", accel=accel).top1, 4)
+    elif tested is not None:
+        load_batch_norm_stats(small, tested.batch_norm)
+        metadata["test_top1"] = round(tested.top1, 4)
     meta = {"genome": [int(v) for v in np.asarray(genome)], **supernet.space.decode(genome),
             "supernet_hash": getattr(supernet, "hash", None), "jcw_version": __version__, **metadata}
     save_subnet(path, small, arch, meta)

@@ -13,7 +13,7 @@ def test_help_and_version():
         assert cmd in out
     assert run_cli("--version", check=True).stdout.startswith("jcw ")
     search = " ".join(run_cli("search", "--help", check=True).stdout.split())
-    assert "--rescore RESCORE front members re-scored on the supernet (default: 10)" in search  # from SearchConfig
+    assert "--rescore RESCORE front members re-scored on the supernet (default: 8)" in search  # from SearchConfig
     assert "--population POPULATION default: 64" in search
 
 

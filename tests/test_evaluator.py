@@ -3,6 +3,7 @@ scored once at its thread count, dead actors restarted by Ray, and every failure
 allocator setting that keeps scoring fast."""
 import os
 import signal
+from dataclasses import replace
 import subprocess
 import sys
 
@@ -83,6 +84,15 @@ def test_fork_pool_scores_each_genome_once_on_processes_at_one_thread_and_names_
                                                       calibration_images=100, test=True))
         assert tested.top1 == pytest.approx(exported["test_top1"], abs=0.05)
         assert tested.top1 == pytest.approx(SerialPool(supernet, spec, CPU).test_score(genomes[0]).top1, abs=0.05)
+        # with the statistics its validation scoring kept, nothing is recalibrated and the score is the same
+        kept = ForkPool(supernet, replace(spec, batch_norm=True), processes=2)
+        try:
+            stats = kept.score(genomes[:1])[0]["batch_norm"]
+            assert kept.test_score(genomes[0], stats).top1 == tested.top1
+            skewed = {k: v + 1 if k.endswith("running_mean") else v for k, v in stats.items()}
+            assert kept.test_score(genomes[0], skewed).top1 < tested.top1 - 5  # the statistics given are used
+        finally:
+            kept.close()
         saved = load_subnet(export_subnet(supernet, genomes[0], tmp_path / "t.pt", tested=tested))
         assert saved.jcw_metadata["test_top1"] == round(tested.top1, 4)
         assert saved.jcw_metadata["test_top1"] == pytest.approx(evaluate(saved, pool.data, "test").top1, abs=0.1)

@@ -110,6 +110,7 @@ class _Context:
         self.largest_ms = float(self.bound.latency(np.zeros_like(self.upper))[0])
         self.unconstrained = [b for b in cfg.budgets_ms if b >= self.largest_ms]
         self.evaluator = None
+        self.batch_norm: dict[tuple, dict] = {}  # calibrated statistics of every subnet scored, by genome
         self.cfg = cfg
 
     def _why_dense(self) -> str:
@@ -144,7 +145,7 @@ class _Context:
         if self.evaluator is None:
             spec = DataSpec(dataset=self.supernet.config.dataset, data_dir=self.cfg.data_dir,
                             calibration_images=self.cfg.calibration_images, val_images=self.cfg.val_images,
-                            accelerator=self.cfg.accelerator)
+                            accelerator=self.cfg.accelerator, batch_norm=True)
             with self.timed("scorer start"):
                 self.evaluator = scoring_pool(self.supernet, spec, self.cfg.workers, self.cfg.ray_address,
                                               self.accel)
@@ -159,6 +160,8 @@ class _Context:
         scorer = self.scorer()
         with self.timed(phase), tqdm(total=len(genomes), desc=label, dynamic_ncols=True, file=sys.stderr) as bar:
             scores = scorer.score(list(genomes), on_scored=lambda i, s: bar.update())
+        for g, s in zip(genomes, scores):  # the picks' test top-1 is scored with these, not recalibrated
+            self.batch_norm[tuple(int(v) for v in g)] = s["batch_norm"]
         return np.array([s["top1"] for s in scores])
 
     def close(self) -> None:

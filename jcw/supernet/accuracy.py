@@ -28,6 +28,7 @@ class Score:
     top1: float  # percent
     loss: float
     correct: np.ndarray | None = None  # per image, whether the top guess was right (when asked for)
+    batch_norm: dict[str, torch.Tensor] | None = None  # the statistics it was scored with (when asked for)
 
 
 @torch.no_grad()
@@ -78,12 +79,15 @@ def folded_twin(net: nn.Module) -> nn.Module:
 
 
 def calibrated_subnet(supernet, genome, data, calibration_images: int = CALIBRATION_IMAGES,
-                      accel: Accelerator = CPU) -> nn.Module:
+                      accel: Accelerator = CPU, batch_norm: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """The sliced subnet with its masks baked in (cheaper to run than masked), channels_last, batch norm
-    recalibrated for it."""
+    recalibrated for it (or given the `batch_norm` statistics an earlier calibration computed for it)."""
     small, _ = subnet_from_supernet(supernet, np.asarray(genome))
     small = bake_masks(small).to(memory_format=torch.channels_last)
-    recalibrate_bn(small, data, calibration_images, accel=accel)
+    if batch_norm is None:
+        recalibrate_bn(small, data, calibration_images, accel=accel)
+    else:
+        load_batch_norm_stats(small, batch_norm)
     return small
 
 
@@ -93,7 +97,7 @@ _BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 def batch_norm_stats(net: nn.Module) -> dict[str, torch.Tensor]:
     """Every batch norm's running statistics, by module name and buffer: what calibration computed for a subnet, a
     few kilobytes to hand to another process or another form of the same subnet."""
-    return {f"{name}.{b}": getattr(m, b).clone() for name, m in net.named_modules()
+    return {f"{name}.{b}": getattr(m, b).detach().cpu().clone() for name, m in net.named_modules()
             if isinstance(m, nn.modules.batchnorm._BatchNorm) for b in _BN_BUFFERS}
 
 
@@ -113,8 +117,9 @@ class TestScore:
 
 
 def score_genome(supernet, genome, data, split: str = "val", calibration_images: int = CALIBRATION_IMAGES,
-                 eval_images: int | None = None, per_image: bool = False, accel: Accelerator = CPU) -> Score:
-    """True top-1 of one subnet, with its own batch-norm statistics.
+                 eval_images: int | None = None, per_image: bool = False, accel: Accelerator = CPU,
+                 keep_batch_norm: bool = False) -> Score:
+    """True top-1 of one subnet, with its own batch-norm statistics (returned too, with `keep_batch_norm`).
 
     Scores the physically sliced subnet (the exported network, tested equal to the masked supernet), not the masked
     supernet: a masked forward pass costs as much as the largest subnet, a sliced one only what the subnet costs,
@@ -122,7 +127,10 @@ def score_genome(supernet, genome, data, split: str = "val", calibration_images:
     its `folded_twin`. The supernet's own statistics are untouched.
     """
     small = calibrated_subnet(supernet, genome, data, calibration_images, accel)
-    return evaluate(folded_twin(small), data, split, limit=eval_images, per_image=per_image, accel=accel)
+    stats = batch_norm_stats(small) if keep_batch_norm else None
+    score = evaluate(folded_twin(small), data, split, limit=eval_images, per_image=per_image, accel=accel)
+    score.batch_norm = stats
+    return score
 
 
 def evaluate_genomes(supernet: str | None, genomes: str, split: str = "val",

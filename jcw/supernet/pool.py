@@ -42,6 +42,7 @@ class DataSpec:
     val_images: int | None = None  # cap on scored images (None: the whole split)
     accelerator: str = "auto"  # where each scorer runs (jcw/accelerator.py); Ray actors use CUDA only if given a GPU
     per_image: bool = False  # also return which images each subnet got right (packed bits, hex): label noise
+    batch_norm: bool = False  # also return each subnet's calibrated statistics: a search tests its picks with them
 
 
 def _scored(s, spec: DataSpec) -> dict:
@@ -49,6 +50,8 @@ def _scored(s, spec: DataSpec) -> dict:
     out = {"top1": s.top1, "loss": s.loss}
     if spec.per_image:
         out.update(correct=np.packbits(s.correct).tobytes().hex(), images=len(s.correct))
+    if spec.batch_norm:
+        out["batch_norm"] = s.batch_norm
     return out
 
 
@@ -83,23 +86,25 @@ class SerialPool:
         out, self.scored_by = [], []
         for i, g in enumerate(genomes):
             s = score_genome(self.supernet, np.asarray(g), self.data, self.spec.split, self.spec.calibration_images,
-                             self.spec.val_images, self.spec.per_image, self.accel)
+                             self.spec.val_images, self.spec.per_image, self.accel, self.spec.batch_norm)
             out.append(_scored(s, self.spec))
             self.scored_by.append({"genome": i, "worker": os.getpid(), "threads": torch.get_num_threads()})
             if on_scored:
                 on_scored(i, out[-1])
         return out
 
-    def test_share(self, genome, shard: tuple[int, int] = (0, 1)) -> tuple[int, int, dict[str, torch.Tensor]]:
-        """Right answers and images on one share of the test split, and the batch-norm statistics they came from."""
+    def test_share(self, genome, shard: tuple[int, int] = (0, 1),
+                   batch_norm: dict | None = None) -> tuple[int, int, dict[str, torch.Tensor]]:
+        """Right answers and images on one share of the test split, and the batch-norm statistics they came from
+        (`batch_norm`, where its scoring kept them, else recalibrated)."""
         net = calibrated_subnet(self.supernet, np.asarray(genome), self.data, self.spec.calibration_images,
-                                self.accel)
+                                self.accel, batch_norm)
         s = evaluate(folded_twin(net), self.data, "test", per_image=True, accel=self.accel, shard=shard)
         return int(s.correct.sum()), len(s.correct), batch_norm_stats(net)
 
-    def test_score(self, genome) -> TestScore:
+    def test_score(self, genome, batch_norm: dict | None = None) -> TestScore:
         """A pick's top-1 on the test split, with the statistics its exported file keeps."""
-        right, images, stats = self.test_share(genome)
+        right, images, stats = self.test_share(genome, batch_norm=batch_norm)
         return TestScore(100.0 * right / max(images, 1), stats)
 
     def close(self) -> None:
@@ -127,8 +132,9 @@ def _score_forked(index: int, genome: np.ndarray) -> tuple[int, dict, dict]:
     return index, score, {"genome": index, "worker": os.getpid(), "threads": torch.get_num_threads()}
 
 
-def _test_share_forked(genome: np.ndarray, shard: tuple[int, int]) -> tuple[int, int, dict[str, torch.Tensor]]:
-    return _FORKED.test_share(genome, shard)
+def _test_share_forked(genome: np.ndarray, shard: tuple[int, int],
+                       batch_norm: dict | None) -> tuple[int, int, dict[str, torch.Tensor]]:
+    return _FORKED.test_share(genome, shard, batch_norm)
 
 
 class ForkPool:
@@ -165,13 +171,14 @@ class ForkPool:
             raise JcwError("a scoring process died (out of memory?); score in this process with --workers 0") from None
         return results  # type: ignore[return-value]
 
-    def test_score(self, genome) -> TestScore:
+    def test_score(self, genome, batch_norm: dict | None = None) -> TestScore:
         """As `SerialPool.test_score`, each process scoring its share of every test batch: a search's last scoring,
-        which would otherwise leave all but one CPU idle. Calibration is repeated in each, with the same result."""
+        which would otherwise leave all but one CPU idle. Without `batch_norm` each process recalibrates, with the
+        same result."""
         genome = np.asarray(genome)
         try:
-            shares = [f.result() for f in [self.executor.submit(_test_share_forked, genome, (k, self.processes))
-                                           for k in range(self.processes)]]
+            shares = [f.result() for f in [self.executor.submit(_test_share_forked, genome, (k, self.processes),
+                                                                batch_norm) for k in range(self.processes)]]
         except BrokenProcessPool:
             raise JcwError("a scoring process died (out of memory?); score in this process with --workers 0") from None
         return TestScore(100.0 * sum(r for r, _, _ in shares) / max(sum(n for _, n, _ in shares), 1), shares[0][2])
@@ -200,7 +207,7 @@ class _ScoringActor:
             built = _supernet_from_payload(ray.get(payload[0]))  # a ref in a list: Ray passes it unresolved
             self.supernet = self.accel.module(built)
         s = score_genome(self.supernet, np.asarray(genome), self.data, self.spec.split, self.spec.calibration_images,
-                         self.spec.val_images, self.spec.per_image, self.accel)
+                         self.spec.val_images, self.spec.per_image, self.accel, self.spec.batch_norm)
         # where it ran, as the worker sees it: benchmarks and tests report threads measured here, not requested
         return {**_scored(s, self.spec), "index": index, "worker": os.getpid(), "threads": torch.get_num_threads()}
 

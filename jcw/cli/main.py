@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # or the exit's flush raises again
         return 141
     finally:
-        # the interpreter's last collection then skips torch's objects: about 0.8 s of a command's exit on 2 cores
+        # the interpreter's last collection then skips torch's objects: 0.5 s of a command's exit on 2 cores
         gc.freeze()
     return 0
 

@@ -111,6 +111,7 @@ class SerialPool:
         pass
 
 
+_PROCESS_DIED = "a scoring process died (out of memory?); score in this process with --workers 0"
 _FORKED: SerialPool | None = None  # in a forked scoring process: the pool it scores with, inherited from its parent
 _PR_SET_PDEATHSIG = 1  # prctl(2)
 
@@ -168,7 +169,7 @@ class ForkPool:
                 if on_scored:
                     on_scored(i, score)
         except BrokenProcessPool:
-            raise JcwError("a scoring process died (out of memory?); score in this process with --workers 0") from None
+            raise JcwError(_PROCESS_DIED) from None
         return results  # type: ignore[return-value]
 
     def test_score(self, genome, batch_norm: dict | None = None) -> TestScore:
@@ -180,7 +181,7 @@ class ForkPool:
             shares = [f.result() for f in [self.executor.submit(_test_share_forked, genome, (k, self.processes),
                                                                 batch_norm) for k in range(self.processes)]]
         except BrokenProcessPool:
-            raise JcwError("a scoring process died (out of memory?); score in this process with --workers 0") from None
+            raise JcwError(_PROCESS_DIED) from None
         return TestScore(100.0 * sum(r for r, _, _ in shares) / max(sum(n for _, n, _ in shares), 1), shares[0][2])
 
     def close(self) -> None:

@@ -102,11 +102,9 @@ def write_outputs(cfg: SearchConfig, ctx, out: RunDir, history: pd.DataFrame) ->
         if cfg.export:  # each pick, with its top-1 on the test split: it was chosen on the validation images
             for i, row in summary.dropna(subset=["id"]).iterrows():
                 genome = genomes_from_column(history.loc[history["id"] == row["id"], "genome"])[0]
-                tested = (ctx.evaluator.test_score(genome, ctx.batch_norm.get(tuple(int(v) for v in genome)))
-                          if hasattr(ctx.evaluator, "test_score") else None)
                 path = export_member(out, int(row["id"]), supernet=ctx.supernet, device=cfg.device, test=True,
                                      accel=ctx.supernet_accel, data=getattr(ctx.evaluator, "data", None),
-                                     tested=tested)
+                                     tested=ctx.test_score(genome))
                 summary.at[i, "test_top1"] = read_subnet_metadata(path)["test_top1"]
             out.write_summary(summary)
         plotted.result()

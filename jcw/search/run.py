@@ -48,12 +48,17 @@ from jcw.search.front import SearchResult, rescore_front, write_outputs
 from jcw.search.repair import XnnpackDensities
 from jcw.search.rundir import RunDir
 from jcw.search.survival import MultiTargetSurvival, latency_targets
+from jcw.supernet.accuracy import TestScore
 from jcw.supernet.pool import DataSpec, SerialPool, scoring_pool
 from jcw.supernet.supernet import load_supernet
 
 
 CHECKPOINT_EVERY_S = 5.0  # between checkpoints while the predictor prices generations (a hundredth of a second
 # each) and after every refinement: pickling the algorithm after each generation took 0.5 s of the README search
+
+
+def _genome_key(genome) -> tuple[int, ...]:
+    return tuple(int(v) for v in genome)
 
 
 def default_run_name(cfg: SearchConfig) -> str:
@@ -161,8 +166,15 @@ class _Context:
         with self.timed(phase), tqdm(total=len(genomes), desc=label, dynamic_ncols=True, file=sys.stderr) as bar:
             scores = scorer.score(list(genomes), on_scored=lambda i, s: bar.update())
         for g, s in zip(genomes, scores):  # the picks' test top-1 is scored with these, not recalibrated
-            self.batch_norm[tuple(int(v) for v in g)] = s["batch_norm"]
+            self.batch_norm[_genome_key(g)] = s["batch_norm"]
         return np.array([s["top1"] for s in scores])
+
+    def test_score(self, genome) -> TestScore | None:
+        """A pick's test top-1 on the scoring pool, with the statistics its validation scoring kept; None where the
+        pool has no such call (Ray's actors), and the export scores it in this process."""
+        if not hasattr(self.evaluator, "test_score"):
+            return None
+        return self.evaluator.test_score(genome, self.batch_norm.get(_genome_key(genome)))
 
     def close(self) -> None:
         if self.evaluator is not None:

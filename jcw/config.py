@@ -121,7 +121,9 @@ class TrainConfig:
     warmup_epochs: float = 0.5
     seed: int = 0
     threads: int = 0  # 0: torch's default
-    limit_train: int = 0  # cap on training images per epoch (0: all); for quick runs and tests
+    # cap on training images per epoch (0: all), and on the images each epoch's validation recalibrates on; for quick
+    # runs and tests
+    limit_train: int = 0
     val_images: int | None = None  # cap on the validation images scored after each epoch (None: all)
     accumulate: int = 1  # micro-batches per step (per worker): a large batch in less memory
     # DataLoader processes decoding ImageFolder JPEGs (None: one per core available, at most 8; on Ray Train workers,

@@ -137,7 +137,9 @@ class InMemoryData:
         order = torch.randperm(len(y), generator=gen) if shuffle else torch.arange(len(y))
         if limit is not None:
             order = order[:limit]
-        kept = None if augment else self._unaugmented(x, order, (split, shuffle, seed, limit, self.input_size))
+        # a share (a scoring process's part of the test split, scored once per pick) resizes only its own images
+        kept = (None if augment or shard != (0, 1) else
+                self._unaugmented(x, order, (split, shuffle, seed, limit, self.input_size)))
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             rows = _share(len(idx), shard)

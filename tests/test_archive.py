@@ -22,3 +22,14 @@ def test_hypervolume_bounds():
     # A perfect subnet (0 ms, 100%) dominates the whole box; a front wholly outside it dominates none of it.
     assert hypervolume(np.array([0.0]), np.array([100.0]), 10.0, 80.0) == pytest.approx(1.0)
     assert hypervolume(np.array([12.0, 1.0]), np.array([99.0, 70.0]), 10.0, 80.0) == 0.0
+
+
+def test_front_with_ties_keeps_both_of_two_equal_members_and_drops_the_beaten():
+    from jcw.search.archive import on_front_with_ties, pareto_mask
+
+    # (2, 90) twice: equal, both kept; (5, 95) kept; (5, 93) beaten on top-1 at the same latency; (6, 95) beaten on
+    # latency at the same top-1; (8, 97) kept
+    latency = np.array([2.0, 2.0, 5.0, 5.0, 6.0, 8.0])
+    top1 = np.array([90.0, 90.0, 95.0, 93.0, 95.0, 97.0])
+    assert on_front_with_ties(latency, top1).tolist() == [True, True, True, False, False, True]
+    assert pareto_mask(latency, top1).tolist() == [True, False, True, False, False, True]  # the first seen only

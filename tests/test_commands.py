@@ -46,6 +46,15 @@ def test_supernet_training_killed_and_resumed_ends_with_the_same_weights(tmp_pat
     a = torch.load(cut / "supernet.pt", weights_only=True)["state_dict"]
     b = torch.load(full / "supernet.pt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # each epoch's validation recalibrated on the 256 images the run was capped to, not on 2,000
+    from jcw.data import supernet_data
+    from jcw.supernet.accuracy import score_genome
+    from jcw.supernet.supernet import load_supernet
+
+    net = load_supernet(full / "supernet.pt")
+    logged = pd.read_csv(full / "train_log.csv")["val_top1_largest"].iloc[-1]
+    score = score_genome(net, net.space.largest(), supernet_data(net.config), calibration_images=256, eval_images=500)
+    assert logged == round(score.top1, 2)
 
 
 def test_imagefolder_data_trains_a_supernet_at_its_input_size(tmp_path):

@@ -255,7 +255,8 @@ def build_parser() -> Parser:
     tr.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs per Ray Train worker (nccl when > 0)")
     tr.add_argument("--max-failures", type=int, default=3,
                     help="worker failures Ray Train recovers from the last checkpoint before it gives up")
-    tr.add_argument("--limit-train", type=int, help="cap training images per epoch (quick runs)")
+    tr.add_argument("--limit-train", type=int,
+                    help="cap training images per epoch, and those each epoch's validation recalibrates on (quick runs)")
     tr.add_argument("--val-images", type=int, help="cap on validation images scored after each epoch")
     tr.add_argument("--resume", action="store_true", help="continue from the last checkpoint with the saved recipe")
     tr.add_argument("--force", action="store_true")

@@ -21,6 +21,14 @@ def pareto_mask(latency: np.ndarray, top1: np.ndarray) -> np.ndarray:
     return keep
 
 
+def on_front_with_ties(latency: np.ndarray, top1: np.ndarray) -> np.ndarray:
+    """True for members no other member beats on one objective while matching the other: `pareto_mask` with its
+    ties kept, for what must hold whichever of two equal members the front ends up keeping."""
+    lat, top = np.asarray(latency, dtype=float)[:, None], np.asarray(top1, dtype=float)[:, None]
+    beaten = (lat.T <= lat) & (top.T >= top) & ((lat.T < lat) | (top.T > top))
+    return ~beaten.any(axis=1)
+
+
 def spread_pick(latency: np.ndarray, k: int) -> np.ndarray:
     """Indices of at most `k` members spread evenly over the latency range (always both ends)."""
     if len(latency) <= k:

@@ -42,7 +42,7 @@ from jcw.errors import JcwError
 from jcw.latency.table import load_table
 from jcw.predictor.predictor import load_predictor
 from jcw.predictor.regression import refine
-from jcw.search.archive import genomes_from_column, hypervolume, pareto_mask, spread_front
+from jcw.search.archive import genomes_from_column, hypervolume, on_front_with_ties, pareto_mask, spread_front
 from jcw.search.budget import format_ms
 from jcw.search.front import SearchResult, rescore_front, write_outputs
 from jcw.search.repair import XnnpackDensities
@@ -115,7 +115,9 @@ class _Context:
         self.largest_ms = float(self.bound.latency(np.zeros_like(self.upper))[0])
         self.unconstrained = [b for b in cfg.budgets_ms if b >= self.largest_ms]
         self.evaluator = None
-        self.batch_norm: dict[tuple, dict] = {}  # calibrated statistics of every subnet scored, by genome
+        # calibrated statistics of the scored subnets that could still be a pick, by genome, with their latency and
+        # true top-1: those on the true front within the largest budget
+        self.batch_norm: dict[tuple, tuple[float, float, dict]] = {}
         self.cfg = cfg
 
     def _why_dense(self) -> str:
@@ -165,16 +167,27 @@ class _Context:
         scorer = self.scorer()
         with self.timed(phase), tqdm(total=len(genomes), desc=label, dynamic_ncols=True, file=sys.stderr) as bar:
             scores = scorer.score(list(genomes), on_scored=lambda i, s: bar.update())
-        for g, s in zip(genomes, scores):  # the picks' test top-1 is scored with these, not recalibrated
-            self.batch_norm[_genome_key(g)] = s["batch_norm"]
-        return np.array([s["top1"] for s in scores])
+        top1 = np.array([s["top1"] for s in scores])
+        self._keep_batch_norm(genomes, top1, [s["batch_norm"] for s in scores])
+        return top1
+
+    def _keep_batch_norm(self, genomes: np.ndarray, top1: np.ndarray, stats: list[dict]) -> None:
+        """Keep the statistics a pick's test top-1 will be scored with, rather than recalibrate it; only for subnets
+        still on the true front, since under `--evaluator supernet` every one of thousands of subnets is scored."""
+        for g, lat, t, st in zip(genomes, self.bound.latency(np.asarray(genomes)), top1, stats):
+            if lat <= self.cfg.largest_budget_ms:
+                self.batch_norm[_genome_key(g)] = (float(lat), float(t), st)
+        keys, kept = list(self.batch_norm), list(self.batch_norm.values())
+        front = on_front_with_ties(np.array([k[0] for k in kept]), np.array([k[1] for k in kept]))
+        self.batch_norm = {key: value for key, value, on in zip(keys, kept, front) if on}
 
     def test_score(self, genome) -> TestScore | None:
         """A pick's test top-1 on the scoring pool, with the statistics its validation scoring kept; None where the
         pool has no such call (Ray's actors), and the export scores it in this process."""
         if not hasattr(self.evaluator, "test_score"):
             return None
-        return self.evaluator.test_score(genome, self.batch_norm.get(_genome_key(genome)))
+        kept = self.batch_norm.get(_genome_key(genome))
+        return self.evaluator.test_score(genome, kept[2] if kept else None)
 
     def close(self) -> None:
         if self.evaluator is not None:

@@ -122,8 +122,10 @@ class InMemoryData:
         flip = (torch.rand(n, generator=generator) < 0.5)[rows] if self.flip else None
         images = images[rows]
         padded = F.pad(images, (pad, pad, pad, pad))
+        rows_at = (oy[:, None] + torch.arange(h))[:, None, :, None]
+        cols_at = (ox[:, None] + torch.arange(w))[:, None, None, :]
         out = padded[torch.arange(len(images))[:, None, None, None], torch.arange(images.shape[1])[None, :, None, None],
-                     (oy[:, None] + torch.arange(h))[:, None, :, None], (ox[:, None] + torch.arange(w))[:, None, None, :]]
+                     rows_at, cols_at]
         if flip is not None:
             out[flip] = out[flip].flip(-1)
         return out

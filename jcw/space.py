@@ -122,7 +122,8 @@ class SearchSpace:
         return arr
 
     def gene_name(self, i: int) -> str:
-        return f"width:{self.groups[i].name}" if i < len(self.groups) else f"density:{self.sparse[i - len(self.groups)]}"
+        n_groups = len(self.groups)
+        return f"width:{self.groups[i].name}" if i < n_groups else f"density:{self.sparse[i - n_groups]}"
 
     # ---- readable form -----------------------------------------------------------------------------------------
     def widths(self, genomes: np.ndarray) -> np.ndarray:

@@ -28,7 +28,8 @@ def test_help_and_version():
     (["search", "--device", "pixel4", "--latency", "1us"], ["least achievable"]),
     (["supernet", "train", "--input", "4", "--out", "/tmp/jcw-x"], ["--input 4", "from 8 to 512 px"]),
     (["supernet", "train", "--densities", "1,0.5,0.7", "--out", "/tmp/jcw-x"], ["densities 1, 0.5, 0.7", "from 1"]),
-    (["supernet", "train", "--densities", "0.5,0.2", "--out", "/tmp/jcw-x"], ["densities 0.5, 0.2", "dense, the first"]),
+    (["supernet", "train", "--densities", "0.5,0.2", "--out", "/tmp/jcw-x"],
+     ["densities 0.5, 0.2", "dense, the first"]),
     (["supernet", "train", "--random-densities", "xnnpack", "--out", "/tmp/jcw-x"],
      ["XNNPACK runs no layer of mbv2_small sparse", "3-channel images"]),
     (["search", "--device", "pixel4", "--latency", "0.1ms,30ms"], ["budget 0.1ms is below", "least achievable"]),
@@ -129,7 +130,8 @@ def test_a_budget_the_largest_subnet_meets_is_said_before_the_search_and_kept_in
     assert config["resolved"]["largest_ms"] == pytest.approx(largest, rel=1e-3)
 
 
-@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="torch sees a GPU here: --accelerator cuda is valid")
+@pytest.mark.skipif(__import__("torch").cuda.is_available(),
+                    reason="torch sees a GPU here: --accelerator cuda is valid")
 @pytest.mark.parametrize("args", [
     ["supernet", "eval", "--genome", "smallest"],
     ["supernet", "train", "--out", "{tmp}/sn", "--epochs", "1"],

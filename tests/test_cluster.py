@@ -55,8 +55,8 @@ def ray_start(ray: str, *args: str, env: dict | None = None) -> None:
 @pytest.fixture(scope="module")
 def ray_cluster():
     """A 2-node Ray cluster started as a user starts one: `ray start --head` (2 CPUs), then a second node
-    (`ray start --address`, 1 CPU). Yields the address and the second node's raylet pid; stopped after this module (a cluster left running
-    would catch every later `ray.init()`)."""
+    (`ray start --address`, 1 CPU). Yields the address and the second node's raylet pid; stopped after this module
+    (a cluster left running would catch every later `ray.init()`)."""
     import socket
 
     with socket.socket() as sock:

@@ -218,7 +218,8 @@ def build_parser() -> Parser:
     sn_sub = action_group(sub, "supernet", "train or evaluate a weight-sharing supernet")
     tr = sn_sub.add_parser("train", help="train a supernet with the sandwich rule")
     tr.add_argument("--model",
-                    help="mbv2_tiny, mbv2_small, mbv2_small_s2, mbv2_small_56, mobilenet_v2, resnet18, resnet34, resnet50")
+                    help="mbv2_tiny, mbv2_small, mbv2_small_s2, mbv2_small_56, mobilenet_v2, resnet18, resnet34, "
+                         "resnet50")
     tr.add_argument("--dataset", help="fashion-mnist, fashion-mnist-rgb, cifar10, cifar100, imagefolder")
     tr.add_argument("--input", type=int, metavar="PX",
                     help="image side: imagefolder crops to it (default 224), the others resize to it (default their "
@@ -256,7 +257,8 @@ def build_parser() -> Parser:
     tr.add_argument("--max-failures", type=int, default=3,
                     help="worker failures Ray Train recovers from the last checkpoint before it gives up")
     tr.add_argument("--limit-train", type=int,
-                    help="cap training images per epoch, and those each epoch's validation recalibrates on (quick runs)")
+                    help="cap training images per epoch, and those each epoch's validation recalibrates on "
+                         "(quick runs)")
     tr.add_argument("--val-images", type=int, help="cap on validation images scored after each epoch")
     tr.add_argument("--resume", action="store_true", help="continue from the last checkpoint with the saved recipe")
     tr.add_argument("--force", action="store_true")

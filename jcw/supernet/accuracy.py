@@ -112,6 +112,7 @@ def load_batch_norm_stats(net: nn.Module, stats: dict[str, torch.Tensor]) -> Non
 class TestScore:
     """A subnet's top-1 on the test split and the batch-norm statistics it was scored with."""
 
+    __test__ = False  # named for the test split: pytest must not collect it where a test module imports it
     top1: float
     batch_norm: dict[str, torch.Tensor]
 

@@ -39,7 +39,7 @@ def one_run(supernet: str, seed: int, refine: int, focus: int, out: str) -> dict
             chosen += [int(i) for i in rest[spread_pick(latency[rest], k - len(chosen))]]
         return np.array(chosen[:k], dtype=int)
 
-    run.spread_front = focused  # the refinement rounds and the final re-scoring pick with it
+    run.spread_front = focused  # the refinement rounds; the final re-scoring (front.py) still spreads its picks
     paths = {} if supernet == "default" else {"supernet": f"supernets/{supernet}/supernet.pt",
                                               "predictor": f"predictors/{supernet}/predictor.pt"}
     result = run.search(SearchConfig(device="pixel4", budgets_ms=[BUDGET_MS], seed=seed, refine=refine, out=out,

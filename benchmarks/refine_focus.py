@@ -3,7 +3,7 @@
 A search's refinement rounds score `--refine` members of the predicted front spread over its whole latency range. The
 pick at a budget is chosen among scored members just under it, so this benchmark tries the other rule: each round
 takes the predicted front's members nearest under each budget first (`--focus` of them) and fills the rest spread
-over the range, as today. The search's own pick rule is patched in its process (`jcw.search.run.spread_front`); one
+over the range, as today. The refinement's pick rule is patched in its process (`jcw.search.run.spread_front`); one
 fresh process per run, one run after another.
 
     python benchmarks/refine_focus.py [--supernets default mbv2_small_fmnist] [--seeds 0 1 2] [--refine 4 6]

@@ -27,6 +27,26 @@ CHOICES = {
     "block": (1, 4),
 }
 
+# the least value of every number option, by field name, and the most where there is one: each config checks its own
+# as it is made, so the CLI and the Python API refuse the same values, in one line (a negative count would slice from
+# the end, a zero one divide by zero); None, where a field allows it, means unset
+LEAST = {"population": 4, "generations": 1, "targets": 1, "rescore": 0, "refine": 0, "refine_every": 1,
+         "calibration_images": 1, "val_images": 1, "test_images": 1, "workers": 0, "samples": 0, "epochs": 1,
+         "batch_size": 1, "n_random": 0, "threads": 0, "limit_train": 0, "accumulate": 1, "loader_workers": 0,
+         "val_split": 0, "lr": 0, "momentum": 0, "weight_decay": 0, "label_smoothing": 0, "warmup_epochs": 0}
+MOST = {"label_smoothing": 1, "momentum": 1}
+
+
+def check_ranges(cfg) -> None:
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name not in LEAST or value is None:
+            continue
+        low, high = LEAST[f.name], MOST.get(f.name)
+        if value < low or (high is not None and value > high):
+            bound = f"at least {low}" if high is None else f"between {low} and {high}"
+            raise JcwError(f"--{f.name.replace('_', '-')} must be {bound}, not {value:g}")
+
 
 @dataclass
 class SearchConfig:
@@ -61,6 +81,9 @@ class SearchConfig:
     runs_dir: str = "runs"
     accelerator: str = "auto"  # auto (CUDA when torch sees a GPU) | cpu | cuda; jcw/accelerator.py
 
+    def __post_init__(self):
+        check_ranges(self)
+
     @property
     def largest_budget_ms(self) -> float:
         """The budget that bounds the search: the front, the constraint and the hypervolume stop there."""
@@ -91,6 +114,7 @@ class SupernetConfig:
     weights: str | None = None  # or from this local state_dict file, likewise
 
     def __post_init__(self):
+        check_ranges(self)
         d = self.densities
         if not d or d[0] != 1.0 or any(b >= a for a, b in zip(d, d[1:])) or d[-1] <= 0:
             raise JcwError(f"densities {', '.join(f'{x:g}' for x in d)}: give choices from 1 (dense, the first) "
@@ -131,6 +155,9 @@ class TrainConfig:
     loader_workers: int | None = None
     accelerator: str = "auto"  # auto (CUDA when torch sees a GPU) | cpu | cuda; jcw/accelerator.py
 
+    def __post_init__(self):
+        check_ranges(self)
+
 
 @dataclass
 class PredictorFitConfig:
@@ -147,6 +174,9 @@ class PredictorFitConfig:
     force: bool = False
     accelerator: str = "auto"  # auto (CUDA when torch sees a GPU) | cpu | cuda; jcw/accelerator.py
 
+    def __post_init__(self):
+        check_ranges(self)
+
 
 @dataclass
 class FinetuneConfig:
@@ -160,6 +190,9 @@ class FinetuneConfig:
     val_images: int | None = None  # cap on the validation images scored after each epoch (None: all)
     test_images: int | None = None  # cap on the test images scored before and after (None: the whole split)
     accelerator: str = "auto"  # auto (CUDA when torch sees a GPU) | cpu | cuda; jcw/accelerator.py
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 def apply_defaults(parser: argparse.ArgumentParser, *configs: type) -> None:

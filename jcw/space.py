@@ -241,7 +241,9 @@ def parse_genomes(spec: str, space: SearchSpace, seed: int = 0) -> list[tuple[st
             try:
                 n = int(part.split(":", 1)[1])
             except ValueError:
-                raise JcwError(f"--genome {part!r}: write random:N with N a whole number") from None
+                n = 0
+            if n < 1:
+                raise JcwError(f"--genome {part!r}: write random:N with N a whole number, 1 or more") from None
             for i, g in enumerate(space.sample(n, np.random.default_rng(seed))):
                 out.append((f"random{i}", g))
         elif part.startswith("uniform:"):

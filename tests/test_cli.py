@@ -39,11 +39,41 @@ def test_help_and_version():
     (["supernet", "eval", "--genome", "random:many"], ["random:N"]),
     (["supernet", "eval", "--genome", "uniform:2"], ["uniform:R", "(0, 1]"]),
     (["pick", "/nonexistent-run", "--latency", "1ms"], ["not a finished search run"]),
+    # counts out of range: a negative one would slice from the end of a split, a zero one divide by it
+    (["search", "--device", "pixel4", "--latency", "1ms", "--calibration-images", "-5"],
+     ["--calibration-images must be at least 1, not -5"]),
+    (["search", "--device", "pixel4", "--latency", "1ms", "--val-images", "0"], ["--val-images must be at least 1"]),
+    (["search", "--device", "pixel4", "--latency", "1ms", "--rescore", "-1"], ["--rescore must be at least 0"]),
+    (["search", "--device", "pixel4", "--latency", "1ms", "--workers", "-1"], ["--workers must be at least 0"]),
+    (["search", "--device", "pixel4", "--latency", "1ms", "--population", "3"], ["--population must be at least 4"]),
+    (["supernet", "train", "--batch-size", "0", "--out", "/tmp/jcw-x"], ["--batch-size must be at least 1, not 0"]),
+    (["supernet", "train", "--label-smoothing", "2", "--out", "/tmp/jcw-x"],
+     ["--label-smoothing must be between 0 and 1, not 2"]),
+    (["predictor", "fit", "--samples", "-1", "--out", "/tmp/jcw-x"], ["--samples must be at least 0"]),
+    (["finetune", "/nonexistent.pt", "--epochs", "0"], ["--epochs must be at least 1"]),
+    (["supernet", "eval", "--genome", "largest", "--calibration-images", "-1"],
+     ["--calibration-images must be at least 1"]),
+    (["supernet", "eval", "--genome", "random:-2"], ["random:N", "1 or more"]),
+    (["latency", "measure", "--device", "host", "--threads", "0", "--out-dir", "/tmp/jcw-x"],
+     ["--threads must be at least 1, not 0"]),
 ])
 def test_bad_input_is_one_clear_line(args, needles, tmp_path):
     if "--ray-address" in args:
         args = args + ["--out", str(tmp_path / "r")]
     one_clear_line(jcw(*args), *needles)
+
+
+def test_the_python_api_refuses_the_counts_the_cli_refuses():
+    from jcw.config import FinetuneConfig, SearchConfig, TrainConfig
+    from jcw.errors import JcwError
+
+    with pytest.raises(JcwError, match="--val-images must be at least 1, not -3"):
+        SearchConfig(device="pixel4", budgets_ms=[1.0], val_images=-3)
+    with pytest.raises(JcwError, match="--accumulate must be at least 1, not 0"):
+        TrainConfig(accumulate=0)
+    with pytest.raises(JcwError, match="--limit-train must be at least 0, not -5"):
+        FinetuneConfig(limit_train=-5)
+    assert SearchConfig(device="pixel4", budgets_ms=[1.0], val_images=None, workers=None).val_images is None
 
 
 def test_a_table_that_lacks_a_layer_names_the_command_that_adds_it(monkeypatch):

@@ -280,6 +280,9 @@ def measure(device: str = "host", supernets: list[str | None] | None = None, thr
     """Measure this machine's table for the given supernet files (default: the shipped one) and save it: to
     `out_dir`, by default the user's table folder, which lookups read before the shipped tables. With `extend`,
     the table of that name in that folder gets only the entries it lacks."""
+    for option, value in (("threads", threads), ("repeats", repeats)):
+        if value is not None and value < 1:
+            raise JcwError(f"--{option} must be at least 1, not {value}")
     folder = Path(out_dir) if out_dir else user_table_dir()
     previous = None
     if extend:

@@ -26,8 +26,6 @@ def fit(cfg: PredictorFitConfig) -> Predictor:
     if (out / "predictor.pt").exists() and not cfg.force:
         raise JcwError(f"{out} already holds a predictor; pass --force to refit it")
     samples = cfg.samples if cfg.samples is not None else (0 if cfg.scored else DEFAULT_SAMPLES)
-    if samples < 0:
-        raise JcwError(f"--samples {samples}: give a count of subnets, 0 or more")
     # chosen before any scoring starts; a named cluster's GPUs are checked when its actors start
     accel = Accelerator.choose(cfg.accelerator) if not cfg.ray_address and samples else None
     return fit_on_supernet(load_supernet(cfg.supernet), samples, out, cfg.seed, cfg.workers, cfg.ray_address,

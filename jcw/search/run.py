@@ -74,10 +74,6 @@ class _Context:
             if getattr(cfg, option) not in CHOICES[option]:
                 raise JcwError(f"--{option} must be one of {', '.join(CHOICES[option])}, not "
                                f"{getattr(cfg, option)!r}")
-        if cfg.population < 4 or cfg.generations < 1:
-            raise JcwError("--population must be at least 4 and --generations at least 1")
-        if cfg.refine < 0 or cfg.refine_every < 1:
-            raise JcwError("--refine must be 0 or more and --refine-every at least 1")
         # this process's choice, made once; a named cluster's GPUs are checked when its actors start
         self.accel = None if cfg.ray_address else Accelerator.choose(cfg.accelerator)
         if cfg.ray_address and cfg.workers != 0:

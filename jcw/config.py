@@ -33,8 +33,9 @@ CHOICES = {
 LEAST = {"population": 4, "generations": 1, "targets": 1, "rescore": 0, "refine": 0, "refine_every": 1,
          "calibration_images": 1, "val_images": 1, "test_images": 1, "workers": 0, "samples": 0, "epochs": 1,
          "batch_size": 1, "n_random": 0, "threads": 0, "limit_train": 0, "accumulate": 1, "loader_workers": 0,
-         "val_split": 0, "lr": 0, "momentum": 0, "weight_decay": 0, "label_smoothing": 0, "warmup_epochs": 0}
-MOST = {"label_smoothing": 1, "momentum": 1}
+         "val_split": 0, "seed": 0, "lr": 0, "momentum": 0, "weight_decay": 0, "label_smoothing": 0,
+         "warmup_epochs": 0, "min_ratio": 0}
+MOST = {"label_smoothing": 1, "momentum": 1, "min_ratio": 1}
 
 
 def check_ranges(cfg) -> None:

@@ -54,6 +54,8 @@ def test_help_and_version():
     (["supernet", "eval", "--genome", "largest", "--calibration-images", "-1"],
      ["--calibration-images must be at least 1"]),
     (["supernet", "eval", "--genome", "random:-2"], ["random:N", "1 or more"]),
+    (["search", "--device", "pixel4", "--latency", "1ms", "--seed", "-1"], ["--seed must be at least 0, not -1"]),
+    (["supernet", "train", "--min-ratio", "3", "--out", "/tmp/jcw-x"], ["--min-ratio must be between 0 and 1"]),
     (["latency", "measure", "--device", "host", "--threads", "0", "--out-dir", "/tmp/jcw-x"],
      ["--threads must be at least 1, not 0"]),
 ])

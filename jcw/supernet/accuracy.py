@@ -139,8 +139,9 @@ def evaluate_genomes(supernet: str | None, genomes: str, split: str = "val",
                      calibration_images: int = CALIBRATION_IMAGES, seed: int = 0,
                      data_dir: str | None = None, accelerator: str = "auto") -> Iterator[dict]:
     """`jcw supernet eval`: each named genome's readable form, top-1 and loss, yielded as it is scored."""
-    if calibration_images < 1:  # a negative count would slice all but the last images
-        raise JcwError(f"--calibration-images must be at least 1, not {calibration_images}")
+    for option, value, least in (("calibration-images", calibration_images, 1), ("seed", seed, 0)):
+        if value < least:  # a negative count would slice all but the last images; numpy takes no negative seed
+            raise JcwError(f"--{option} must be at least {least}, not {value}")
     accel = Accelerator.choose(accelerator)
     net = accel.module(load_supernet(supernet))
     data = supernet_data(net.config, data_dir)

@@ -56,6 +56,8 @@ def test_help_and_version():
     (["supernet", "eval", "--genome", "random:-2"], ["random:N", "1 or more"]),
     (["search", "--device", "pixel4", "--latency", "1ms", "--seed", "-1"], ["--seed must be at least 0, not -1"]),
     (["supernet", "train", "--min-ratio", "3", "--out", "/tmp/jcw-x"], ["--min-ratio must be between 0 and 1"]),
+    # a folder that cannot be written, named as the user wrote it (/proc takes no new files, even from root)
+    (["search", "--device", "pixel4", "--latency", "1ms", "--out", "/proc/jcw-run"], ["/proc/jcw-run", "No such"]),
     (["latency", "measure", "--device", "host", "--threads", "0", "--out-dir", "/tmp/jcw-x"],
      ["--threads must be at least 1, not 0"]),
 ])
@@ -63,6 +65,14 @@ def test_bad_input_is_one_clear_line(args, needles, tmp_path):
     if "--ray-address" in args:
         args = args + ["--out", str(tmp_path / "r")]
     one_clear_line(jcw(*args), *needles)
+
+
+def test_a_file_that_cannot_be_written_is_named_as_asked_not_by_its_temporary_twin():
+    from jcw.io import write_text
+
+    with pytest.raises(OSError) as raised:
+        write_text("/proc/jcw-x.txt", "x")
+    assert raised.value.filename == "/proc/jcw-x.txt" and "cannot write here" in str(raised.value)
 
 
 def test_the_python_api_refuses_the_counts_the_cli_refuses():

@@ -358,6 +358,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `jcw latency list | head`: the reader has all it wants
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # or the exit's flush raises again
         return 141
+    except OSError as exc:  # a path the user named that cannot be read or written (--out /read-only/run)
+        if exc.filename is None:
+            raise
+        sys.stderr.write(f"jcw: error: {exc.filename}: {exc.strerror or exc}\n")
+        return 2
     finally:
         # the interpreter's last collection then skips torch's objects: 0.5 s of a command's exit on 2 cores
         gc.freeze()

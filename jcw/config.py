@@ -84,6 +84,8 @@ class SearchConfig:
 
     def __post_init__(self):
         check_ranges(self)
+        if not self.budgets_ms or not all(0 < b < float("inf") for b in self.budgets_ms):
+            raise JcwError(f"latency budgets {self.budgets_ms}: give one or more, each positive and finite (ms)")
 
     @property
     def largest_budget_ms(self) -> float:

@@ -85,6 +85,10 @@ def test_the_python_api_refuses_the_counts_the_cli_refuses():
         TrainConfig(accumulate=0)
     with pytest.raises(JcwError, match="--limit-train must be at least 0, not -5"):
         FinetuneConfig(limit_train=-5)
+    with pytest.raises(JcwError, match="latency budgets"):
+        SearchConfig(device="pixel4", budgets_ms=[])
+    with pytest.raises(JcwError, match="latency budgets"):
+        SearchConfig(device="pixel4", budgets_ms=[float("nan")])
     assert SearchConfig(device="pixel4", budgets_ms=[1.0], val_images=None, workers=None).val_images is None
 
 

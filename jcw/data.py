@@ -189,8 +189,14 @@ class ImageFolderData:
                                             transforms.ToTensor(), norm])
         self.eval_tf = transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(input_size),
                                            transforms.ToTensor(), norm])
-        train = datasets.ImageFolder(root / "train")
-        test = datasets.ImageFolder(root / "val")
+        try:
+            train, test = (datasets.ImageFolder(root / split, loader=_rgb_image) for split in ("train", "val"))
+        except FileNotFoundError as exc:  # a split without class folders, or without images in them
+            raise JcwError(f"--data-dir {root}: {str(exc).rstrip('.')}; give train/ and val/ one folder of images per "
+                           "class") from None
+        if len(train.classes) < 2 or test.classes != train.classes:
+            raise JcwError(f"--data-dir {root}: train/ and val/ must hold the same class folders, two or more (train/: "
+                           f"{', '.join(train.classes)}; val/: {', '.join(test.classes)})")
         self.num_classes = len(train.classes)
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(SPLIT_SEED)).tolist()
         val_size = min(val_size, val_cap(len(train), val_size))
@@ -226,19 +232,35 @@ class ImageFolderData:
                                            pin_memory=torch.cuda.is_available()), order
         loader, order = self.loaders[key]
         order.indices = mine
-        for images, labels in loader:
-            yield Batch(images, labels)
+        try:
+            for images, labels in loader:
+                yield Batch(images, labels)
+        except JcwError as exc:  # from a loader process, whose traceback the message carries: keep its last line
+            raise JcwError(str(exc).strip().splitlines()[-1].split("JcwError: ", 1)[-1]) from None
 
     def _view(self, split: str, augment: bool):
         from torchvision import datasets
 
-        return datasets.ImageFolder(self.sources[split].root, transform=self.train_tf if augment else self.eval_tf)
+        return datasets.ImageFolder(self.sources[split].root, transform=self.train_tf if augment else self.eval_tf,
+                                    loader=_rgb_image)
 
     def _decode(self, split: str, augment: bool, indices: list[int], size: int) -> Iterator[Batch]:
         view = self._view(split, augment)
         for start in range(0, len(indices), size):
             samples = [view[i] for i in indices[start:start + size]]
             yield Batch(torch.stack([s[0] for s in samples]), torch.tensor([s[1] for s in samples]))
+
+
+def _rgb_image(path: str):
+    """torchvision's own loading, but a file that is no image stops the run with one line that names it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except OSError as exc:  # not an image, or a truncated one
+        why = "not an image PIL can read" if isinstance(exc, UnidentifiedImageError) else str(exc)
+        raise JcwError(f"cannot read image {path} ({why}); remove or replace it") from None
 
 
 def _read_idx(path: Path) -> np.ndarray:

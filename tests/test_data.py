@@ -79,6 +79,39 @@ def test_imagefolder_shards_decode_their_share_on_workers_that_outlive_the_epoch
     assert labels[0] == labels[1]
 
 
+def test_imagefolder_trees_a_user_gets_wrong_are_one_clear_line(tmp_path):
+    """A val/ without classes, one class, val/ classes that are not train/'s (labels would silently disagree), and a
+    file that is no image, read in this process and in a loader process alike."""
+    import shutil
+
+    import pytest
+
+    from jcw.data import ImageFolderData
+    from jcw.errors import JcwError
+
+    empty = write_imagefolder(tmp_path / "empty")
+    shutil.rmtree(empty / "val" / "class0"), shutil.rmtree(empty / "val" / "class1")
+    with pytest.raises(JcwError, match="Couldn't find any class folder in .*val; give train/ and val/"):
+        ImageFolderData(empty, input_size=32, val_size=4)
+    other = write_imagefolder(tmp_path / "other")
+    (other / "val" / "class1").rename(other / "val" / "class7")
+    with pytest.raises(JcwError, match=r"the same class folders.*train/: class0, class1; val/: class0, class7"):
+        ImageFolderData(other, input_size=32, val_size=4)
+    shutil.rmtree(other / "train" / "class1"), shutil.rmtree(other / "val" / "class7")
+    with pytest.raises(JcwError, match="two or more"):
+        ImageFolderData(other, input_size=32, val_size=4)
+    broken = write_imagefolder(tmp_path / "broken", per_class=20)
+    (broken / "train" / "class1" / "5.jpg").write_bytes(b"not a jpeg")
+    for workers in (0, 2):
+        data = ImageFolderData(broken, input_size=32, val_size=4, workers=workers)
+        with pytest.raises(JcwError) as raised:
+            for split in ("train", "val"):  # wherever the split put it
+                for _ in data.batches(split, 8):
+                    pass
+        assert str(raised.value) == (f"cannot read image {broken}/train/class1/5.jpg (not an image PIL can read); "
+                                     "remove or replace it")
+
+
 def test_channel_stats_from_histograms_are_the_float_computation():
     images = torch.randint(0, 256, (300, 3, 6, 6), dtype=torch.uint8)
     images[:, 1] //= 4  # channels that differ

@@ -160,3 +160,12 @@ def test_a_resized_dataset_with_a_larger_validation_split_keeps_the_smaller_spli
     pooled = torch.nn.functional.avg_pool2d(pixels, 2) * 255
     stored = small.splits["val"][0][:8].float()
     assert (pooled - stored).abs().mean() < 10 < (pooled - stored.roll(1, 0)).abs().mean()
+
+
+def test_a_supernet_folder_loads_the_file_it_holds():
+    """`--supernet supernets/NAME` as the folders are listed, or as `jcw supernet train --out` wrote it."""
+    from conftest import OLD_DEFAULT
+    from jcw.supernet.supernet import load_supernet
+
+    by_folder, by_file = load_supernet(OLD_DEFAULT), load_supernet(OLD_DEFAULT / "supernet.pt")
+    assert by_folder.path == str(OLD_DEFAULT / "supernet.pt") and by_folder.hash == by_file.hash

@@ -188,7 +188,7 @@ def build_parser() -> Parser:
     se = sub.add_parser("search", help="search the latency-accuracy Pareto front for a device")
     se.add_argument("--device", required=True, help="a latency table name (see `jcw latency list`)")
     se.add_argument("--latency", required=True, help="budget(s): 30ms, 0.03s, 250us or 10ms,20ms,30ms")
-    se.add_argument("--supernet", help="supernet file (default: the shipped Fashion-MNIST one)")
+    se.add_argument("--supernet", help="supernet file, or the folder holding it (default: the shipped one)")
     se.add_argument("--predictor", help="predictor folder fit on --supernet")
     se.add_argument("--population", type=int)
     se.add_argument("--generations", type=int)

@@ -212,8 +212,11 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def load_supernet(path: str | Path | None = None) -> Supernet:
-    """Load a supernet file; with no path, the shipped default for Fashion-MNIST."""
+    """Load a supernet file, or the folder `jcw supernet train --out` wrote it to; with no path, the shipped default
+    for Fashion-MNIST."""
     path = Path(path) if path else default_supernet_path()
+    if path.is_dir() and (path / "supernet.pt").is_file():
+        path = path / "supernet.pt"
     ckpt = read_checkpoint(path)
     try:
         net = Supernet(SupernetConfig.from_dict(ckpt["config"]), ckpt["state_dict"], ckpt["group_orders"])

@@ -182,6 +182,14 @@ def test_a_killed_search_resumes_to_the_same_bytes(small_run, tmp_path):
         assert (run / name).read_bytes() == (small_run / name).read_bytes(), name
 
 
+def test_a_corrupt_search_checkpoint_is_one_clear_line(small_run, tmp_path):
+    run = tmp_path / "c"
+    shutil.copytree(small_run, run)
+    (run / "checkpoint" / "search.pkl").write_bytes(b"\x80\x04 not a pickle")
+    one_clear_line(jcw("search", "--latency", SMALL_BUDGETS, "--out", str(run), *SMALL, "--resume"),
+                   "search.pkl is corrupt or from another version", "--force")
+
+
 @pytest.mark.slow
 def test_finetune_resumes_to_the_same_weights(small_run, tmp_path):
     subnet = sorted((small_run / "subnets").glob("*.pt"))[0]

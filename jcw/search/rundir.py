@@ -106,8 +106,13 @@ class RunDir:
             pickle.dump(state, f)
 
     def load_checkpoint(self) -> dict:
-        with open(self.checkpoint, "rb") as f:
-            return pickle.load(f)
+        try:
+            with open(self.checkpoint, "rb") as f:
+                return pickle.load(f)
+        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError, TypeError) as exc:
+            # cut off mid-write outside jcw's atomic rename, or written by other versions of jcw or pymoo
+            raise JcwError(f"{self.checkpoint} is corrupt or from another version ({exc.__class__.__name__}); "
+                           "start the run again with --force") from None
 
     # ---- reading -------------------------------------------------------------------------------------------------
     def read(self) -> RunRecord:

@@ -50,6 +50,7 @@ def test_help_and_version():
     (["supernet", "train", "--label-smoothing", "2", "--out", "/tmp/jcw-x"],
      ["--label-smoothing must be between 0 and 1, not 2"]),
     (["predictor", "fit", "--samples", "-1", "--out", "/tmp/jcw-x"], ["--samples must be at least 0"]),
+    (["predictor", "fit", "--samples", "3", "--out", "/tmp/jcw-x"], ["at least 10 scored subnets", "--samples 3"]),
     (["finetune", "/nonexistent.pt", "--epochs", "0"], ["--epochs must be at least 1"]),
     (["supernet", "eval", "--genome", "largest", "--calibration-images", "-1"],
      ["--calibration-images must be at least 1"]),

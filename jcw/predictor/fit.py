@@ -12,7 +12,7 @@ from jcw.errors import JcwError, JcwWarning
 from jcw.predictor.dataset import PARTIAL, dataset_frame, per_image_labels, read_scored, score_subnets
 from jcw.predictor.label_noise import LABELS, label_ceiling, save_labels
 from jcw.predictor.predictor import Predictor
-from jcw.predictor.regression import fit_predictor
+from jcw.predictor.regression import FOLDS, fit_predictor
 from jcw.predictor.report import write_report
 from jcw.supernet.accuracy import CALIBRATION_IMAGES
 from jcw.supernet.pool import DataSpec
@@ -48,6 +48,9 @@ def fit_on_supernet(supernet, samples: int, out: str | Path, seed: int = 0, work
     space, out = supernet.space, Path(out)
     genomes, scores = (np.zeros((0, space.n_genes), np.int64), []) if scored is None else \
         read_scored(scored, space, supernet.hash)
+    if len(genomes) + samples < 2 * FOLDS:  # said before any scoring, not after it
+        raise JcwError(f"fitting a predictor needs at least {2 * FOLDS} scored subnets; --samples {samples}"
+                       + (f" and the {len(genomes)} of --scored" if scored is not None else "") + " give fewer")
     sampling = supernet.recipe.get("random_densities", "independent")
     if samples > 0:
         new = space.sample_spread(samples, np.random.default_rng(seed))

@@ -49,8 +49,9 @@ def fit_on_supernet(supernet, samples: int, out: str | Path, seed: int = 0, work
     genomes, scores = (np.zeros((0, space.n_genes), np.int64), []) if scored is None else \
         read_scored(scored, space, supernet.hash)
     if len(genomes) + samples < 2 * FOLDS:  # said before any scoring, not after it
-        raise JcwError(f"fitting a predictor needs at least {2 * FOLDS} scored subnets; --samples {samples}"
-                       + (f" and the {len(genomes)} of --scored" if scored is not None else "") + " give fewer")
+        extra = f", plus {len(genomes)} from --scored" if scored is not None else ""
+        raise JcwError(f"fitting a predictor needs at least {2 * FOLDS} scored subnets; this fit would have "
+                       f"{len(genomes) + samples} (--samples {samples}{extra})")
     sampling = supernet.recipe.get("random_densities", "independent")
     if samples > 0:
         new = space.sample_spread(samples, np.random.default_rng(seed))

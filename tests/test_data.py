@@ -1,4 +1,5 @@
 """The data path a data-parallel worker reads: its own share of every batch, exactly as the whole batch holds it."""
+import pytest
 import torch
 
 import jcw.data
@@ -84,20 +85,20 @@ def test_imagefolder_trees_a_user_gets_wrong_are_one_clear_line(tmp_path):
     file that is no image, read in this process and in a loader process alike."""
     import shutil
 
-    import pytest
-
     from jcw.data import ImageFolderData
     from jcw.errors import JcwError
 
     empty = write_imagefolder(tmp_path / "empty")
-    shutil.rmtree(empty / "val" / "class0"), shutil.rmtree(empty / "val" / "class1")
+    for folder in (empty / "val").iterdir():
+        shutil.rmtree(folder)
     with pytest.raises(JcwError, match="Couldn't find any class folder in .*val; give train/ and val/"):
         ImageFolderData(empty, input_size=32, val_size=4)
     other = write_imagefolder(tmp_path / "other")
     (other / "val" / "class1").rename(other / "val" / "class7")
     with pytest.raises(JcwError, match=r"the same class folders.*train/: class0, class1; val/: class0, class7"):
         ImageFolderData(other, input_size=32, val_size=4)
-    shutil.rmtree(other / "train" / "class1"), shutil.rmtree(other / "val" / "class7")
+    shutil.rmtree(other / "train" / "class1")
+    shutil.rmtree(other / "val" / "class7")
     with pytest.raises(JcwError, match="two or more"):
         ImageFolderData(other, input_size=32, val_size=4)
     broken = write_imagefolder(tmp_path / "broken", per_class=20)

@@ -1,4 +1,5 @@
-"""The data path a data-parallel worker reads: its own share of every batch, exactly as the whole batch holds it."""
+"""The data path a data-parallel worker reads: its own share of every batch, exactly as the whole batch holds it; and
+the ImageFolder trees it refuses, in one line."""
 import pytest
 import torch
 

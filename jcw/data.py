@@ -235,8 +235,13 @@ class ImageFolderData:
         try:
             for images, labels in loader:
                 yield Batch(images, labels)
+            return
         except JcwError as exc:  # from a loader process, whose traceback the message carries: keep its last line
-            raise JcwError(str(exc).strip().splitlines()[-1].split("JcwError: ", 1)[-1]) from None
+            message = str(exc).strip().splitlines()[-1].split("JcwError: ", 1)[-1]
+        # raised out here, with the loader let go, so that the error holds no reference to the loader's processes,
+        # which would otherwise outlive it
+        del self.loaders[key], loader
+        raise JcwError(message)
 
     def _view(self, split: str, augment: bool):
         from torchvision import datasets

@@ -38,15 +38,19 @@ LEAST = {"population": 4, "generations": 1, "targets": 1, "rescore": 0, "refine"
 MOST = {"label_smoothing": 1, "momentum": 1, "min_ratio": 1}
 
 
+def check_value(name: str, value, least=None) -> None:
+    """One option against its range (LEAST/MOST by field name, or `least` where a command asks more of it)."""
+    low, high = LEAST.get(name) if least is None else least, MOST.get(name)
+    if value is None or low is None:
+        return
+    if value < low or (high is not None and value > high):
+        bound = f"at least {low}" if high is None else f"between {low} and {high}"
+        raise JcwError(f"--{name.replace('_', '-')} must be {bound}, not {value:g}")
+
+
 def check_ranges(cfg) -> None:
     for f in fields(cfg):
-        value = getattr(cfg, f.name)
-        if f.name not in LEAST or value is None:
-            continue
-        low, high = LEAST[f.name], MOST.get(f.name)
-        if value < low or (high is not None and value > high):
-            bound = f"at least {low}" if high is None else f"between {low} and {high}"
-            raise JcwError(f"--{f.name.replace('_', '-')} must be {bound}, not {value:g}")
+        check_value(f.name, getattr(cfg, f.name))
 
 
 @dataclass

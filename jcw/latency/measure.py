@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from jcw import __version__
+from jcw.config import check_value
 from jcw.errors import JcwError
 from jcw.latency.cpu import cpu_identity, cpu_mismatch, processor_name
 from jcw.latency.grid import merge_entries, space_entries
@@ -280,9 +281,8 @@ def measure(device: str = "host", supernets: list[str | None] | None = None, thr
     """Measure this machine's table for the given supernet files (default: the shipped one) and save it: to
     `out_dir`, by default the user's table folder, which lookups read before the shipped tables. With `extend`,
     the table of that name in that folder gets only the entries it lacks."""
-    for option, value in (("threads", threads), ("repeats", repeats)):
-        if value is not None and value < 1:
-            raise JcwError(f"--{option} must be at least 1, not {value}")
+    check_value("threads", threads, least=1)
+    check_value("repeats", repeats, least=1)
     folder = Path(out_dir) if out_dir else user_table_dir()
     previous = None
     if extend:

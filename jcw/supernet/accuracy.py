@@ -17,8 +17,8 @@ from torch.fx.experimental.optimization import fuse
 
 from jcw.accelerator import CPU, Accelerator
 from jcw.config import CALIBRATION_IMAGES  # re-exported: scoring's default
+from jcw.config import check_value
 from jcw.data import supernet_data
-from jcw.errors import JcwError
 from jcw.space import parse_genomes
 from jcw.supernet.slicing import bake_masks, subnet_from_supernet
 from jcw.supernet.supernet import load_supernet
@@ -139,9 +139,8 @@ def evaluate_genomes(supernet: str | None, genomes: str, split: str = "val",
                      calibration_images: int = CALIBRATION_IMAGES, seed: int = 0,
                      data_dir: str | None = None, accelerator: str = "auto") -> Iterator[dict]:
     """`jcw supernet eval`: each named genome's readable form, top-1 and loss, yielded as it is scored."""
-    for option, value, least in (("calibration-images", calibration_images, 1), ("seed", seed, 0)):
-        if value < least:  # a negative count would slice all but the last images; numpy takes no negative seed
-            raise JcwError(f"--{option} must be at least {least}, not {value}")
+    check_value("calibration_images", calibration_images)
+    check_value("seed", seed)
     accel = Accelerator.choose(accelerator)
     net = accel.module(load_supernet(supernet))
     data = supernet_data(net.config, data_dir)

@@ -33,15 +33,15 @@ def export_subnet(supernet, genome, path: str | Path, data=None, metadata: dict 
     test top-1 is what it is worth. `tested` is both, already computed (by the search's scoring pool)."""
     small, arch = subnet_from_supernet(supernet, genome)
     metadata = dict(metadata or {})
-    if tested is None and data is not None:  # as the search scores: calibrated with masks baked in, tested on the
-        # folded twin (2.5x faster than the masked network); the saved network keeps its masks
+    if tested is not None:
+        load_batch_norm_stats(small, tested.batch_norm)
+        metadata["test_top1"] = round(tested.top1, 4)
+    elif data is not None:  # as the search scores: calibrated with masks baked in, tested on the folded twin (2.5x
+        # faster than the masked network); the saved network keeps its masks
         twin = calibrated_subnet(supernet, genome, data, calibration_images, accel)
         load_batch_norm_stats(small, batch_norm_stats(twin))
         if test:
             metadata["test_top1"] = round(evaluate(folded_twin(twin), data, "test", accel=accel).top1, 4)
-    elif tested is not None:
-        load_batch_norm_stats(small, tested.batch_norm)
-        metadata["test_top1"] = round(tested.top1, 4)
     meta = {"genome": [int(v) for v in np.asarray(genome)], **supernet.space.decode(genome),
             "supernet_hash": getattr(supernet, "hash", None), "jcw_version": __version__, **metadata}
     save_subnet(path, small, arch, meta)
